@@ -1,0 +1,28 @@
+"""Names shared by every stage: projections, artifact file names, environment variables."""
+
+# The seven projections adapted in every selected layer, in the order the paper counts them.
+ATTN_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+PROJECTIONS = ATTN_PROJECTIONS + MLP_PROJECTIONS
+
+# Environment variables that move the whole project without editing code.
+ENV_ROOT = "RANK1_ROOT"  # every output and cache path derives from this directory
+ENV_CACHE = "RANK1_CACHE"  # converted models (default <root>/cache), shareable between roots
+ENV_PROFILE = "RANK1_PROFILE"  # profile name or path to a profile TOML
+
+# Files written into a run folder.
+ADAPTER_DIR = "adapter"  # PEFT adapter (adapter_config.json + adapter_model.safetensors)
+FULL_MODEL_DIR = "model"  # full-finetune weights
+CONFIG_JSON = "config.json"  # resolved config of the stage that wrote the folder
+ARGV_JSON = "argv.json"  # command line and environment facts of that stage
+LOSS_LOG_JSON = "loss_log.json"  # one record per optimizer step
+LOSS_CURVE_PDF = "loss_curve.pdf"
+LOSS_CURVE_PNG = "loss_curve.png"
+CHECKPOINTS_DIR = "checkpoints"  # intermediate Trainer checkpoints (removed after a clean finish)
+CHECKPOINT_DONE = "CHECKPOINT_COMPLETE"  # marker written after a checkpoint is fully on disk
+EVAL_JSON = "eval_heldout.json"  # held-out loss and exact-match report
+
+# The s1 assistant-turn layout.
+THINK_TAG = "<|im_start|>think"
+ANSWER_TAG = "<|im_start|>answer"
+ANSWER_PREFIX = "Answer: "

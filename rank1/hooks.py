@@ -1,0 +1,85 @@
+"""Hooks, only through context managers that remove every handle on exit.
+
+The scalar activation of a rank-1 adapter is the output of its ``lora_A`` module: the projection's
+input dotted with A, before the RSLoRA scale and before B. Hooking ``lora_A`` directly reads exactly
+that, whichever input the projection gets (after input_layernorm for q/k/v, the attention output for
+o, after post_attention_layernorm for gate/up, the SwiGLU product for down).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+
+import torch
+
+from rank1.lora import AdapterSite
+
+ForwardHook = Callable[[torch.nn.Module, tuple, torch.Tensor], torch.Tensor | None]
+
+
+@contextmanager
+def add_hooks(forward_hooks: Iterable[tuple[torch.nn.Module, ForwardHook]] = (),
+              pre_hooks: Iterable[tuple[torch.nn.Module, Callable]] = ()) -> Iterator[None]:
+    """Register forward and forward-pre hooks for the duration of the block."""
+    handles = []
+    try:
+        for module, fn in pre_hooks:
+            handles.append(module.register_forward_pre_hook(fn))
+        for module, fn in forward_hooks:
+            handles.append(module.register_forward_hook(fn))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class ActivationStore:
+    """Collects adapter activations of each forward pass: ``stacked()`` gives [B, T, sites, r]."""
+
+    def __init__(self, sites: list[AdapterSite]):
+        self.sites = sites
+        self.latest: list[torch.Tensor | None] = [None] * len(sites)
+
+    def hook(self, i: int) -> ForwardHook:
+        def fn(_module, _inputs, output):
+            self.latest[i] = output.detach()
+        return fn
+
+    def stacked(self) -> torch.Tensor:
+        missing = [self.sites[i] for i, t in enumerate(self.latest) if t is None]
+        if missing:
+            raise RuntimeError(f"{len(missing)} adapters did not run in the last forward pass, e.g. "
+                               f"layer {missing[0].layer} {missing[0].proj}")
+        return torch.stack(self.latest, dim=2)
+
+    def scalars_BTS(self) -> torch.Tensor:
+        """Rank-1 activations as [batch, tokens, sites] (float32)."""
+        acts = self.stacked()
+        if acts.shape[-1] != 1:
+            raise ValueError(f"scalar activations need rank 1, adapters have rank {acts.shape[-1]}")
+        return acts[..., 0].float()
+
+
+@contextmanager
+def read_adapter_activations(sites: list[AdapterSite], adapter: str = "default") -> Iterator[ActivationStore]:
+    """Within the block, every forward pass records each adapter's ``lora_A`` output."""
+    store = ActivationStore(sites)
+    with add_hooks([(s.module.lora_A[adapter], store.hook(i)) for i, s in enumerate(sites)]):
+        yield store
+
+
+def _zero_output(_module, _inputs, output):
+    return torch.zeros_like(output)
+
+
+@contextmanager
+def ablate_adapters(sites: Iterable[AdapterSite], adapter: str = "default") -> Iterator[None]:
+    """Within the block, the given adapters contribute nothing (their ``lora_B`` output is zero)."""
+    with add_hooks([(s.module.lora_B[adapter], _zero_output) for s in sites]):
+        yield
+
+
+def count_hooks(model: torch.nn.Module) -> int:
+    """Number of forward and pre-forward hooks registered anywhere in ``model``."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())

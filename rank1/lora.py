@@ -1,0 +1,148 @@
+"""Rank-1 LoRA: layer selection, the PEFT config, finding adapters in a model, checking saved ones."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel
+from safetensors.torch import load_file
+
+from rank1.constants import MLP_PROJECTIONS, PROJECTIONS
+
+LORA_ALPHA = 16
+SAVED_KEY_RE = re.compile(r"layers\.(\d+)\..*?(\w+_proj)\.lora_([AB])\.weight$")
+
+
+def parse_layer_indices(text: str | None) -> list[int] | None:
+    """Parse ``"3,5,7"``; None or empty gives None."""
+    if text is None or not str(text).strip():
+        return None
+    try:
+        return [int(t) for t in str(text).split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"--layer_indices must be comma-separated integers, got {text!r}") from None
+
+
+def select_layers(num_layers: int, layer_start: int | None = None, layer_end: int | None = None,
+                  last_third: bool = False, layer_indices: list[int] | None = None,
+                  layer_stride: int = 1) -> list[int]:
+    """Decoder layers that get adapters, following the authors' options.
+
+    - default: every layer;
+    - ``layer_start``/``layer_end``: the range [start, end), end exclusive;
+    - ``last_third``: layers ``2n//3 .. n-1`` (cannot be combined with start/end);
+    - ``layer_indices``: exactly these layers (cannot be combined with any other option);
+    - ``layer_stride``: every stride-th layer of the range, starting at its first layer.
+    """
+    ranged = layer_start is not None or layer_end is not None
+    if layer_indices is not None:
+        if ranged or last_third or layer_stride != 1:
+            raise ValueError("--layer_indices cannot be combined with --layer_start/--layer_end, "
+                             "--last_third or --layer_stride")
+        bad = [i for i in layer_indices if not 0 <= i < num_layers]
+        if bad:
+            raise ValueError(f"--layer_indices {bad} out of range: the model has layers "
+                             f"0..{num_layers - 1}")
+        if len(set(layer_indices)) != len(layer_indices) or not layer_indices:
+            raise ValueError(f"--layer_indices must be distinct and non-empty, got {layer_indices}")
+        return sorted(layer_indices)
+    if last_third and ranged:
+        raise ValueError("--last_third cannot be combined with --layer_start/--layer_end")
+    if layer_stride < 1:
+        raise ValueError(f"--layer_stride must be >= 1, got {layer_stride}")
+    start = (2 * num_layers) // 3 if last_third else (0 if layer_start is None else layer_start)
+    end = num_layers if layer_end is None else layer_end
+    if not 0 <= start < num_layers:
+        raise ValueError(f"--layer_start {start} out of range: the model has layers 0..{num_layers - 1}")
+    if not start < end <= num_layers:
+        raise ValueError(f"--layer_end {end} must satisfy layer_start ({start}) < layer_end <= "
+                         f"{num_layers} (end is exclusive)")
+    return list(range(start, end, layer_stride))
+
+
+def lora_config(layers: list[int], rank: int = 1, alpha: float = LORA_ALPHA) -> LoraConfig:
+    """PEFT config of the paper: RSLoRA (scale alpha/sqrt(r)), no dropout, no bias, 7 projections."""
+    if rank < 1:
+        raise ValueError(f"--rank must be >= 1, got {rank}")
+    return LoraConfig(r=rank, lora_alpha=alpha, use_rslora=True, lora_dropout=0.0, bias="none",
+                      target_modules=list(PROJECTIONS), layers_to_transform=list(layers),
+                      layers_pattern="layers", task_type="CAUSAL_LM")
+
+
+def rslora_scale(rank: int, alpha: float = LORA_ALPHA) -> float:
+    return alpha / math.sqrt(rank)
+
+
+@dataclass(frozen=True)
+class AdapterSite:
+    """One adapted projection: its layer, projection name and the PEFT LoRA module."""
+
+    layer: int
+    proj: str
+    module: torch.nn.Module
+
+    @property
+    def is_mlp(self) -> bool:
+        return self.proj in MLP_PROJECTIONS
+
+
+def adapter_sites(model: PeftModel | torch.nn.Module, adapter: str = "default") -> list[AdapterSite]:
+    """Every LoRA-wrapped projection, ordered by (layer, projection order of PROJECTIONS)."""
+    sites = []
+    for name, module in model.named_modules():
+        m = re.search(r"layers\.(\d+)\.\w+\.(\w+_proj)$", name)
+        if m and hasattr(module, "lora_A") and adapter in module.lora_A:
+            sites.append(AdapterSite(int(m.group(1)), m.group(2), module))
+    return sorted(sites, key=lambda s: (s.layer, PROJECTIONS.index(s.proj)))
+
+
+class AdapterCheckError(RuntimeError):
+    pass
+
+
+def verify_adapter(folder: str | Path, layers: list[int], rank: int,
+                   projections: tuple[str, ...] = PROJECTIONS) -> int:
+    """Check a saved adapter is complete: every (layer, projection) has non-empty, finite
+    ``lora_A`` (rank x in) and ``lora_B`` (out x rank), A is not all zero, and the config says
+    rank ``rank`` with RSLoRA. Returns the number of adapters; raises AdapterCheckError otherwise.
+
+    Sharded engines (DeepSpeed ZeRO-3) can save placeholder tensors of shape (0,) when parameters
+    are not gathered: this is the check that catches it.
+    """
+    folder = Path(folder)
+    problems: list[str] = []
+    cfg_path, w_path = folder / "adapter_config.json", folder / "adapter_model.safetensors"
+    for p in (cfg_path, w_path):
+        if not p.is_file():
+            raise AdapterCheckError(f"{p} is missing: the adapter was not saved")
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("r") != rank or not cfg.get("use_rslora"):
+        problems.append(f"adapter_config.json has r={cfg.get('r')}, use_rslora={cfg.get('use_rslora')}"
+                        f"; expected r={rank} with RSLoRA")
+    found: dict[tuple[int, str, str], torch.Tensor] = {}
+    for key, t in load_file(str(w_path)).items():
+        m = SAVED_KEY_RE.search(key)
+        if m:
+            found[(int(m.group(1)), m.group(2), m.group(3))] = t
+    expected = {(lay, p, ab) for lay in layers for p in projections for ab in "AB"}
+    missing = sorted(expected - set(found))
+    extra = sorted(set(found) - expected)
+    if missing:
+        problems.append(f"{len(missing)} tensors missing, e.g. {missing[:3]}")
+    if extra:
+        problems.append(f"{len(extra)} unexpected tensors, e.g. {extra[:3]}")
+    for (lay, p, ab), t in sorted(found.items()):
+        if t.numel() == 0 or t.dim() != 2 or (t.shape[0] if ab == "A" else t.shape[1]) != rank:
+            problems.append(f"layer {lay} {p} lora_{ab} has shape {tuple(t.shape)} (empty or not rank {rank})")
+        elif not torch.isfinite(t).all():
+            problems.append(f"layer {lay} {p} lora_{ab} has non-finite values")
+        elif ab == "A" and not t.any():
+            problems.append(f"layer {lay} {p} lora_A is all zero")
+    if problems:
+        raise AdapterCheckError(f"adapter in {folder} is incomplete:\n  " + "\n  ".join(problems[:10]))
+    return len(expected) // 2

@@ -1,0 +1,68 @@
+"""Pure numeric functions shared by the stages: answer matching, KL, recovery."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from rank1.constants import ANSWER_TAG
+
+NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def normalize_number(text: str) -> str | None:
+    """Canonical string of a number: no commas, no leading zeros, no trailing ``.0``."""
+    text = text.replace(",", "").strip()
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    if value.is_integer():
+        return str(int(value))
+    return repr(value)
+
+
+def extract_answer(completion: str) -> str | None:
+    """The model's final numeric answer.
+
+    Looks after the last ``Answer:`` (else after ``<|im_start|>answer``); takes the first number
+    there. Without either marker, takes the last number in the completion.
+    """
+    for marker in ("Answer:", ANSWER_TAG):
+        idx = completion.rfind(marker)
+        if idx >= 0:
+            found = NUMBER_RE.findall(completion[idx + len(marker):])
+            if found:
+                return normalize_number(found[0])
+    found = NUMBER_RE.findall(completion)
+    return normalize_number(found[-1]) if found else None
+
+
+def exact_match(completion: str, gold: str) -> bool:
+    pred = extract_answer(completion)
+    return pred is not None and pred == normalize_number(gold)
+
+
+def kl_divergence(logits_p_BTV: torch.Tensor, logits_q_BTV: torch.Tensor,
+                  mask_BT: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(P || Q) = sum_v p_v (log p_v - log q_v) per position, in float64; P is the first argument.
+
+    For ablations call it as ``kl_divergence(full_logits, ablated_logits)``: how much information
+    is lost when the ablated model stands in for the full one. Returns the mean over positions
+    where ``mask_BT`` is true (all positions if None).
+    """
+    logp = torch.log_softmax(logits_p_BTV.double(), dim=-1)
+    logq = torch.log_softmax(logits_q_BTV.double(), dim=-1)
+    kl_BT = (logp.exp() * (logp - logq)).sum(-1)
+    if mask_BT is None:
+        return kl_BT.mean()
+    mask_BT = mask_BT.bool()
+    return kl_BT[mask_BT].mean()
+
+
+def recovery(base: float, adapted: float, full: float) -> float:
+    """Share of the full finetune's gain that the adapter recovers: (adapted-base)/(full-base)."""
+    if full == base:
+        raise ValueError(f"full finetune equals base ({full}); recovery is undefined")
+    return (adapted - base) / (full - base)

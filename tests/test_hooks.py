@@ -1,0 +1,70 @@
+import pytest
+import torch
+from peft import get_peft_model
+
+from rank1.hooks import ablate_adapters, add_hooks, count_hooks, read_adapter_activations
+from rank1.lora import adapter_sites, lora_config
+from rank1.models import load_model
+
+
+@pytest.fixture
+def peft_model():
+    model = get_peft_model(load_model("random-qwen2"), lora_config([0, 1]))
+    for s in adapter_sites(model):  # B is zero at init; make every adapter contribute
+        torch.nn.init.normal_(s.module.lora_B["default"].weight, std=0.5)
+    return model.eval()
+
+
+def test_activation_is_input_dot_A(peft_model):
+    sites = adapter_sites(peft_model)
+    inputs = {}
+
+    def keep(i):
+        def fn(_m, args):
+            inputs[i] = args[0].detach()
+        return fn
+
+    ids = torch.randint(0, 200, (2, 5))
+    with add_hooks(pre_hooks=[(s.module, keep(i)) for i, s in enumerate(sites)]), \
+            read_adapter_activations(sites) as store:
+        peft_model(ids)
+        acts_BTS = store.scalars_BTS()
+    assert acts_BTS.shape == (2, 5, 14)
+    for i, s in enumerate(sites):
+        a_D = s.module.lora_A["default"].weight[0]
+        torch.testing.assert_close(acts_BTS[..., i], inputs[i] @ a_D)
+    # down_proj reads the SwiGLU product: its input width is the MLP width, not the hidden size
+    down = next(i for i, s in enumerate(sites) if s.proj == "down_proj")
+    assert inputs[down].shape[-1] == peft_model.config.intermediate_size
+
+
+def test_ablating_every_adapter_gives_the_base_model(peft_model):
+    ids = torch.randint(0, 200, (1, 6))
+    with torch.no_grad():
+        with peft_model.disable_adapter():
+            base = peft_model(ids).logits
+        full = peft_model(ids).logits
+        with ablate_adapters(adapter_sites(peft_model)):
+            ablated = peft_model(ids).logits
+        mlp_only_ablated = None
+        with ablate_adapters([s for s in adapter_sites(peft_model) if s.is_mlp]):
+            mlp_only_ablated = peft_model(ids).logits
+    torch.testing.assert_close(ablated, base)
+    assert not torch.allclose(full, base)
+    assert not torch.allclose(mlp_only_ablated, base) and not torch.allclose(mlp_only_ablated, full)
+
+
+def test_hooks_are_removed_even_on_error(peft_model):
+    before = count_hooks(peft_model)
+    sites = adapter_sites(peft_model)
+    with pytest.raises(RuntimeError, match="boom"):
+        with read_adapter_activations(sites), ablate_adapters(sites):
+            assert count_hooks(peft_model) == before + 28
+            raise RuntimeError("boom")
+    assert count_hooks(peft_model) == before
+
+
+def test_store_reports_adapters_that_did_not_run(peft_model):
+    with read_adapter_activations(adapter_sites(peft_model)) as store:
+        with pytest.raises(RuntimeError, match="14 adapters did not run"):
+            store.stacked()

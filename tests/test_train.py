@@ -1,0 +1,116 @@
+"""Training on the tiny random Qwen2: run folder, resume after SIGKILL, full finetune, 2-process DDP."""
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+
+from helpers import run_script
+from rank1 import constants as K
+from rank1.artifacts import read_json
+from rank1.config import REPO_ROOT, config_from_profile, data_dir
+from rank1.lora import verify_adapter
+from rank1.models import load_model
+from rank1.synth import write_splits
+from rank1.train import TrainConfig, latest_run, train
+
+
+@pytest.fixture
+def test_data(isolated_root):
+    write_splits(data_dir("test"), n_train=48, n_eval=8, seed=0)
+
+
+def adapter_weights(folder):
+    return load_file(folder / K.ADAPTER_DIR / "adapter_model.safetensors")
+
+
+def test_run_folder_contents_and_skip(test_data):
+    folder = train(config_from_profile(TrainConfig, "train", "test", max_steps=6, run_name="r"))
+    assert verify_adapter(folder / K.ADAPTER_DIR, [0, 1], rank=1) == 14
+    cfg = read_json(folder / K.CONFIG_JSON)
+    assert (cfg["n_adapters"], cfg["global_steps"], cfg["rank"], cfg["layers"]) == (14, 6, 1, [0, 1])
+    steps = read_json(folder / K.LOSS_LOG_JSON)["steps"]
+    assert [s["step"] for s in steps] == list(range(1, 7))
+    assert steps[-1]["loss"] < steps[0]["loss"]
+    for name in (K.LOSS_CURVE_PDF, K.LOSS_CURVE_PNG, K.ARGV_JSON):
+        assert (folder / name).stat().st_size > 0
+    assert not (folder / K.CHECKPOINTS_DIR).exists()
+    assert latest_run("test") == folder
+    # plain PEFT loads it, and the adapter changes the model's output
+    base = load_model("random-qwen2")
+    ids = torch.arange(20)[None]
+    with torch.no_grad():
+        before = base(ids).logits
+        after = PeftModel.from_pretrained(base, folder / K.ADAPTER_DIR)(ids).logits
+    assert not torch.allclose(before, after)
+    # a finished run is skipped, not retrained
+    stamp = (folder / K.CONFIG_JSON).stat().st_mtime_ns
+    train(config_from_profile(TrainConfig, "train", "test", max_steps=6, run_name="r"))
+    assert (folder / K.CONFIG_JSON).stat().st_mtime_ns == stamp
+
+
+def test_layer_selection_reaches_the_saved_adapter(test_data):
+    folder = train(config_from_profile(TrainConfig, "train", "test", max_steps=2, layer_indices="1"))
+    assert folder.name == "test-r1-L1"
+    assert verify_adapter(folder / K.ADAPTER_DIR, [1], rank=1) == 7
+
+
+def test_missing_synthetic_data_says_how_to_make_it(isolated_root):
+    with pytest.raises(FileNotFoundError, match="prepare_data.py --profile test"):
+        train(config_from_profile(TrainConfig, "train", "test", max_steps=1))
+
+
+def test_full_finetune(test_data):
+    folder = train(config_from_profile(TrainConfig, "train", "test", max_steps=2, full=True))
+    assert folder.parent.name == "ckpts_full" and read_json(folder / K.CONFIG_JSON)["n_adapters"] == 0
+    tuned, base = load_model(str(folder / K.FULL_MODEL_DIR)), load_model("random-qwen2")
+    changed = [n for n, p in tuned.named_parameters() if not torch.equal(p, base.state_dict()[n])]
+    assert len(changed) > 10  # every matrix trains, not only adapters
+
+
+def train_cmd(run_name, *extra):
+    return [sys.executable, "s1_peft/train.py", "--profile", "test", "--max_steps", "40", "--save_steps", "4",
+            "--run_name", run_name, *extra]
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(test_data):
+    run_script(train_cmd("uninterrupted")[1:])
+    ckpts = data_dir("x").parents[1] / "s1_peft" / "ckpts_lora" / "killed" / K.CHECKPOINTS_DIR
+    proc = subprocess.Popen(train_cmd("killed"), cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    # 12 steps per epoch: wait for a checkpoint inside the second epoch, so the resumed run must
+    # reproduce that epoch's shuffle, not only the first one's
+    while not (ckpts / "checkpoint-16" / K.CHECKPOINT_DONE).exists() and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (ckpts.parent / K.ADAPTER_DIR).exists()
+    run_script(train_cmd("killed")[1:])
+    run = read_json(ckpts.parent / K.CONFIG_JSON)
+    assert run["resumed_from"].startswith("checkpoint-") and run["global_steps"] == 40
+    ref, resumed = adapter_weights(ckpts.parents[1] / "uninterrupted"), adapter_weights(ckpts.parent)
+    assert ref.keys() == resumed.keys()
+    for k in ref:
+        torch.testing.assert_close(resumed[k], ref[k], rtol=1e-5, atol=1e-6)
+    ref_loss = [s["loss"] for s in read_json(ckpts.parents[1] / "uninterrupted" / K.LOSS_LOG_JSON)["steps"]]
+    assert [s["loss"] for s in read_json(ckpts.parent / K.LOSS_LOG_JSON)["steps"]] == pytest.approx(ref_loss, rel=1e-4)
+
+
+def test_two_process_gloo_data_parallel(test_data):
+    proc = run_script(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+                       "s1_peft/train.py", "--profile", "test", "--max_steps", "4", "--run_name", "ddp"],
+                      timeout=300)
+    folder = data_dir("x").parents[1] / "s1_peft" / "ckpts_lora" / "ddp"
+    run = read_json(folder / K.CONFIG_JSON)
+    facts = (run["world_size"], run["gradient_accumulation_steps"], run["global_steps"])
+    assert facts == (2, 2, 4), proc.stderr[-2000:]
+    assert verify_adapter(folder / K.ADAPTER_DIR, [0, 1], rank=1) == 14
+    # tokens are counted over both processes: 4 steps x 4 sequences, all real tokens
+    single = train(config_from_profile(TrainConfig, "train", "test", max_steps=4, run_name="single"))
+    assert run["tokens_seen"] > 0.5 * read_json(single / K.CONFIG_JSON)["tokens_seen"]
