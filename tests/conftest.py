@@ -3,6 +3,10 @@
 import os
 from pathlib import Path
 
+# Tests never reach a hub: fail fast instead of retrying connections (read at import time).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
 import pytest
 import torch
 

@@ -114,3 +114,18 @@ def test_two_process_gloo_data_parallel(test_data):
     # tokens are counted over both processes: 4 steps x 4 sequences, all real tokens
     single = train(config_from_profile(TrainConfig, "train", "test", max_steps=4, run_name="single"))
     assert run["tokens_seen"] > 0.5 * read_json(single / K.CONFIG_JSON)["tokens_seen"]
+
+
+def test_epoch_seeded_sampler():
+    from rank1.train import EpochSeededSampler
+    lengths = [5, 1, 9, 3, 7, 2, 8, 4]
+    s = EpochSeededSampler(lengths, seed=0)
+    first = list(s)
+    assert sorted(first) == list(range(8)) and list(s) == first  # same epoch, same order
+    s.set_epoch(1)
+    assert list(s) != first
+    grouped = EpochSeededSampler(lengths, seed=0, group=4)
+    order = list(grouped)
+    assert sorted(order[:4]) == sorted(first[:4])  # grouping only reorders inside each run of 4
+    for run in (order[:4], order[4:]):
+        assert [lengths[j] for j in run] == sorted((lengths[j] for j in run), reverse=True)
