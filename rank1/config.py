@@ -45,9 +45,13 @@ def data_dir(profile: str) -> Path:
     return project_root() / "data" / profile
 
 
+def runs_dir(full: bool = False) -> Path:
+    """Where training runs live: ``s1_peft/ckpts_lora`` (or ``ckpts_full`` for --full)."""
+    return project_root() / "s1_peft" / ("ckpts_full" if full else "ckpts_lora")
+
+
 def run_dir(run_name: str, full: bool = False) -> Path:
-    """Run folder of a training run: ``s1_peft/ckpts_lora/<run>`` (or ``ckpts_full`` for --full)."""
-    return project_root() / "s1_peft" / ("ckpts_full" if full else "ckpts_lora") / run_name
+    return runs_dir(full) / run_name
 
 
 @dataclass(frozen=True)
@@ -92,8 +96,6 @@ def load_profile(name_or_path: str | None = None) -> Profile:
 
 def _field_type(tp: Any) -> tuple[type, bool]:
     """Return (base type, optional) for the annotations used in config dataclasses."""
-    if isinstance(tp, str):
-        tp = eval(tp, {"typing": typing})  # annotations are strings under `from __future__`
     args = typing.get_args(tp)
     if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
         (base,) = [a for a in args if a is not type(None)]
@@ -123,10 +125,11 @@ def build_parser(cls: type[C], description: str, defaults: dict[str, Any]) -> ar
     parser.add_argument("--profile", default=None,
                         help=f"profile name {available_profiles()} or path to a .toml "
                              f"(env {ENV_PROFILE}, default {DEFAULT_PROFILE})")
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name == "profile":
             continue
-        base, optional = _field_type(f.type)
+        base, _optional = _field_type(hints[f.name])
         default = defaults.get(f.name, f.default)
         kwargs: dict[str, Any] = {"default": default, "help": f.metadata.get("help", "")}
         if base is bool:
@@ -151,8 +154,7 @@ def parse_config(cls: type[C], section: str, description: str,
         raise SystemExit(f"error: {e}") from None
     parser = build_parser(cls, description, profile_defaults(cls, profile, section))
     args = vars(parser.parse_args(argv))
-    args["profile"] = str(profile.path) if known.profile and known.profile.endswith(".toml") \
-        else profile.name
+    args["profile"] = profile.name  # a profile file my_cluster.toml is called my_cluster
     try:
         return cls(**args)
     except ValueError as e:
@@ -165,4 +167,4 @@ def config_from_profile(cls: type[C], section: str, profile: str | None = None, 
     prof = load_profile(profile)
     values = profile_defaults(cls, prof, section)
     values.update(overrides)
-    return cls(profile=prof.name if not (profile or "").endswith(".toml") else profile, **values)
+    return cls(profile=prof.name, **values)

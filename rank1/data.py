@@ -69,7 +69,10 @@ def load_reasoning_records(source: str) -> list[dict[str, Any]]:
         if not path.exists():
             raise FileNotFoundError(f"data file {path} does not exist; check `dataset` in your "
                                     f"profile or --dataset")
-        if path.suffix == ".jsonl":
+        if path.is_dir():  # a dataset folder downloaded from the hub
+            import datasets
+            records = datasets.load_dataset(str(path), split="train").to_list()
+        elif path.suffix == ".jsonl":
             records = read_jsonl(path)
         elif path.suffix == ".json":
             records = json.loads(path.read_text())

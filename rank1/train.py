@@ -22,7 +22,7 @@ from transformers.trainer_callback import ProgressCallback
 
 from rank1 import constants as K
 from rank1.artifacts import read_json, write_json, write_run_metadata
-from rank1.config import data_dir, run_dir
+from rank1.config import data_dir, run_dir, runs_dir
 from rank1.data import PadCollator, TokenizedDataset, load_reasoning_records
 from rank1.lora import adapter_sites, lora_config, parse_layer_indices, select_layers, verify_adapter
 from rank1.models import load_model, load_tokenizer, num_layers
@@ -30,7 +30,6 @@ from rank1.plots import plot_loss_curve
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "bf16", "fp32")
-GROUP_BATCHES = 16  # length grouping sorts runs of this many micro-batches (per device)
 
 
 def _f(help: str, default=None):
@@ -65,8 +64,9 @@ class TrainConfig:
     adam_beta2: float = _f("Adam beta2", 0.95)
     precision: str = _f("bf16 | fp32 | auto (bf16 where the device supports it)", "auto")
     gradient_checkpointing: bool = _f("recompute activations in backward (use_reentrant=False)", False)
-    group_by_length: bool = _f("batch sequences of similar length together (less padding; "
-                               "no effect with micro_batch 1)", True)
+    group_by_length: bool = _f("sort each optimizer step's sequences by length into micro-batches "
+                               "(same gradient, less padding; no effect if micro_batch is 1 or "
+                               "the whole global batch)", True)
     save_steps: int = _f("checkpoint every N steps for resume (0: never)", 0)
     keep_checkpoints: bool = _f("keep intermediate checkpoints after a clean finish", False)
     deepspeed: str | None = _f("DeepSpeed JSON config (set by 0_train_lora.sh for multi-GPU)")
@@ -134,11 +134,11 @@ def distributed_world() -> tuple[int, int]:
 
 def latest_run(profile: str, full: bool = False) -> Path:
     """The most recently finished run of ``profile`` (what later stages read by default)."""
-    finished = [p.parent for p in run_dir("x", full).parent.glob(f"*/{K.CONFIG_JSON}")
+    finished = [p.parent for p in runs_dir(full).glob(f"*/{K.CONFIG_JSON}")
                 if read_json(p).get("profile") == profile]
     if not finished:
         raise FileNotFoundError(f"no finished {'full' if full else 'LoRA'} run of profile {profile!r} "
-                                f"under {run_dir('x', full).parent}: train one with "
+                                f"under {runs_dir(full)}: train one with "
                                 f"`bash 0_train_lora.sh --profile {profile}`")
     return max(finished, key=lambda p: (p / K.CONFIG_JSON).stat().st_mtime)
 
@@ -153,8 +153,9 @@ class EpochSeededSampler(torch.utils.data.Sampler):
     """A shuffle that depends only on (seed, epoch), so a resumed run sees the same order as an
     uninterrupted one (the default sampler draws each epoch's order from the global RNG).
 
-    With ``group`` > 1, each run of ``group`` shuffled indices is sorted by length (longest first),
-    so micro-batches hold sequences of similar length and little compute goes to padding.
+    With ``group`` = the global batch, the sequences of each optimizer step are sorted by length
+    (longest first): every step is made of the same sequences as without sorting, so the gradient is
+    unchanged, but its micro-batches hold similar lengths and less compute goes to padding.
     """
 
     def __init__(self, lengths: list[int], seed: int, group: int = 1):
@@ -182,8 +183,9 @@ class S1Trainer(Trainer):
 
     def _get_train_sampler(self, train_dataset=None):
         ds = train_dataset or self.train_dataset
-        group = GROUP_BATCHES * self.args.per_device_train_batch_size * self.args.world_size \
-            if self.group_by_length and self.args.per_device_train_batch_size > 1 else 1
+        a = self.args
+        group = a.per_device_train_batch_size * a.gradient_accumulation_steps * a.world_size \
+            if self.group_by_length and a.per_device_train_batch_size > 1 else 1
         self.epoch_sampler = EpochSeededSampler([len(x["input_ids"]) for x in ds], self.args.data_seed, group)
         return self.epoch_sampler
 

@@ -54,3 +54,10 @@ def test_help(script):
 def test_launcher_help():
     out = subprocess.run(["bash", "0_train_lora.sh", "--help"], capture_output=True, text=True, cwd=REPO_ROOT)
     assert out.returncode == 0 and "--layer_stride" in out.stdout
+
+
+def test_profile_file_of_your_own(tmp_path):
+    path = tmp_path / "my_cluster.toml"
+    path.write_text('model = "random-qwen2"\n[train]\nlr = 0.5\n')
+    cfg = parse_config(TrainConfig, "train", "", ["--profile", str(path)])
+    assert (cfg.profile, cfg.lr, cfg.model, cfg.rank) == ("my_cluster", 0.5, "random-qwen2", 1)

@@ -73,11 +73,13 @@ def test_record_without_required_fields(tmp_path):
         load_reasoning_records(str(path))
 
 
-def test_parquet_round_trip(tmp_path):
+def test_parquet_file_and_downloaded_folder(tmp_path):
     import datasets
-    path = tmp_path / "s1k.parquet"
+    path = tmp_path / "s1K-1.1" / "data" / "train-00000-of-00001.parquet"
+    path.parent.mkdir(parents=True)
     datasets.Dataset.from_list([REC, {**REC, "question": "q2"}]).to_parquet(str(path))
     assert [r["question"] for r in load_reasoning_records(str(path))] == [REC["question"], "q2"]
+    assert [r["question"] for r in load_reasoning_records(str(tmp_path / "s1K-1.1"))] == [REC["question"], "q2"]
 
 
 def test_hub_dataset_offline_error(monkeypatch):

@@ -129,3 +129,14 @@ def test_epoch_seeded_sampler():
     assert sorted(order[:4]) == sorted(first[:4])  # grouping only reorders inside each run of 4
     for run in (order[:4], order[4:]):
         assert [lengths[j] for j in run] == sorted((lengths[j] for j in run), reverse=True)
+
+
+def test_length_grouping_keeps_the_gradient(test_data):
+    """Sorting a step's sequences into micro-batches by length changes padding, not the update."""
+    runs = {}
+    for group in (True, False):
+        cfg = config_from_profile(TrainConfig, "train", "test", max_steps=3, micro_batch=2,
+                                  group_by_length=group, run_name=f"group-{group}")
+        runs[group] = adapter_weights(train(cfg))
+    for k in runs[True]:
+        torch.testing.assert_close(runs[True][k], runs[False][k], rtol=1e-4, atol=1e-6)
