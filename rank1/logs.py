@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
+from collections.abc import Callable
+from typing import Any
 
 from rank1.artifacts import public_config
 
@@ -18,3 +21,16 @@ def setup_logging(cfg=None, level: int = logging.INFO) -> None:
     if cfg is not None and rank == 0:
         logging.getLogger("config").info("%s %s", type(cfg).__name__,
                                          json.dumps(public_config(cfg), indent=1, default=str))
+
+
+def run_main(main: Callable[[Any], None], cfg: Any) -> None:
+    """Run a stage's ``main(cfg)``; bad input (missing files, invalid values, no hub access) ends in
+    one ``error:`` line and exit status 2 instead of a traceback. ``RANK1_DEBUG=1`` shows it."""
+    setup_logging(cfg)
+    try:
+        main(cfg)
+    except (ValueError, OSError) as e:
+        if os.environ.get("RANK1_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

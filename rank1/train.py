@@ -8,6 +8,7 @@ that is checked for completeness, and the run folder's metadata and loss curve.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -130,6 +131,20 @@ def use_bf16(precision: str) -> bool:
 
 def distributed_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+RUN_MANAGEMENT_FIELDS = ("overwrite", "keep_checkpoints", "save_steps", "deepspeed", "run_name")
+
+
+def check_same_run(cfg: TrainConfig, saved: dict, folder: Path) -> None:
+    """A finished run folder is only reused for the same training config."""
+    asked = dataclasses.asdict(cfg)
+    diff = {k: (saved.get(k), v) for k, v in asked.items()
+            if k not in RUN_MANAGEMENT_FIELDS and saved.get(k) != v}
+    if diff:
+        shown = ", ".join(f"{k}: trained {a!r}, asked {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(f"{folder} holds a finished run with another config ({shown}); "
+                         f"pass --run_name NEW for a new run or --overwrite to replace it")
 
 
 def latest_run(profile: str, full: bool = False) -> Path:
@@ -275,6 +290,7 @@ def train(cfg: TrainConfig) -> Path:
     folder = run_dir(cfg.run_name or cfg.default_run_name(n_layers), full=cfg.full)
     final = folder / (K.FULL_MODEL_DIR if cfg.full else K.ADAPTER_DIR)
     if (folder / K.CONFIG_JSON).is_file() and final.is_dir() and not cfg.overwrite:
+        check_same_run(cfg, read_json(folder / K.CONFIG_JSON), folder)
         log.info("%s is finished; skipping (pass --overwrite to retrain)", folder)
         return folder
     if cfg.overwrite and rank == 0:

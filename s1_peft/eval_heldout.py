@@ -19,7 +19,7 @@ from rank1.artifacts import read_json, write_json
 from rank1.config import data_dir, parse_config, run_dir
 from rank1.data import load_reasoning_records
 from rank1.evaluate import evaluate_model
-from rank1.logs import setup_logging
+from rank1.logs import run_main
 from rank1.models import load_model, load_tokenizer
 from rank1.train import PRECISIONS, latest_run, use_bf16
 
@@ -94,5 +94,4 @@ def main(cfg: EvalConfig) -> None:
 
 if __name__ == "__main__":
     config = parse_config(EvalConfig, "eval", __doc__)
-    setup_logging(config)
-    main(config)
+    run_main(main, config)

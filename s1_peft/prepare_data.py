@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from rank1.artifacts import write_run_metadata
 from rank1.config import data_dir, parse_config
 from rank1.data import load_reasoning_records
-from rank1.logs import setup_logging
+from rank1.logs import run_main
 from rank1.synth import FAMILIES, write_splits
 
 log = logging.getLogger("s1_peft.prepare_data")
@@ -51,5 +51,4 @@ def main(cfg: DataConfig) -> None:
 
 if __name__ == "__main__":
     config = parse_config(DataConfig, "data", __doc__)
-    setup_logging(config)
-    main(config)
+    run_main(main, config)

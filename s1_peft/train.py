@@ -11,7 +11,7 @@ checkpoint, or skips a finished run (--overwrite retrains).
 import logging
 
 from rank1.config import parse_config
-from rank1.logs import setup_logging
+from rank1.logs import run_main
 from rank1.train import TrainConfig, train
 
 
@@ -22,5 +22,4 @@ def main(cfg: TrainConfig) -> None:
 
 if __name__ == "__main__":
     config = parse_config(TrainConfig, "train", __doc__)
-    setup_logging(config)
-    main(config)
+    run_main(main, config)

@@ -140,3 +140,16 @@ def test_length_grouping_keeps_the_gradient(test_data):
         runs[group] = adapter_weights(train(cfg))
     for k in runs[True]:
         torch.testing.assert_close(runs[True][k], runs[False][k], rtol=1e-4, atol=1e-6)
+
+
+def test_finished_run_with_another_config_is_not_reused(test_data):
+    train(config_from_profile(TrainConfig, "train", "test", max_steps=2, run_name="r"))
+    with pytest.raises(ValueError, match=r"another config \(lr: trained 0.01, asked 0.5\).*--overwrite"):
+        train(config_from_profile(TrainConfig, "train", "test", max_steps=2, run_name="r", lr=0.5))
+
+
+def test_bad_input_is_one_error_line_and_no_run_folder(isolated_root):
+    proc = run_script(["s1_peft/train.py", "--profile", "test", "--layer_start", "5"], check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "error: --layer_start 5 out of range: the model has layers 0..1"
+    assert not (isolated_root / "s1_peft").exists()
