@@ -92,13 +92,14 @@ def main() -> None:
         return worker(args.worker, args.profile, args.steps)
 
     from rank1.config import data_dir, project_root
+    from rank1.constants import TRAIN_JSONL
     from rank1.synth import write_splits
     root = tempfile.mkdtemp(prefix="bench-")
-    src = data_dir(args.profile) / "train.jsonl"
+    src = data_dir(args.profile) / TRAIN_JSONL
     os.environ["RANK1_ROOT"] = root
     if src.is_file():  # same data as the pipeline uses
         os.makedirs(data_dir(args.profile), exist_ok=True)
-        os.link(src, data_dir(args.profile) / "train.jsonl")
+        os.link(src, data_dir(args.profile) / TRAIN_JSONL)
     else:
         write_splits(data_dir(args.profile), 2000, 64, 0)
     print(f"profile={args.profile} steps={args.steps} repeats={args.repeats} (outputs in {project_root()})")

@@ -94,13 +94,13 @@ def load_profile(name_or_path: str | None = None) -> Profile:
     return Profile(name=path.stem, path=path.resolve(), values=values)
 
 
-def _field_type(tp: Any) -> tuple[type, bool]:
-    """Return (base type, optional) for the annotations used in config dataclasses."""
+def _field_type(tp: Any) -> type:
+    """The type a flag parses to: ``X`` for ``X`` and for ``X | None``."""
     args = typing.get_args(tp)
     if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
         (base,) = [a for a in args if a is not type(None)]
-        return base, True
-    return tp, False
+        return base
+    return tp
 
 
 def profile_defaults(cls: type[C], profile: Profile, section: str) -> dict[str, Any]:
@@ -129,7 +129,7 @@ def build_parser(cls: type[C], description: str, defaults: dict[str, Any]) -> ar
     for f in dataclasses.fields(cls):
         if f.name == "profile":
             continue
-        base, _optional = _field_type(hints[f.name])
+        base = _field_type(hints[f.name])
         default = defaults.get(f.name, f.default)
         kwargs: dict[str, Any] = {"default": default, "help": f.metadata.get("help", "")}
         if base is bool:

@@ -20,7 +20,11 @@ LOSS_CURVE_PDF = "loss_curve.pdf"
 LOSS_CURVE_PNG = "loss_curve.png"
 CHECKPOINTS_DIR = "checkpoints"  # intermediate Trainer checkpoints (removed after a clean finish)
 CHECKPOINT_DONE = "CHECKPOINT_COMPLETE"  # marker written after a checkpoint is fully on disk
-EVAL_JSON = "eval_heldout.json"  # held-out loss and exact-match report
+EVAL_JSON = "eval_heldout.json"
+
+# Files written into data/<profile>/ for generated data.
+TRAIN_JSONL = "train.jsonl"
+EVAL_JSONL = "eval.jsonl"  # held-out loss and exact-match report
 
 # The s1 assistant-turn layout.
 THINK_TAG = "<|im_start|>think"

@@ -63,36 +63,36 @@ def validate_records(records: list[dict[str, Any]], source: str) -> list[dict[st
 
 
 def load_reasoning_records(source: str) -> list[dict[str, Any]]:
-    """Load s1-format records from a ``.jsonl``/``.json``/``.parquet`` file or a hub dataset id."""
+    """Load s1-format records from a ``.jsonl``/``.json``/``.parquet`` file, a dataset folder
+    downloaded from the hub, or a hub dataset id."""
     path = Path(source)
-    if path.suffix in (".jsonl", ".json", ".parquet") or path.exists():
-        if not path.exists():
-            raise FileNotFoundError(f"data file {path} does not exist; check `dataset` in your "
-                                    f"profile or --dataset")
-        if path.is_dir():  # a dataset folder downloaded from the hub
-            import datasets
-            records = datasets.load_dataset(str(path), split="train").to_list()
-        elif path.suffix == ".jsonl":
-            records = read_jsonl(path)
-        elif path.suffix == ".json":
-            records = json.loads(path.read_text())
-        else:
-            import datasets
-            records = datasets.load_dataset("parquet", data_files=str(path), split="train").to_list()
-        return validate_records(records, str(path))
-    return validate_records(_load_hub_dataset(source), source)
+    if path.suffix not in (".jsonl", ".json", ".parquet") and not path.exists():
+        try:
+            return validate_records(_hf_records(source), source)
+        except Exception as e:  # datasets raises several types when offline
+            raise OSError(
+                f"could not load dataset {source!r} from the hub ({e.__class__.__name__}). "
+                f"On a machine with internet run `hf download --repo-type dataset {source} "
+                f"--local-dir DIR` and set dataset = \"DIR\" in the profile "
+                f"(or pass --dataset PATH).") from None
+    if not path.exists():
+        raise FileNotFoundError(f"data file {path} does not exist; check `dataset` in your "
+                                f"profile or --dataset")
+    if path.suffix == ".jsonl":
+        records = read_jsonl(path)
+    elif path.suffix == ".json":
+        records = json.loads(path.read_text())
+    elif path.suffix == ".parquet":
+        records = _hf_records("parquet", data_files=str(path))
+    else:  # a dataset folder downloaded from the hub
+        records = _hf_records(str(path))
+    return validate_records(records, str(path))
 
 
-def _load_hub_dataset(dataset_id: str) -> list[dict[str, Any]]:
+def _hf_records(*args, **kwargs) -> list[dict[str, Any]]:
+    """The train split of ``datasets.load_dataset(*args, **kwargs)`` as a list of dicts."""
     import datasets
-    try:
-        return datasets.load_dataset(dataset_id, split="train").to_list()
-    except Exception as e:  # datasets raises several types when offline
-        raise OSError(
-            f"could not load dataset {dataset_id!r} from the hub ({e.__class__.__name__}). "
-            f"On a machine with internet run `hf download --repo-type dataset {dataset_id} "
-            f"--local-dir DIR` and set dataset = \"DIR/data/<file>.parquet\" in the profile "
-            f"(or pass --dataset PATH).") from None
+    return datasets.load_dataset(*args, split="train", **kwargs).to_list()
 
 
 # ---------------------------------------------------------------- formatting

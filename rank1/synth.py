@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rank1.artifacts import write_text
+from rank1.constants import EVAL_JSONL, TRAIN_JSONL
 
 FAMILIES = ("addition", "subtraction", "multiplication", "linear_equation", "word_problem")
 PLACES = ("Ones", "Tens", "Hundreds", "Thousands", "Ten-thousands")
@@ -162,7 +163,7 @@ def write_splits(folder: Path, n_train: int, n_eval: int, seed: int,
                  families: tuple[str, ...] = FAMILIES) -> tuple[Path, Path]:
     """Generate both splits and write ``train.jsonl`` and ``eval.jsonl`` into ``folder``."""
     train, held_out = generate_splits(n_train, n_eval, seed, families)
-    paths = folder / "train.jsonl", folder / "eval.jsonl"
+    paths = folder / TRAIN_JSONL, folder / EVAL_JSONL
     for path, records in zip(paths, (train, held_out), strict=True):
         write_text(path, "".join(json.dumps(r) + "\n" for r in records))
     return paths

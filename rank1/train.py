@@ -114,7 +114,7 @@ class TrainConfig:
     def dataset_path(self) -> str:
         if self.dataset != "synthetic":
             return self.dataset
-        path = data_dir(self.profile) / "train.jsonl"
+        path = data_dir(self.profile) / K.TRAIN_JSONL
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist: generate it first with "
                                     f"`python s1_peft/prepare_data.py --profile {self.profile}`")
@@ -194,7 +194,9 @@ class EpochSeededSampler(torch.utils.data.Sampler):
 class S1Trainer(Trainer):
     """Trainer whose shuffle is a function of (data_seed, epoch), on one process or several."""
 
-    group_by_length = True
+    def __init__(self, *args, group_by_length: bool = True, **kwargs):
+        self.group_by_length = group_by_length
+        super().__init__(*args, **kwargs)
 
     def _get_train_sampler(self, train_dataset=None):
         ds = train_dataset or self.train_dataset
@@ -307,8 +309,8 @@ def train(cfg: TrainConfig) -> Path:
     kind = "full finetune" if cfg.full else f"rank-{cfg.rank} LoRA, {n_adapters} adapters"
     callback = RunFolderCallback(folder, f"{cfg.model_id} | {kind} | {len(records)} sequences")
     trainer = S1Trainer(model=model, args=args, train_dataset=dataset,
-                        data_collator=PadCollator(tokenizer.pad_token_id), callbacks=[callback])
-    trainer.group_by_length = cfg.group_by_length
+                        data_collator=PadCollator(tokenizer.pad_token_id), callbacks=[callback],
+                        group_by_length=cfg.group_by_length)
     if rank == 0:
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(LossBar())

@@ -64,7 +64,7 @@ def main(cfg: EvalConfig) -> None:
         log.info("%s exists; skipping (--overwrite recomputes)", out)
         return
     run_cfg = read_json(folder / K.CONFIG_JSON)
-    source = data_dir(cfg.profile) / "eval.jsonl" if cfg.eval_data == "synthetic" else cfg.eval_data
+    source = data_dir(cfg.profile) / K.EVAL_JSONL if cfg.eval_data == "synthetic" else cfg.eval_data
     records = load_reasoning_records(str(source))
     records = records[:cfg.n] if cfg.n else records
     bf16 = use_bf16(cfg.precision)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from rank1.artifacts import write_run_metadata
 from rank1.config import data_dir, parse_config
+from rank1.constants import EVAL_JSONL, TRAIN_JSONL
 from rank1.data import load_reasoning_records
 from rank1.logs import run_main
 from rank1.synth import FAMILIES, write_splits
@@ -41,7 +42,7 @@ def main(cfg: DataConfig) -> None:
         log.info("dataset %s loads: %d records", cfg.dataset, len(records))
         return
     out = data_dir(cfg.profile)
-    if (out / "train.jsonl").is_file() and (out / "eval.jsonl").is_file() and not cfg.overwrite:
+    if (out / TRAIN_JSONL).is_file() and (out / EVAL_JSONL).is_file() and not cfg.overwrite:
         log.info("%s already holds train.jsonl and eval.jsonl; skipping (--overwrite regenerates)", out)
         return
     write_splits(out, cfg.n_train, cfg.n_eval, cfg.seed, tuple(cfg.families.split(",")))
