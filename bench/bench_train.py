@@ -32,7 +32,8 @@ def reference(profile: str, steps: int) -> dict:
     from rank1.data import TokenizedDataset, load_reasoning_records
     from rank1.lora import lora_config
     from rank1.models import load_model, load_tokenizer
-    from rank1.train import TrainConfig, use_bf16
+    from rank1.runs import use_bf16
+    from rank1.train import TrainConfig
 
     cfg = config_from_profile(TrainConfig, "train", profile, max_steps=steps)
     tok = load_tokenizer(cfg.model_id)

@@ -12,7 +12,7 @@ import torch
 from peft import LoraConfig, PeftModel
 from safetensors.torch import load_file
 
-from rank1.constants import MLP_PROJECTIONS, PROJECTIONS
+from rank1.constants import ATTN_PROJECTIONS, MLP_PROJECTIONS, PROJECTIONS
 
 LORA_ALPHA = 16
 SAVED_KEY_RE = re.compile(r"layers\.(\d+)\..*?(\w+_proj)\.lora_([AB])\.weight$")
@@ -65,12 +65,32 @@ def select_layers(num_layers: int, layer_start: int | None = None, layer_end: in
     return list(range(start, end, layer_stride))
 
 
-def lora_config(layers: list[int], rank: int = 1, alpha: float = LORA_ALPHA) -> LoraConfig:
-    """PEFT config of the paper: RSLoRA (scale alpha/sqrt(r)), no dropout, no bias, 7 projections."""
+PROJECTION_GROUPS = {"all": PROJECTIONS, "mlp": MLP_PROJECTIONS, "attn": ATTN_PROJECTIONS}
+
+
+def parse_projections(text: str | None) -> tuple[str, ...]:
+    """``all`` | ``mlp`` | ``attn`` | a comma list of projections (``q,k,v`` or ``q_proj,gate_proj``),
+    returned in the paper's projection order."""
+    text = (text or "all").strip()
+    if text in PROJECTION_GROUPS:
+        return PROJECTION_GROUPS[text]
+    names = {t.strip() if t.strip().endswith("_proj") else f"{t.strip()}_proj"
+             for t in text.split(",") if t.strip()}
+    unknown = sorted(names - set(PROJECTIONS))
+    if unknown or not names:
+        raise ValueError(f"--projections {text!r}: unknown {unknown or 'empty list'}; use all, mlp, attn "
+                         f"or a comma list of {[p.removesuffix('_proj') for p in PROJECTIONS]}")
+    return tuple(p for p in PROJECTIONS if p in names)
+
+
+def lora_config(layers: list[int], rank: int = 1, alpha: float = LORA_ALPHA,
+                projections: tuple[str, ...] = PROJECTIONS) -> LoraConfig:
+    """PEFT config of the paper: RSLoRA (scale alpha/sqrt(r)), no dropout, no bias, 7 projections
+    (or the subset ``projections``)."""
     if rank < 1:
         raise ValueError(f"--rank must be >= 1, got {rank}")
     return LoraConfig(r=rank, lora_alpha=alpha, use_rslora=True, lora_dropout=0.0, bias="none",
-                      target_modules=list(PROJECTIONS), layers_to_transform=list(layers),
+                      target_modules=list(projections), layers_to_transform=list(layers),
                       layers_pattern="layers", task_type="CAUSAL_LM")
 
 

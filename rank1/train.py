@@ -23,14 +23,22 @@ from transformers.trainer_callback import ProgressCallback
 
 from rank1 import constants as K
 from rank1.artifacts import read_json, write_json, write_run_metadata
-from rank1.config import data_dir, run_dir, runs_dir
+from rank1.config import data_dir, run_dir
 from rank1.data import PadCollator, TokenizedDataset, load_reasoning_records
-from rank1.lora import adapter_sites, lora_config, parse_layer_indices, select_layers, verify_adapter
+from rank1.lora import (
+    PROJECTION_GROUPS,
+    adapter_sites,
+    lora_config,
+    parse_layer_indices,
+    parse_projections,
+    select_layers,
+    verify_adapter,
+)
 from rank1.models import load_model, load_tokenizer, num_layers
 from rank1.plots import plot_loss_curve
+from rank1.runs import PRECISIONS, use_bf16
 
 log = logging.getLogger(__name__)
-PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def _f(help: str, default=None):
@@ -54,6 +62,8 @@ class TrainConfig:
     last_third: bool = _f("adapt only layers 2n//3 .. n-1", False)
     layer_indices: str | None = _f("comma-separated list of adapted layers")
     layer_stride: int = _f("adapt every n-th layer of the selected range", 1)
+    projections: str = _f("adapted projections: all | mlp | attn | a comma list such as q,k,v or "
+                          "gate,up (beyond the paper: retrained subsets vs. ablated ones)", "all")
     epochs: float = _f("training epochs", 5.0)
     max_steps: int = _f("stop after this many optimizer steps (-1: run all epochs)", -1)
     global_batch: int = _f("sequences per optimizer step, over all devices", 16)
@@ -92,6 +102,7 @@ class TrainConfig:
         if self.model_size and "{size}" not in self.model:
             raise ValueError(f"--model_size given but model {self.model!r} has no {{size}} placeholder")
         parse_layer_indices(self.layer_indices)  # fails early on a malformed list
+        parse_projections(self.projections)
 
     @property
     def model_id(self) -> str:
@@ -109,6 +120,10 @@ class TrainConfig:
             "last_third" if self.last_third else
             f"L{layers[0]}-{layers[-1] + 1}s{self.layer_stride}" if self.layer_indices is None
             else "L" + "_".join(map(str, layers)))
+        projs = parse_projections(self.projections)
+        if projs != K.PROJECTIONS:
+            tag += "-" + (self.projections if self.projections in PROJECTION_GROUPS else
+                          "".join(p.removesuffix("_proj")[0] for p in projs))
         return f"{self.profile}-r{self.rank}-{tag}"
 
     def dataset_path(self) -> str:
@@ -121,14 +136,6 @@ class TrainConfig:
         return str(path)
 
 
-def use_bf16(precision: str) -> bool:
-    if precision != "auto":
-        return precision == "bf16"
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
 def distributed_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
@@ -139,23 +146,13 @@ RUN_MANAGEMENT_FIELDS = ("overwrite", "keep_checkpoints", "save_steps", "deepspe
 def check_same_run(cfg: TrainConfig, saved: dict, folder: Path) -> None:
     """A finished run folder is only reused for the same training config."""
     asked = dataclasses.asdict(cfg)
-    diff = {k: (saved.get(k), v) for k, v in asked.items()
-            if k not in RUN_MANAGEMENT_FIELDS and saved.get(k) != v}
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}  # fields newer than the run
+    diff = {k: (saved.get(k, defaults[k]), v) for k, v in asked.items()
+            if k not in RUN_MANAGEMENT_FIELDS and saved.get(k, defaults[k]) != v}
     if diff:
         shown = ", ".join(f"{k}: trained {a!r}, asked {b!r}" for k, (a, b) in diff.items())
         raise ValueError(f"{folder} holds a finished run with another config ({shown}); "
                          f"pass --run_name NEW for a new run or --overwrite to replace it")
-
-
-def latest_run(profile: str, full: bool = False) -> Path:
-    """The most recently finished run of ``profile`` (what later stages read by default)."""
-    finished = [p.parent for p in runs_dir(full).glob(f"*/{K.CONFIG_JSON}")
-                if read_json(p).get("profile") == profile]
-    if not finished:
-        raise FileNotFoundError(f"no finished {'full' if full else 'LoRA'} run of profile {profile!r} "
-                                f"under {runs_dir(full)}: train one with "
-                                f"`bash 0_train_lora.sh --profile {profile}`")
-    return max(finished, key=lambda p: (p / K.CONFIG_JSON).stat().st_mtime)
 
 
 def latest_complete_checkpoint(folder: Path) -> Path | None:
@@ -269,10 +266,11 @@ def build_model(cfg: TrainConfig, layers: list[int], bf16: bool) -> tuple[torch.
     model = load_model(cfg.model_id, dtype=torch.bfloat16 if (bf16 and on_gpu) else torch.float32)
     n_adapters = 0
     if not cfg.full:
-        model = get_peft_model(model, lora_config(layers, cfg.rank))
+        projections = parse_projections(cfg.projections)
+        model = get_peft_model(model, lora_config(layers, cfg.rank, projections=projections))
         n_adapters = len(adapter_sites(model))
-        if n_adapters != 7 * len(layers):
-            raise RuntimeError(f"expected {7 * len(layers)} adapters, PEFT made {n_adapters}")
+        if n_adapters != len(projections) * len(layers):
+            raise RuntimeError(f"expected {len(projections) * len(layers)} adapters, PEFT made {n_adapters}")
     if cfg.gradient_checkpointing:
         model.enable_input_require_grads()
     return model, n_adapters
@@ -326,7 +324,7 @@ def train(cfg: TrainConfig) -> Path:
     trainer.save_model(str(tmp))  # on every rank: ZeRO-3 gathers the shards here
     if trainer.is_world_process_zero():
         if not cfg.full:
-            verify_adapter(tmp, layers, cfg.rank)
+            verify_adapter(tmp, layers, cfg.rank, parse_projections(cfg.projections))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         callback.write_loss_log(trainer.state)
@@ -334,6 +332,7 @@ def train(cfg: TrainConfig) -> Path:
         tokens = trainer.state.num_input_tokens_seen
         write_run_metadata(folder, cfg, {
             "model_id": cfg.model_id, "num_layers": n_layers, "layers": layers, "n_adapters": n_adapters,
+            "adapted_projections": list(parse_projections(cfg.projections)),
             "trainable_params": trainable, "total_params": total, "bf16": bf16, "world_size": world,
             "gradient_accumulation_steps": args.gradient_accumulation_steps, "n_sequences": len(records),
             "n_truncated": dataset.truncated, "global_steps": trainer.state.global_step,

@@ -9,19 +9,15 @@ Writes <run>/eval_heldout.json. The base model is the same loaded weights with t
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
-
-import torch
-from peft import PeftModel
 
 from rank1 import constants as K
-from rank1.artifacts import read_json, write_json
-from rank1.config import data_dir, parse_config, run_dir
+from rank1.artifacts import write_json
+from rank1.config import data_dir, parse_config
 from rank1.data import load_reasoning_records
 from rank1.evaluate import evaluate_model
 from rank1.logs import run_main
-from rank1.models import load_model, load_tokenizer
-from rank1.train import PRECISIONS, latest_run, use_bf16
+from rank1.models import load_model
+from rank1.runs import PRECISIONS, resolve_run
 
 log = logging.getLogger("s1_peft.eval_heldout")
 
@@ -47,41 +43,27 @@ class EvalConfig:
             raise ValueError(f"--precision must be one of {PRECISIONS}")
 
 
-def resolve_run(cfg: EvalConfig) -> Path:
-    if not cfg.run:
-        return latest_run(cfg.profile)
-    path = Path(cfg.run)
-    return path if path.is_dir() else run_dir(cfg.run)
-
-
 def main(cfg: EvalConfig) -> None:
-    folder = resolve_run(cfg)
-    if not (folder / K.CONFIG_JSON).is_file():
-        raise SystemExit(f"error: {folder} holds no finished run ({K.CONFIG_JSON} missing); "
-                         f"train it first with bash 0_train_lora.sh")
-    out = folder / K.EVAL_JSON
+    run = resolve_run(cfg.run, cfg.profile, require_rank=None)
+    out = run.folder / K.EVAL_JSON
     if out.is_file() and not cfg.overwrite:
         log.info("%s exists; skipping (--overwrite recomputes)", out)
         return
-    run_cfg = read_json(folder / K.CONFIG_JSON)
     source = data_dir(cfg.profile) / K.EVAL_JSONL if cfg.eval_data == "synthetic" else cfg.eval_data
     records = load_reasoning_records(str(source))
     records = records[:cfg.n] if cfg.n else records
-    bf16 = use_bf16(cfg.precision)
-    tokenizer = load_tokenizer(run_cfg["model_id"])
-    on_gpu = torch.cuda.is_available()
-    base = load_model(run_cfg["model_id"], dtype=torch.bfloat16 if bf16 and on_gpu else torch.float32)
-    args = (tokenizer, records, cfg.block_size, cfg.max_new_tokens, cfg.batch_size, bf16)
-    if (folder / K.ADAPTER_DIR).is_dir():
-        model = PeftModel.from_pretrained(base, folder / K.ADAPTER_DIR)
+    loaded = run.load(cfg.precision)
+    model, bf16 = loaded.model, loaded.autocast_bf16
+    args = (loaded.tokenizer, records, cfg.block_size, cfg.max_new_tokens, cfg.batch_size, bf16)
+    if run.kind == "lora":
         with model.disable_adapter():
             base_report = evaluate_model(model, *args)
-        trained_report = evaluate_model(model, *args)
     else:
+        base = load_model(run.model_id, dtype=next(model.parameters()).dtype).to(loaded.device)
         base_report = evaluate_model(base, *args)
-        trained = load_model(str(folder / K.FULL_MODEL_DIR), dtype=base.dtype)
-        trained_report = evaluate_model(trained, *args)
-    report = {"run": folder.name, "eval_data": str(source), "n": len(records), "bf16": bf16,
+    trained_report = evaluate_model(model, *args)
+    report = {"run": run.name, "identity": run.identity(), "eval_data": str(source), "n": len(records),
+              "bf16": bf16,
               "base": base_report, "trained": trained_report,
               "loss_change": trained_report["loss"] - base_report["loss"],
               "exact_match_change": trained_report["exact_match"] - base_report["exact_match"]}

@@ -16,8 +16,9 @@ from rank1.artifacts import read_json
 from rank1.config import REPO_ROOT, config_from_profile, data_dir
 from rank1.lora import verify_adapter
 from rank1.models import load_model
+from rank1.runs import latest_run
 from rank1.synth import write_splits
-from rank1.train import TrainConfig, latest_run, train
+from rank1.train import TrainConfig, train
 
 
 @pytest.fixture

@@ -1,0 +1,120 @@
+"""Statistics every stage reports with: percentile bootstrap CIs, paired over shared units.
+
+A "unit" is what was sampled (a problem, a sequence): resampling units with replacement and
+recomputing the statistic gives its sampling spread. :func:`paired_bootstrap` resamples the same
+units for every array, which is what a difference or a ratio of two variants measured on the same
+problems needs (e.g. recovery = (lora - base) / (full - base)).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+DEFAULT_RESAMPLES = 10_000
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A point estimate with its percentile bootstrap interval. ``value`` is None where the statistic
+    is undefined on the data itself; ``undefined_share`` is the share of resamples where it was."""
+
+    value: float | None
+    lo: float | None
+    hi: float | None
+    level: float = 0.95
+    n: int = 0
+    undefined_share: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __format__(self, spec: str) -> str:
+        if self.value is None:
+            return "undefined"
+        spec = spec or ".3f"
+        return f"{self.value:{spec}} [{self.lo:{spec}}, {self.hi:{spec}}]"
+
+
+def _as_float(x) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def paired_bootstrap(arrays: Mapping[str, np.ndarray], statistic: Callable[..., float | None],
+                     n_resamples: int = DEFAULT_RESAMPLES, level: float = 0.95, seed: int = 0) -> Estimate:
+    """``statistic(**arrays)`` with a percentile CI from resampling the shared first axis.
+
+    Every array has one row per unit (same length); each resample draws the same unit indices for
+    all of them. A statistic returning None or NaN is undefined (e.g. a ratio with a zero
+    denominator): the CI is taken over the defined resamples and the undefined share is reported.
+    """
+    arrays = {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}
+    lengths = {len(v) for v in arrays.values()}
+    if len(lengths) != 1:
+        raise ValueError(f"paired arrays need one length, got {({k: len(v) for k, v in arrays.items()})}")
+    (n,) = lengths
+    if n == 0:
+        raise ValueError("cannot bootstrap an empty sample")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    point = _as_float(statistic(**arrays))
+    rng = np.random.default_rng(seed)
+    idx_RN = rng.integers(0, n, size=(n_resamples, n))
+    reps = np.array([_as_float(statistic(**{k: v[idx] for k, v in arrays.items()})) for idx in idx_RN])
+    defined = reps[np.isfinite(reps)]
+    undefined = 1.0 - len(defined) / n_resamples
+    if not np.isfinite(point):
+        return Estimate(None, None, None, level, n, undefined)
+    if len(defined) == 0:
+        return Estimate(point, None, None, level, n, undefined)
+    lo, hi = np.quantile(defined, [(1 - level) / 2, (1 + level) / 2])
+    return Estimate(point, float(lo), float(hi), level, n, undefined)
+
+
+def bootstrap_mean(x_N: np.ndarray, n_resamples: int = DEFAULT_RESAMPLES, level: float = 0.95,
+                   seed: int = 0) -> Estimate:
+    """Mean of ``x_N`` with a percentile bootstrap CI over its units (vectorised)."""
+    x_N = np.asarray(x_N, dtype=np.float64)
+    if x_N.ndim != 1 or len(x_N) == 0:
+        raise ValueError(f"bootstrap_mean needs a non-empty 1-d array, got shape {x_N.shape}")
+    rng = np.random.default_rng(seed)
+    means_R = x_N[rng.integers(0, len(x_N), size=(n_resamples, len(x_N)))].mean(axis=1)
+    lo, hi = np.quantile(means_R, [(1 - level) / 2, (1 + level) / 2])
+    return Estimate(float(x_N.mean()), float(lo), float(hi), level, len(x_N))
+
+
+def bootstrap_means(x_NK: np.ndarray, n_resamples: int = DEFAULT_RESAMPLES, level: float = 0.95,
+                    seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Column means of ``x_NK`` (N units x K quantities) with paired percentile CIs, vectorised:
+    returns (mean_K, lo_K, hi_K). Units are resampled jointly for all columns. Memory is
+    bounded by resampling in chunks."""
+    x_NK = np.asarray(x_NK, dtype=np.float64)
+    if x_NK.ndim != 2 or len(x_NK) == 0:
+        raise ValueError(f"bootstrap_means needs a non-empty 2-d array, got shape {x_NK.shape}")
+    n, k = x_NK.shape
+    rng = np.random.default_rng(seed)
+    out_RK = np.empty((n_resamples, k))
+    chunk = max(1, min(n_resamples, 2**24 // max(1, n * k)))
+    for start in range(0, n_resamples, chunk):
+        stop = min(n_resamples, start + chunk)
+        idx = rng.integers(0, n, size=(stop - start, n))
+        out_RK[start:stop] = x_NK[idx].mean(axis=1)
+    lo_K, hi_K = np.quantile(out_RK, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    return x_NK.mean(axis=0), lo_K, hi_K
+
+
+def recovery_statistic(variant: np.ndarray, base: np.ndarray, full: np.ndarray) -> float | None:
+    """(mean variant - mean base) / (mean full - mean base); None when full and base are equal."""
+    gap = full.mean() - base.mean()
+    if gap == 0:
+        return None
+    return float((variant.mean() - base.mean()) / gap)
+
+
+def paired_recovery(variant_N: np.ndarray, base_N: np.ndarray, full_N: np.ndarray,
+                    n_resamples: int = DEFAULT_RESAMPLES, level: float = 0.95, seed: int = 0) -> Estimate:
+    """Recovery of the full finetune's gain per problem-paired bootstrap (units: problems)."""
+    return paired_bootstrap({"variant": variant_N, "base": base_N, "full": full_N}, recovery_statistic,
+                            n_resamples, level, seed)
