@@ -54,6 +54,13 @@ def run_dir(run_name: str, full: bool = False) -> Path:
     return runs_dir(full) / run_name
 
 
+def results_dir(profile: str, stage: str, name: str | None = None) -> Path:
+    """Where a stage writes its artifacts: ``<root>/results/<profile>/<stage>[/<name>]`` (``name`` is
+    usually the run the stage read, so two runs never share a folder)."""
+    folder = project_root() / "results" / profile / stage
+    return folder / name if name else folder
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str

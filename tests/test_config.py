@@ -61,3 +61,9 @@ def test_profile_file_of_your_own(tmp_path):
     path.write_text('model = "random-qwen2"\n[train]\nlr = 0.5\n')
     cfg = parse_config(TrainConfig, "train", "", ["--profile", str(path)])
     assert (cfg.profile, cfg.lr, cfg.model, cfg.rank) == ("my_cluster", 0.5, "random-qwen2", 1)
+
+
+def test_results_dir_follows_root(isolated_root):
+    from rank1.config import results_dir
+    assert results_dir("tiny", "eval") == isolated_root / "results" / "tiny" / "eval"
+    assert results_dir("tiny", "ablations", "tiny-r1-all") == isolated_root / "results/tiny/ablations/tiny-r1-all"
