@@ -20,7 +20,13 @@ LOSS_CURVE_PDF = "loss_curve.pdf"
 LOSS_CURVE_PNG = "loss_curve.png"
 CHECKPOINTS_DIR = "checkpoints"  # intermediate Trainer checkpoints (removed after a clean finish)
 CHECKPOINT_DONE = "CHECKPOINT_COMPLETE"  # marker written after a checkpoint is fully on disk
-EVAL_JSON = "eval_heldout.json"
+
+# Files written into results/<profile>/eval/<name>/ by the benchmark evaluation.
+GENERATIONS_DIR = "generations"  # <variant>__<benchmark>.jsonl: every generation with its grade
+RECOVERY_JSON = "recovery.json"  # accuracy and recovery estimates with CIs
+RECOVERY_MD = "recovery_tables.md"  # paper Table 1 and Table 2 layout, paper numbers beside ours
+RECOVERY_PDF = "recovery_bars.pdf"
+RECOVERY_PNG = "recovery_bars.png"
 
 # Files written into data/<profile>/ for generated data.
 TRAIN_JSONL = "train.jsonl"

@@ -1,91 +1,194 @@
-"""Held-out evaluation: assistant-token loss and exact-match accuracy of greedy generations."""
+"""Benchmark evaluation of model variants: generate, grade, and keep every generation in a JSONL.
+
+A variant is a run's weights seen one way:
+
+- ``base``: the LoRA run's model with the adapter disabled (``disable_adapter``);
+- ``lora``: the rank-1 adapter on;
+- ``full``: the full finetune run;
+- ``mlp_ablated`` / ``attn_ablated``: the adapter on, with every MLP (gate, up, down) or every
+  attention (q, k, v, o) adapter ablated through :func:`rank1.hooks.ablate_adapters` (saved weights
+  are never edited);
+- any other run (e.g. ``tiny-r1-all-mlp``, trained on a subset of projections) as an extra row.
+
+Each (variant, benchmark) goes to ``generations/<variant>__<benchmark>.jsonl`` once all its items are
+done, so a killed evaluation resumes at the next file. Every record holds the generation, its grade,
+the budget flags and the weights' hash; ``--regrade`` regrades the files without a model.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
-from collections import defaultdict
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import torch
-from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-from rank1.data import IGNORE_INDEX, PadCollator, TokenizedDataset, prompt_text
-from rank1.metrics import exact_match, extract_answer
+from rank1 import constants as K
+from rank1.artifacts import write_text
+from rank1.benchmarks import Benchmark
+from rank1.generate import Backend, Budget, Generation, think_prompt
+from rank1.hooks import ablate_adapters
+from rank1.runs import Loaded, Run
 
 log = logging.getLogger(__name__)
 
-
-def autocast(bf16: bool):
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.autocast(device, dtype=torch.bfloat16, enabled=bf16)
-
-
-@torch.inference_mode()
-def heldout_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: list[dict],
-                 block_size: int, batch_size: int = 8, bf16: bool = False) -> float:
-    """Mean cross-entropy per assistant token (the training objective) over ``records``."""
-    ds = TokenizedDataset(tokenizer, records, block_size)
-    collate = PadCollator(tokenizer.pad_token_id)
-    total, count = 0.0, 0
-    for i in tqdm(range(0, len(ds), batch_size), desc="held-out loss", leave=False):
-        items = [ds[j] for j in range(i, min(i + batch_size, len(ds)))]
-        batch = {k: v.to(model.device) for k, v in collate(items).items()}
-        with autocast(bf16):
-            logits_BTV = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        labels_BT = batch["labels"][:, 1:]
-        nll = torch.nn.functional.cross_entropy(logits_BTV[:, :-1].float().flatten(0, 1),
-                                                labels_BT.flatten(), ignore_index=IGNORE_INDEX,
-                                                reduction="sum")
-        total += nll.item()
-        count += int((labels_BT != IGNORE_INDEX).sum())
-    return total / count
+PAPER_VARIANTS = ("base", "lora", "full", "mlp_ablated", "attn_ablated")
+LORA_MODES = {"base": "adapter_off", "lora": "adapter_on", "mlp_ablated": "ablate_mlp",
+              "attn_ablated": "ablate_attn"}
 
 
-@torch.inference_mode()
-def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, questions: list[str],
-             max_new_tokens: int, batch_size: int = 16, bf16: bool = False) -> list[str]:
-    """Greedy completions of chat-formatted prompts, batched with left padding."""
-    tokenizer.padding_side = "left"
-    stop = [tokenizer.convert_tokens_to_ids("<|im_end|>")]
-    if tokenizer.eos_token_id is not None:
-        stop.append(tokenizer.eos_token_id)
+@dataclass(frozen=True)
+class Variant:
+    """A named way of running ``run``: ``mode`` is adapter_off | adapter_on | ablate_mlp | ablate_attn
+    | model (a full finetune, or an extra LoRA run with its adapter on)."""
+
+    name: str
+    run: Run
+    mode: str
+
+
+def parse_variants(text: str) -> list[str]:
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [v for v in names if v not in PAPER_VARIANTS]
+    if unknown or not names:
+        raise ValueError(f"--variants {text!r}: unknown {unknown}; choose from {', '.join(PAPER_VARIANTS)} "
+                         f"(other runs go to --extra_runs)")
+    return names
+
+
+@contextlib.contextmanager
+def variant_context(loaded: Loaded, mode: str) -> Iterator[None]:
+    """The model of ``loaded`` behaves as the variant inside the block."""
+    if mode == "adapter_off":
+        with loaded.model.disable_adapter():
+            yield
+    elif mode in ("ablate_mlp", "ablate_attn"):
+        sites = [s for s in loaded.sites if s.is_mlp == (mode == "ablate_mlp")]
+        if not sites:
+            raise ValueError(f"{loaded.run.name} has no {'MLP' if mode == 'ablate_mlp' else 'attention'} "
+                             f"adapters to ablate")
+        with ablate_adapters(sites):
+            yield
+    elif mode in ("adapter_on", "model"):
+        yield
+    else:
+        raise ValueError(f"unknown variant mode {mode!r}")
+
+
+def generations_path(folder: Path, variant: str, benchmark: str) -> Path:
+    return folder / K.GENERATIONS_DIR / f"{variant}__{benchmark}.jsonl"
+
+
+def grade_records(bench: Benchmark, gens: list[Generation], variant: Variant, budget: Budget,
+                  weights_sha256: str) -> list[dict[str, Any]]:
+    """One JSONL record per item: generation, prediction, grade, budget flags, provenance."""
     out = []
-    for i in tqdm(range(0, len(questions), batch_size), desc="generate", leave=False):
-        prompts = [prompt_text(tokenizer, q) for q in questions[i:i + batch_size]]
-        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        with autocast(bf16):
-            ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 eos_token_id=stop, pad_token_id=tokenizer.pad_token_id)
-        for row in ids[:, enc["input_ids"].shape[1]:].tolist():
-            cut = next((j for j, t in enumerate(row) if t in stop), len(row))
-            out.append(tokenizer.decode(row[:cut], skip_special_tokens=False))
-    tokenizer.padding_side = "right"
+    for item, g in zip(bench.items, gens, strict=True):
+        pred, ok = bench.grade(g.answer, item.gold)
+        out.append({"id": item.id, "benchmark": bench.name, "variant": variant.name, "gold": item.gold,
+                    "pred": pred, "correct": bool(ok), **g.to_dict(),
+                    "budget": [budget.think_tokens, budget.answer_tokens], "weights_sha256": weights_sha256})
     return out
 
 
-def score(records: list[dict], completions: list[str]) -> dict[str, Any]:
-    """Exact-match accuracy overall and per task family, plus the first few samples."""
-    by_family: dict[str, list[bool]] = defaultdict(list)
-    hits = []
-    for rec, comp in zip(records, completions, strict=True):
-        ok = exact_match(comp, rec.get("answer", rec.get("solution", "")))
-        hits.append(ok)
-        by_family[rec.get("family", "all")].append(ok)
-    return {
-        "exact_match": sum(hits) / len(hits),
-        "n": len(hits),
-        "by_family": {f: sum(v) / len(v) for f, v in sorted(by_family.items())},
-        "samples": [{"question": r["question"], "gold": r.get("answer", r.get("solution")),
-                     "predicted": extract_answer(c), "completion": c}
-                    for r, c in list(zip(records, completions, strict=True))[:8]],
-    }
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
-def evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: list[dict],
-                   block_size: int, max_new_tokens: int, batch_size: int, bf16: bool) -> dict[str, Any]:
-    model.eval()
-    loss = heldout_loss(model, tokenizer, records, block_size, batch_size, bf16)
-    completions = generate(model, tokenizer, [r["question"] for r in records], max_new_tokens,
-                           batch_size, bf16)
-    return {"loss": loss, **score(records, completions)}
+def read_generations(path: Path) -> list[dict[str, Any]]:
+    """Records of a generations file; a bad line raises a ValueError naming the file and line."""
+    records = []
+    with path.open() as f:
+        for lineno, line in enumerate(f, 1):
+            try:
+                rec = json.loads(line)
+                rec["correct"], rec["id"], rec["answer"]  # noqa: B018 (fields every reader needs)
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}:{lineno}: not a generation record ({e}); delete the file to "
+                                 f"regenerate it") from None
+            records.append(rec)
+    return records
+
+
+def check_existing(path: Path, bench: Benchmark, budget: Budget, weights_sha256: str) -> list[dict[str, Any]]:
+    """A finished file is reused only if it was made from the same weights, budget and items."""
+    records = read_generations(path)
+    ids = [r["id"] for r in records]
+    why = ("other weights" if any(r.get("weights_sha256") != weights_sha256 for r in records) else
+           "another budget" if any(r.get("budget") != [budget.think_tokens, budget.answer_tokens]
+                                   for r in records) else
+           "other items (--limit or the benchmark changed)" if ids != [it.id for it in bench.items] else None)
+    if why:
+        raise ValueError(f"{path} was made with {why}; pass --overwrite to regenerate, or --name for a "
+                         f"new evaluation folder")
+    return records
+
+
+def evaluate_variant(backend: Backend, tokenizer, variant: Variant, loaded: Loaded | None,
+                     benchmarks: list[Benchmark], budget: Budget, folder: Path, weights_sha256: str,
+                     overwrite: bool = False) -> dict[str, float]:
+    """Generate and grade every benchmark not yet done for ``variant``; returns seconds per benchmark."""
+    seconds = {}
+    for bench in benchmarks:
+        path = generations_path(folder, variant.name, bench.name)
+        if path.is_file() and not overwrite:
+            check_existing(path, bench, budget, weights_sha256)
+            log.info("%s exists; skipping", path.name)
+            continue
+        prompts = [think_prompt(tokenizer, it.question) for it in bench.items]
+        t0 = time.time()
+        ctx = variant_context(loaded, variant.mode) if loaded is not None else contextlib.nullcontext()
+        with ctx:
+            gens = backend.generate(prompts, budget, desc=f"{variant.name} {bench.name}")
+        seconds[bench.name] = time.time() - t0
+        records = grade_records(bench, gens, variant, budget, weights_sha256)
+        write_jsonl(path, records)
+        tokens = sum(g.think_tokens + g.answer_tokens for g in gens)
+        log.info("%s %s: accuracy %.1f%% (%d items, %d tokens, %.0f tokens/s, thinking budget hit %d)",
+                 variant.name, bench.name, 100 * sum(r["correct"] for r in records) / len(records), len(records),
+                 tokens, tokens / max(seconds[bench.name], 1e-9), sum(g.think_budget_hit for g in gens))
+    return seconds
+
+
+def regrade_file(path: Path, bench: Benchmark) -> list[dict[str, Any]]:
+    """Regrade a generations file with the benchmark's current grader (no model needed)."""
+    records = read_generations(path)
+    gold = {it.id: it.gold for it in bench.items}
+    for r in records:
+        r["gold"] = gold.get(r["id"], r["gold"])
+        r["pred"], ok = bench.grade(r["answer"], r["gold"])
+        r["correct"] = bool(ok)
+    write_jsonl(path, records)
+    return records
+
+
+def vllm_weights(variant: Variant, scratch: Path) -> tuple[str, str | None]:
+    """(model folder, adapter folder or None) that vLLM serves for ``variant``. An ablated variant
+    is served as a copy of the adapter whose ablated ``lora_B`` are zero, written under ``scratch``;
+    the parity check against the hook-ablated PEFT model confirms it is the same function."""
+    from safetensors.torch import load_file, save_file
+
+    from rank1.models import resolve_model_source
+
+    run = variant.run
+    if run.kind == "full":
+        return str(run.weights_dir), None
+    base = resolve_model_source(run.model_id)
+    if variant.mode == "adapter_off":
+        return base, None
+    if variant.mode in ("adapter_on", "model"):
+        return base, str(run.weights_dir)
+    mlp = variant.mode == "ablate_mlp"
+    projections = K.MLP_PROJECTIONS if mlp else K.ATTN_PROJECTIONS
+    tensors = load_file(str(run.weights_dir / "adapter_model.safetensors"))
+    for key, t in tensors.items():
+        if "lora_B" in key and any(f".{p}." in key for p in projections):
+            tensors[key] = t.new_zeros(t.shape)
+    target = scratch / variant.name
+    target.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(target / "adapter_model.safetensors"))
+    (target / "adapter_config.json").write_text((run.weights_dir / "adapter_config.json").read_text())
+    return base, str(target)

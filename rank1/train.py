@@ -66,6 +66,7 @@ class TrainConfig:
                           "gate,up (beyond the paper: retrained subsets vs. ablated ones)", "all")
     epochs: float = _f("training epochs", 5.0)
     max_steps: int = _f("stop after this many optimizer steps (-1: run all epochs)", -1)
+    full_max_steps: int = _f("optimizer steps of the full finetune (--full); -1: as --max_steps", -1)
     global_batch: int = _f("sequences per optimizer step, over all devices", 16)
     micro_batch: int = _f("sequences per device per forward pass", 1)
     block_size: int = _f("maximum tokens per sequence (longer ones are truncated)", 20000)
@@ -250,7 +251,8 @@ def training_arguments(cfg: TrainConfig, folder: Path, bf16: bool) -> TrainingAr
         gradient_accumulation_steps=cfg.global_batch // (cfg.micro_batch * world),
         learning_rate=cfg.full_lr if cfg.full else cfg.lr, lr_scheduler_type="cosine",
         warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay, adam_beta1=cfg.adam_beta1,
-        adam_beta2=cfg.adam_beta2, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        adam_beta2=cfg.adam_beta2, num_train_epochs=cfg.epochs,
+        max_steps=cfg.full_max_steps if cfg.full and cfg.full_max_steps > 0 else cfg.max_steps,
         bf16=bf16, activation_checkpointing=cfg.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         save_strategy="steps" if cfg.save_steps else "no", save_steps=cfg.save_steps or 500,

@@ -45,7 +45,7 @@ def test_invalid_values_fail_with_a_message(capsys):
         parse_config(TrainConfig, "train", "", ["--profile", "nope"])
 
 
-@pytest.mark.parametrize("script", ["s1_peft/train.py", "s1_peft/prepare_data.py", "s1_peft/eval_heldout.py"])
+@pytest.mark.parametrize("script", ["s1_peft/train.py", "s1_peft/prepare_data.py", "s1_peft/eval_benchmarks.py"])
 def test_help(script):
     out = run_script([script, "--help"]).stdout
     assert "usage:" in out and "--profile" in out

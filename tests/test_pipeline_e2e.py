@@ -1,5 +1,6 @@
 """End-to-end on the embedded SmolLM2 model (minutes): select with `pytest -m slow`."""
 
+import os
 import subprocess
 import sys
 
@@ -7,18 +8,20 @@ import pytest
 
 from rank1 import constants as K
 from rank1.artifacts import read_json
-from rank1.config import REPO_ROOT, run_dir
+from rank1.config import REPO_ROOT, results_dir, run_dir
 from rank1.lora import verify_adapter
 
 
 @pytest.mark.slow
 def test_tiny_pipeline_short(isolated_root):
-    subprocess.run(["bash", "0_train_lora.sh", "--profile", "tiny", "--max_steps", "6", "--save_steps", "3"],
-                   cwd=REPO_ROOT, check=True)
+    for extra in ([], ["--full", "--full_max_steps", "2"]):
+        subprocess.run(["bash", "0_train_lora.sh", "--profile", "tiny", "--max_steps", "6", "--save_steps", "3",
+                        *extra], cwd=REPO_ROOT, check=True, env={"PYTHON": sys.executable, **os.environ})
     folder = run_dir("tiny-r1-all")
     assert verify_adapter(folder / K.ADAPTER_DIR, list(range(30)), rank=1) == 210
-    subprocess.run([sys.executable, "s1_peft/eval_heldout.py", "--profile", "tiny", "--n", "8",
-                    "--max_new_tokens", "24"], cwd=REPO_ROOT, check=True)
-    report = read_json(folder / K.EVAL_JSON)
-    assert report["n"] == 8 and report["trained"]["loss"] < report["base"]["loss"]
+    subprocess.run([sys.executable, "s1_peft/eval_benchmarks.py", "--profile", "tiny", "--limit", "4",
+                    "--think_tokens", "24", "--answer_tokens", "4"], cwd=REPO_ROOT, check=True)
+    summary = read_json(results_dir("tiny", "eval", "tiny-r1-all") / K.RECOVERY_JSON)
+    assert summary["benchmarks"] == ["heldout", "math500"] and len(summary["variants"]) == 5
+    assert summary["accuracy"]["lora"]["heldout"]["n"] == 4
     assert list(isolated_root.glob("logs/train-tiny-*.log"))
