@@ -174,9 +174,9 @@ def _decode_batch(model: PreTrainedModel, tokenizer, prompt_ids: list[list[int]]
         if not keep:
             return rows
         if len(keep) < len(active):  # finished rows leave the batch and the cache
-            keep_K = torch.tensor(keep, device=device)
+            keep_K = torch.tensor(keep)  # on the CPU: indexes cache layers on any GPU (device_map="auto")
             cache.batch_select_indices(keep_K)
-            mask_BT, last_B1 = mask_BT[keep_K], last_B1[keep_K]
+            mask_BT, last_B1 = mask_BT[keep_K.to(device)], last_B1[keep_K.to(device)]
             active, feed = [active[j] for j in keep], [feed[j] for j in keep]
         inputs_BT = torch.tensor(feed, dtype=torch.long, device=device)[:, None]
         positions_BT = last_B1 + 1

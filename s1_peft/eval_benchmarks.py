@@ -16,9 +16,11 @@ config.json (with the identity of every run) and argv.json.
 """
 
 import gc
+import hashlib
 import importlib.util
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -148,6 +150,10 @@ def evaluate_vllm(cfg, variants, benchmarks, budget, folder) -> None:
         gc.collect()
 
 
+def file_sha256(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def main(cfg: EvalConfig) -> None:
     benchmarks = [load_benchmark(s, cfg.profile, cfg.gpqa_path, cfg.gpqa_seed, cfg.limit)
                   for s in BenchmarkSpec.parse(cfg.benchmarks)]
@@ -166,7 +172,8 @@ def main(cfg: EvalConfig) -> None:
     summary = write_tables(folder, [v.name for v in variants], [b.name for b in benchmarks], title)
     write_run_metadata(folder, cfg, {
         "runs": {v.name: {**v.run.identity(), "mode": v.mode} for v in variants},
-        "benchmarks": {b.name: {"source": b.source, "n": len(b.items)} for b in benchmarks}})
+        "benchmarks": {b.name: {"source": b.source, "n": len(b.items), "sha256": file_sha256(b.source)}
+                       for b in benchmarks}})
     for b in benchmarks:
         log.info("%s: %s", b.name, "  ".join(f"{v.name} {100 * summary['accuracy'][v.name][b.name]['value']:.1f}%"
                                              for v in variants))

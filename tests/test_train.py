@@ -154,3 +154,17 @@ def test_bad_input_is_one_error_line_and_no_run_folder(isolated_root):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == "error: --layer_start 5 out of range: the model has layers 0..1"
     assert not (isolated_root / "s1_peft").exists()
+
+
+def test_full_finetune_has_its_own_steps_and_cpu_auto_is_fp32(tmp_path):
+    from rank1.runs import use_bf16
+    from rank1.train import training_arguments
+
+    lora = config_from_profile(TrainConfig, "train", "test", max_steps=7, full_max_steps=3)
+    full = config_from_profile(TrainConfig, "train", "test", max_steps=7, full_max_steps=3, full=True)
+    assert training_arguments(lora, tmp_path, False).max_steps == 7
+    assert training_arguments(full, tmp_path, False).max_steps == 3
+    unset = config_from_profile(TrainConfig, "train", "test", max_steps=7, full=True)
+    assert training_arguments(unset, tmp_path, False).max_steps == 7
+    if not torch.cuda.is_available():
+        assert use_bf16("auto") is False and use_bf16("bf16") is True
