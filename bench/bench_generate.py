@@ -5,7 +5,7 @@ in one process, interleaved (batched, single, single, batched, ...); prints toke
 medians and their ratio (target >= 8x on 2 CPU cores at batch 32).
 
 Usage:
-    python bench/bench_generate.py                          # tiny profile (SmolLM2-135M), 32 prompts
+    python bench/bench_generate.py --run tiny-r1-all        # tiny profile (SmolLM2-135M + adapter), 32 prompts
     python bench/bench_generate.py --profile test --n 8 --tokens 16
 """
 
@@ -24,15 +24,24 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=32, help="prompts (= the batch size of the batched side)")
     parser.add_argument("--tokens", type=int, default=32, help="thinking budget per prompt")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each side, interleaved")
+    parser.add_argument("--run", help="a trained run (its long reasoning traces make a fairer load than the "
+                                      "base model, which often stops at once); default: the base model")
+    parser.add_argument("--adapter", help="a PEFT adapter folder instead of --run")
     args = parser.parse_args()
 
     from rank1.benchmarks import BenchmarkSpec, load_benchmark
     from rank1.config import load_profile
     from rank1.generate import Budget, StopTokens, budget_forced_greedy, think_prompt
     from rank1.models import load_model, load_tokenizer
+    from rank1.runs import resolve_run
 
-    model_id = load_profile(args.profile).common("model")
-    tok, model = load_tokenizer(model_id), load_model(model_id, dtype=torch.float32).eval()
+    if args.adapter or args.run:
+        loaded = resolve_run(args.run, args.profile, adapter=args.adapter,
+                             model_id=load_profile(args.profile).common("model")).load("fp32")
+        tok, model, model_id = loaded.tokenizer, loaded.model, f"{loaded.run.name} on {loaded.run.model_id}"
+    else:
+        model_id = load_profile(args.profile).common("model")
+        tok, model = load_tokenizer(model_id), load_model(model_id, dtype=torch.float32).eval()
     bench = load_benchmark(BenchmarkSpec("heldout", args.n), args.profile)
     prompts = [think_prompt(tok, it.question) for it in bench.items]
     stops = sorted(StopTokens.of(tok).think)

@@ -128,7 +128,7 @@ def plot_accuracy(summary: dict[str, Any], pdf: Path, png: Path, title: str) -> 
     variants, benches, acc = summary["variants"], summary["benchmarks"], summary["accuracy"]
     width = 0.8 / len(variants)
     x = np.arange(len(benches))
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(benches) * max(1, len(variants) / 4), 3.6))
+    fig, ax = plt.subplots(figsize=(3.6 + 1.4 * len(benches) * max(1, len(variants) / 4), 3.6))
     for i, v in enumerate(variants):
         vals = np.array([100 * acc[v][b]["value"] for b in benches])
         lo = vals - np.array([100 * acc[v][b]["lo"] for b in benches])
@@ -138,7 +138,7 @@ def plot_accuracy(summary: dict[str, Any], pdf: Path, png: Path, title: str) -> 
     ax.set_xticks(x, [BENCHMARK_TITLES.get(b, b) for b in benches])
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, frameon=False)
+    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     for path, fmt in ((pdf, "pdf"), (png, "png")):
         write_with(path, lambda tmp, fmt=fmt: fig.savefig(tmp, format=fmt, dpi=150))
