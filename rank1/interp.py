@@ -172,7 +172,8 @@ def precompute_topk(cfg: TopKConfig, kind: str) -> Path:
     result.save(folder)
     write_json(done, {**public_config(cfg), "kind": kind, "settings": settings, "identity": store.identity,
                       "store": str(src), "store_key": store.manifest["store_key"], "sites": store.sites,
-                      "n_tokens": store.n_tokens, "corpus": store.manifest["corpus"]})
+                      "n_tokens": store.n_tokens, "n_docs": store.manifest["n_docs"],
+                      "corpus": store.manifest["corpus"]})
     return folder
 
 

@@ -271,7 +271,7 @@ def compute_topk(store: Store, k: int = 50, context: int = 30, n_per_decile: int
             features.append({"feature": f, "name": f"L{site['layer']}_{site['name']}_{pol}", "site": s,
                              "layer": site["layer"], "site_name": site["name"], "polarity": 1 - 2 * p,
                              "n_top": int((top_index[f] >= 0).sum()), "n_active": int(active_hist[f].sum()),
-                             "threshold": float(thr[f])})
+                             "threshold": float(thr[f]) if torch.isfinite(thr[f]) else None})
     meta = {"k": k, "context": context, "n_per_decile": n_per_decile, "n_random": n_random,
             "active_frac": active_frac, "seed": seed, "n_tokens": n, "sites": store.sites}
     return TopKResult(tensors, features, meta)

@@ -3,12 +3,11 @@
 import json
 import shutil
 
-import numpy as np
 import pytest
 import torch
-from helpers import run_script
 from peft import PeftModel
 
+from helpers import run_script, synthetic_store
 from rank1 import constants as K
 from rank1.capture import sample_neurons
 from rank1.config import config_from_profile
@@ -16,8 +15,7 @@ from rank1.data import tokenize_record
 from rank1.interp import ExtractConfig, TopKConfig, extract, precompute_topk
 from rank1.models import load_model, tiny_tokenizer
 from rank1.runs import RunError
-from rank1.store import Store, StoreError, plan_shards, write_store
-from rank1.synth import generate_splits
+from rank1.store import Store, StoreError, plan_shards
 from rank1.topk import TopKResult, compute_topk, decode_keys, heapq_topk, ordered_keys
 
 SCRIPTS = "2_lora_activation_interp"
@@ -165,23 +163,6 @@ def test_plan_keeps_documents_whole():
 # ---------------------------------------------------------------- top-k
 
 
-def _synthetic_store(folder, T=300, S=3, shards=3, seed=0):
-    rng = np.random.default_rng(seed)
-    acts = torch.from_numpy(rng.normal(size=(T, S)).astype(np.float32)).half().float()
-    acts[10:20, 0] = 9.0  # ties across a shard boundary at the top
-    acts[:, 2] = acts[:, 2].abs()  # never negative: the negative feature has no examples
-    docs = torch.from_numpy(np.repeat(np.arange(T // 25), 25).astype(np.int32))
-    pos = torch.from_numpy(np.tile(np.arange(25), T // 25).astype(np.int32))
-    ids = torch.from_numpy(rng.integers(0, 50, T).astype(np.int32))
-    cut = np.linspace(0, T, shards + 1).astype(int)
-    cut = [c - c % 25 for c in cut]
-    parts = [{"acts_TS": acts[a:b], "token_ids_T": ids[a:b], "doc_ids_T": docs[a:b], "positions_T": pos[a:b]}
-             for a, b in zip(cut[:-1], cut[1:], strict=True)]
-    sites = [{"layer": 0, "name": n} for n in ("q_proj", "k_proj", "v_proj")][:S]
-    ident = {"run": "r", "base_model": "m", "weights_sha256": "x"}
-    return write_store(folder, parts, sites, ident), acts, ids, docs
-
-
 def test_keys_order_by_value_then_index():
     v = torch.tensor([[1.0], [3.0], [3.0], [-2.0], [0.0], [2.5e-8]])
     keys = ordered_keys(v, 100)
@@ -191,7 +172,7 @@ def test_keys_order_by_value_then_index():
 
 
 def test_topk_equals_heapq_and_samples_are_valid(tmp_path):
-    store, acts, ids, docs = _synthetic_store(tmp_path, T=300)
+    store, acts, ids, docs = synthetic_store(tmp_path, T=300)
     res = compute_topk(store, k=12, context=3, n_per_decile=2, n_random=4, active_frac=0.2, seed=0)
     values = torch.stack([acts, -acts], 2).reshape(300, -1).numpy()
     ref = heapq_topk(values, 12)
@@ -239,7 +220,7 @@ def test_topk_equals_heapq_and_samples_are_valid(tmp_path):
 
 
 def test_topk_round_trip_and_k_too_large(tmp_path):
-    store, *_ = _synthetic_store(tmp_path / "s", T=100, shards=2)
+    store, *_ = synthetic_store(tmp_path / "s", T=100, shards=2)
     res = compute_topk(store, k=5, context=2, n_per_decile=1, n_random=1)
     res.vocab = {1: "<script>"}
     res.save(tmp_path / "t")
