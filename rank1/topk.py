@@ -55,14 +55,13 @@ COLUMN_CHUNK = 128  # columns per vectorised step (bounds memory at T x 128 int6
 # ---------------------------------------------------------------- keys
 
 
-def ordered_keys(values_TF: torch.Tensor, token_start: int) -> torch.Tensor:
+def ordered_keys(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """int64 keys ordering entries by value (descending) then global token index (ascending); entries with
-    value <= 0 get NONE. ``values_TF`` float32, rows are tokens ``token_start..``."""
-    bits = values_TF.contiguous().view(torch.int32).to(torch.int64)
+    value <= 0 get NONE. ``values`` float32, ``index`` int64 of a broadcastable shape."""
+    bits = values.contiguous().view(torch.int32).to(torch.int64)
     mono = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
-    idx = torch.arange(token_start, token_start + values_TF.shape[0], dtype=torch.int64)[:, None]
-    keys = mono * (1 << 32) + ((1 << 32) - 1 - idx)
-    return torch.where(values_TF > 0, keys, torch.full_like(keys, NONE))
+    keys = mono * (1 << 32) + ((1 << 32) - 1 - index)
+    return torch.where(values > 0, keys, torch.full_like(keys, NONE))
 
 
 def decode_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,10 +74,50 @@ def decode_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return index, value
 
 
-def merge_topk(running_FK: torch.Tensor, keys_TF: torch.Tensor, k: int) -> torch.Tensor:
-    """Largest ``k`` keys per feature of the running [F, k] set and a new block [T, F]."""
-    new_FK = keys_TF.topk(min(k, keys_TF.shape[0]), dim=0).values.T
+def column_topk_keys(values_TF: torch.Tensor, token_start: int, k: int, block: int = 16) -> torch.Tensor:
+    """[F, k] largest keys per column of a block of rows (token ``token_start + row``), NONE-padded.
+
+    Keys are only built for candidates: with the rows cut into blocks of ``block``, the k-th largest block
+    maximum ``tau`` is a lower bound of the k-th largest value (k blocks hold a value >= tau), so every
+    top-k entry, ties included, is among the entries >= tau, which lie in the blocks whose maximum is
+    >= tau: one cheap pass (block maxima) over the data, then only those blocks are looked at.
+    """
+    T, F_ = values_TF.shape
+    full = T // block
+    block_max = values_TF[:full * block].view(full, block, F_).amax(1)
+    if full * block < T:
+        block_max = torch.cat([block_max, values_TF[full * block:].amax(0, keepdim=True)])
+    tau = block_max.topk(k, dim=0).values[-1] if block_max.shape[0] >= k else torch.full((F_,), -torch.inf)
+    smallest = torch.finfo(torch.float32).smallest_normal * 2 ** -23  # the smallest positive float: v >= it <=> v > 0
+    tau = tau.clamp(min=smallest)
+    cand_f, cand_b = (block_max.T >= tau[:, None]).nonzero(as_tuple=True)  # blocks that can hold a top entry
+    r = cand_b[:, None] * block + torch.arange(block)  # [n, block] their rows
+    vals = values_TF[r.clamp(max=T - 1), cand_f[:, None]]
+    i, j = ((vals >= tau[cand_f][:, None]) & (r < T)).nonzero(as_tuple=True)  # sorted by column
+    rows, cols = r[i, j], cand_f[i]
+    keys = ordered_keys(values_TF[rows, cols], rows.to(torch.int64) + token_start)
+    counts = torch.bincount(cols, minlength=F_)
+    width = max(k, int(counts.max()) if len(cols) else 0)
+    slot = torch.arange(len(cols)) - (torch.cumsum(counts, 0) - counts)[cols]
+    grid = torch.full((F_, width), NONE, dtype=torch.int64)
+    grid[cols, slot] = keys
+    return grid.topk(k, dim=1).values
+
+
+def merge_topk(running_FK: torch.Tensor, values_TF: torch.Tensor, token_start: int, k: int) -> torch.Tensor:
+    """Largest ``k`` keys per feature of the running [F, k] set and a block of values [T, F]."""
+    new_FK = column_topk_keys(values_TF, token_start, k)
     return torch.cat([running_FK, new_FK], dim=1).topk(k, dim=1).values
+
+
+def store_topk(store: Store, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token index, value) of the top-k of every feature, [2S, k] each (-1 / nan where fewer than k)."""
+    top = torch.full((2 * len(store.sites), k), NONE, dtype=torch.int64)
+    for sh in store.shards():
+        x = sh.acts_TS.float()
+        top[0::2] = merge_topk(top[0::2], x, sh.token_start, k)
+        top[1::2] = merge_topk(top[1::2], -x, sh.token_start, k)
+    return decode_keys(top)
 
 
 def feature_values(acts_TS: torch.Tensor) -> torch.Tensor:
@@ -222,7 +261,7 @@ def compute_topk(store: Store, k: int = 50, context: int = 30, n_per_decile: int
         for cols in _chunks(F_):
             v = feature_values(x[:, cols.start // 2:(cols.stop + 1) // 2])
             active_hist[cols] += histogram_rows(v, thr[cols], fmax[cols], FINE_BINS, v > thr[cols])
-            top[cols] = merge_topk(top[cols], ordered_keys(v, sh.token_start), k)
+            top[cols] = merge_topk(top[cols], v, sh.token_start, k)
     top_index, top_value = decode_keys(top)
     decile_edges = quantiles_from_histogram(active_hist, thr.clamp(max=torch.finfo(torch.float32).max),
                                             fmax, tuple(i / N_DECILES for i in range(N_DECILES + 1)))

@@ -16,7 +16,7 @@ from rank1.interp import ExtractConfig, TopKConfig, extract, precompute_topk
 from rank1.models import load_model, tiny_tokenizer
 from rank1.runs import RunError
 from rank1.store import Store, StoreError, plan_shards
-from rank1.topk import TopKResult, compute_topk, decode_keys, heapq_topk, ordered_keys
+from rank1.topk import TopKResult, column_topk_keys, compute_topk, decode_keys, heapq_topk, ordered_keys
 
 SCRIPTS = "2_lora_activation_interp"
 
@@ -165,10 +165,21 @@ def test_plan_keeps_documents_whole():
 
 def test_keys_order_by_value_then_index():
     v = torch.tensor([[1.0], [3.0], [3.0], [-2.0], [0.0], [2.5e-8]])
-    keys = ordered_keys(v, 100)
+    keys = ordered_keys(v, torch.arange(100, 106)[:, None])
     idx, val = decode_keys(keys.topk(6, dim=0).values.T)
+    assert torch.equal(column_topk_keys(v, 100, 6, block=2), keys.topk(6, dim=0).values.T)
     assert idx[0].tolist() == [101, 102, 100, 105, -1, -1]
     assert val[0, :4].tolist() == pytest.approx([3.0, 3.0, 1.0, 2.5e-8])
+
+
+def test_block_candidates_keep_every_tie():
+    g = torch.Generator().manual_seed(0)
+    v_TF = torch.randint(-3, 4, (2000, 5), generator=g).float() / 2  # few distinct values: ties everywhere
+    v_TF[1500:1510, 4] = 9.0
+    keys = column_topk_keys(v_TF, 7, 20, block=8)
+    idx, val = decode_keys(keys)
+    for f, ref in enumerate(heapq_topk(v_TF.numpy(), 20)):
+        assert [(v, i - 7) for v, i in zip(val[f].tolist(), idx[f].tolist(), strict=True)] == ref
 
 
 def test_topk_equals_heapq_and_samples_are_valid(tmp_path):
