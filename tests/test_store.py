@@ -124,6 +124,7 @@ def test_resume_keeps_finished_shards_and_redoes_the_rest(trained, tmp_path):
     assert again.manifest["store_key"] == store.manifest["store_key"]
 
 
+@pytest.mark.slow
 def test_two_processes_write_the_same_store(trained, tmp_path):
     one = _extract(trained, tmp_path / "one", max_docs=6)
     two = _extract(trained, tmp_path / "two", max_docs=6, num_procs=2)
@@ -277,3 +278,32 @@ def test_scripts_bad_input_one_error_line(trained, tmp_path):
         lines = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
         assert len(lines) == 1 and message in lines[0], proc.stderr
     assert isinstance(RunError("x"), ValueError)
+
+
+@pytest.mark.slow
+def test_killed_extraction_resumes(trained, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from rank1.config import REPO_ROOT
+
+    out = tmp_path / "killed"
+    args = [sys.executable, f"{SCRIPTS}/2.0_extract_lora_activations.py", "--profile", "test", "--run", trained["run"],
+            "--corpus", trained["corpus"], "--out", str(out), "--shard_tokens", "100", "--batch_tokens", "128"]
+    proc = subprocess.Popen(args, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / K.STORE_SHARDS_DIR).glob("shard_*.safetensors"))) < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    kept = sorted((out / K.STORE_SHARDS_DIR).glob("shard_*.safetensors"))
+    assert kept and not (out / K.STORE_MANIFEST).exists()
+    run_script(args[1:])
+    resumed = Store.open(out)
+    fresh = _extract(trained, tmp_path / "fresh", shard_tokens=100, batch_tokens=128)
+    assert len(resumed.manifest["shards"]) == len(fresh.manifest["shards"]) > len(kept)
+    for a, b in zip(resumed.shards(), fresh.shards(), strict=True):
+        assert torch.equal(a.token_ids_T, b.token_ids_T)
+        torch.testing.assert_close(a.acts_TS, b.acts_TS, atol=2e-3, rtol=2e-3)
