@@ -301,7 +301,7 @@ def extract_store(spec: CaptureSpec, corpus: Corpus, folder: Path, *, sites: lis
     n_workers = max(1, min(gpus or workers, len(todo) or 1))
     jobs = [Job(spec, sites, corpus, plan, todo[r::n_workers], folder, key, dtype, batch_tokens,
                 threads=0 if gpus or n_workers == 1 else max(1, (os.cpu_count() or 1) // n_workers),
-                gpu=r if gpus else None) for r in range(n_workers)]
+                gpu=r if gpus and n_workers > 1 else None) for r in range(n_workers)]
     if n_workers == 1:
         run_job(jobs[0], bar.update)
     else:

@@ -49,6 +49,7 @@ FINE_BINS = 2000
 SHOW_BINS = 50  # FINE_BINS must be a multiple
 N_DECILES = 10
 NONE = torch.iinfo(torch.int64).min  # key of "no example"
+SUFFIX = {"top": "FK", "decile": "FDN", "random": "FN"}  # shape suffix of each example group
 COLUMN_CHUNK = 128  # columns per vectorised step (bounds memory at T x 128 int64)
 
 
@@ -190,14 +191,14 @@ class TopKResult:
     meta: dict[str, Any] = field(default_factory=dict)
     vocab: dict[int, str] = field(default_factory=dict)
 
-    def context(self, kind: str, f: int, *idx: int) -> tuple[list[int], list[float]]:
-        """Token ids and values of one example window (``kind`` top | decile | random), cropped to its
-        document. ``top``: idx = (rank,); ``decile``: (decile, j); ``random``: (j,)."""
-        ids = self.tensors[f"{kind}_tokens_F{'DN' if kind == 'decile' else 'K' if kind == 'top' else 'N'}W"]
-        acts = self.tensors[f"{kind}_acts_F{'DN' if kind == 'decile' else 'K' if kind == 'top' else 'N'}W"]
-        row_ids, row_acts = ids[(f, *idx)], acts[(f, *idx)]
-        keep = row_ids >= 0
-        return row_ids[keep].tolist(), row_acts[keep].tolist()
+    def window(self, kind: str, f: int, *idx: int) -> tuple[list[str], list[float], int]:
+        """One example of feature ``f``: (token strings, feature values, index of the target token), cropped
+        to its document. ``kind`` top: idx = (rank,); decile: (decile, j); random: (j,)."""
+        ids = self.tensors[f"{kind}_tokens_{SUFFIX[kind]}W"][(f, *idx)]
+        acts = self.tensors[f"{kind}_acts_{SUFFIX[kind]}W"][(f, *idx)]
+        keep = ids >= 0
+        center = int(keep[:ids.shape[0] // 2].sum())
+        return [self.vocab.get(i, "") for i in ids[keep].tolist()], acts[keep].tolist(), center
 
     @classmethod
     def load(cls, folder: str | Path) -> TopKResult:
@@ -292,9 +293,8 @@ def compute_topk(store: Store, k: int = 50, context: int = 30, n_per_decile: int
     # 4. contexts
     groups = {"top": top_index, "decile": decile_index, "random": random_index}
     tensors = _gather_contexts(store, groups, context)
-    suffix = {"top": "FK", "decile": "FDN", "random": "FN"}
     for name, ix in groups.items():
-        tensors[f"{name}_index_{suffix[name]}"] = ix
+        tensors[f"{name}_index_{SUFFIX[name]}"] = ix
     tensors.update({
         "top_value_FK": top_value.float(), "decile_edges_FD1": decile_edges, "threshold_F": thr,
         "min_S": lo, "max_S": hi, "mean_S": mean.float(), "std_S": std.float(),
@@ -378,15 +378,14 @@ def _gather_contexts(store: Store, groups: dict[str, torch.Tensor], context: int
             o["acts"][f, j] = torch.where(inside, acts, 0.0)
             o["doc"][f, j] = sh.doc_ids_T[centre]
             o["pos"][f, j] = sh.positions_T[centre]
-    suffix = {"top": "FK", "decile": "FDN", "random": "FN"}
     tensors = {}
     for name, ix in groups.items():
         shape = tuple(ix.shape)
         o = out[name]
-        tensors[f"{name}_tokens_{suffix[name]}W"] = o["tokens"].reshape(*shape, W)
-        tensors[f"{name}_acts_{suffix[name]}W"] = o["acts"].reshape(*shape, W)
-        tensors[f"{name}_doc_{suffix[name]}"] = o["doc"].reshape(shape)
-        tensors[f"{name}_pos_{suffix[name]}"] = o["pos"].reshape(shape)
+        tensors[f"{name}_tokens_{SUFFIX[name]}W"] = o["tokens"].reshape(*shape, W)
+        tensors[f"{name}_acts_{SUFFIX[name]}W"] = o["acts"].reshape(*shape, W)
+        tensors[f"{name}_doc_{SUFFIX[name]}"] = o["doc"].reshape(shape)
+        tensors[f"{name}_pos_{SUFFIX[name]}"] = o["pos"].reshape(shape)
     return tensors
 
 

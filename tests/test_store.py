@@ -232,13 +232,18 @@ def test_topk_equals_heapq_and_samples_are_valid(tmp_path):
 
 
 def test_topk_round_trip_and_k_too_large(tmp_path):
-    store, *_ = synthetic_store(tmp_path / "s", T=100, shards=2)
+    store, acts, ids, _ = synthetic_store(tmp_path / "s", T=100, shards=2)
     res = compute_topk(store, k=5, context=2, n_per_decile=1, n_random=1)
-    res.vocab = {1: "<script>"}
+    res.vocab = {i: f"w{i}" for i in range(50)}
+    res.vocab[1] = "<script>"
     res.save(tmp_path / "t")
     (tmp_path / "t" / K.CONFIG_JSON).write_text("{}")
     back = TopKResult.load(tmp_path / "t")
-    assert back.vocab == {1: "<script>"} and back.features == res.features
+    assert back.vocab == res.vocab and back.features == res.features
+    strings, values, center = back.window("top", 0, 0)
+    t = int(back.tensors["top_index_FK"][0, 0])
+    assert strings[center] == res.vocab[int(ids[t])] and values[center] == pytest.approx(float(acts[t, 0]))
+    assert len(strings) == len(values) <= 5
     for name, t in res.tensors.items():
         torch.testing.assert_close(back.tensors[name], t, rtol=0, atol=0, equal_nan=True)
     with pytest.raises(StoreError, match="k=101 is larger than the store's 100 tokens"):

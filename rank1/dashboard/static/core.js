@@ -68,8 +68,8 @@
     return v >= 0 ? `rgba(220, 38, 38, ${a.toFixed(3)})` : `rgba(37, 99, 235, ${a.toFixed(3)})`;
   };
 
-  // Whitespace made visible so a token of spaces or a newline still has a width.
-  R.showToken = (s) => s.replace(/\n/g, "\u21b5").replace(/\t/g, "\u2192").replace(/^ /, "\u00b7");
+  // Newlines and tabs made visible (a token that is only a newline still has a width); spaces stay spaces.
+  R.showToken = (s) => s.replace(/\n/g, "\u21b5").replace(/\t/g, "\u2192");
 
   // One example: tokens (strings), values (raw, signed), index of the target token, colour scale.
   R.tokens = function (strings, values, center, scale) {
