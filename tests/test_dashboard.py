@@ -86,8 +86,11 @@ def test_dashboard_in_headless_chromium(tmp_path):
             page.goto((folder / "index.html").as_uri())
             page.wait_for_selector('main#layer[data-layer="0"] article.card')
             assert page.locator("article.card").count() == 7
+            layer_scripts = 'script[src^="data/layer_"]'
+            assert page.locator(layer_scripts).count() == 1  # layers load on demand
             page.click("nav#layers button.layer >> text='1'")
             page.wait_for_selector('main#layer[data-layer="1"] article.card')
+            assert page.locator(layer_scripts).count() == 2
             shot = tmp_path / "dashboard.png"
             page.screenshot(path=str(shot), full_page=True)
             if os.environ.get("RANK1_SCREENSHOT"):

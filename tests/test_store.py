@@ -93,6 +93,9 @@ def test_mlp_store_is_the_base_swiglu_product(trained, tmp_path):
     neurons = sample_neurons(2, 128, 7, 0)
     assert [s["neuron"] for s in store.sites] == neurons[0] + neurons[1] and len(set(neurons[0])) == 7
     assert sample_neurons(2, 128, 7, 0) == neurons and sample_neurons(2, 128, 7, 1) != neurons
+    assert sample_neurons(3, 128, 7, 0)[:2] == neurons  # adding layers leaves the others alone
+    with pytest.raises(ValueError, match="neurons per layer must be in 1..128"):
+        sample_neurons(2, 128, 129, 0)
     base = load_model("random-qwen2").eval()  # no adapter at all
     data = _concat(store)
     n0 = int((data["doc_ids_T"] == 0).sum())
