@@ -163,8 +163,9 @@ def batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
 
 
 def extract_shard(capture, docs: list[np.ndarray], doc_start: int, dtype: str, batch_tokens: int,
-                  pad_id: int) -> dict[str, torch.Tensor]:
-    """Run the capture over one shard's documents; rows in document order."""
+                  pad_id: int, progress=None) -> dict[str, torch.Tensor]:
+    """Run the capture over one shard's documents; rows in document order. ``progress(n)`` is called with
+    the tokens of each finished batch."""
     lengths = [len(d) for d in docs]
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     acts = torch.empty((int(offsets[-1]), len(capture.sites)), dtype=DTYPES[dtype])
@@ -178,6 +179,8 @@ def extract_shard(capture, docs: list[np.ndarray], doc_start: int, dtype: str, b
         acts_BTS = capture(ids, mask).cpu()
         for row, i in enumerate(group):
             acts[offsets[i]:offsets[i + 1]] = to_storage(acts_BTS[row, :lengths[i]], dtype, capture.sites)
+        if progress is not None:
+            progress(sum(lengths[i] for i in group))
     return {
         "acts_TS": acts,
         "token_ids_T": torch.from_numpy(np.concatenate(docs).astype(np.int32)),
@@ -232,15 +235,15 @@ def run_job(job: Job, progress=None) -> None:
         raise StoreError(f"the loaded model has {len(capture.sites)} sites, the plan {len(job.sites)}: "
                          f"the run changed while extracting; rerun")
     pad_id = capture.loaded.tokenizer.pad_token_id or 0
+    report = None if progress is None else progress if callable(progress) else progress.put
     for i in job.shards:
         start, end = job.plan[i]
-        tensors = extract_shard(capture, job.corpus.docs[start:end], start, job.dtype, job.batch_tokens, pad_id)
+        tensors = extract_shard(capture, job.corpus.docs[start:end], start, job.dtype, job.batch_tokens, pad_id,
+                                report)
         n = tensors["acts_TS"].shape[0]
         _save_shard(job.folder / K.STORE_SHARDS_DIR / shard_name(i), tensors,
                     {"store_key": job.key, "shard": str(i), "doc_start": str(start), "doc_end": str(end),
                      "n_tokens": str(n)})
-        if progress is not None:
-            progress(n) if callable(progress) else progress.put(n)
 
 
 def _worker(job: Job, queue) -> None:
