@@ -315,3 +315,25 @@ def test_killed_extraction_resumes(trained, tmp_path):
     for a, b in zip(resumed.shards(), fresh.shards(), strict=True):
         assert torch.equal(a.token_ids_T, b.token_ids_T)
         torch.testing.assert_close(a.acts_TS, b.acts_TS, atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.parametrize("script", ["2.0_extract_lora_activations.py", "2.1_precompute_lora_topk.py",
+                                    "2.3_lora_activation_dashboard.py", "2.4_extract_mlp_activations.py",
+                                    "2.5_precompute_mlp_topk.py"])
+def test_help_lists_every_flag(script, capsys):
+    import dataclasses
+    import importlib.util
+    import re
+
+    from rank1.config import REPO_ROOT, parse_config
+
+    path = REPO_ROOT / SCRIPTS / script
+    section = re.search(r'parse_config\(\w+, "(\w+)"', path.read_text()).group(1)
+    spec = importlib.util.spec_from_file_location("stage_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cls = next(v for k, v in vars(module).items() if k.endswith("Config") and dataclasses.is_dataclass(v))
+    with pytest.raises(SystemExit):
+        parse_config(cls, section, module.__doc__, ["--help"])
+    out = capsys.readouterr().out
+    assert "Usage:" in out and all(f"--{f.name}" in out for f in dataclasses.fields(cls) if f.name != "profile")
