@@ -77,8 +77,9 @@ def bench_capture(model_id: str, adapter: Path, batch_tokens: int, repeats: int)
 
     plain(), capture()  # warm up
     times = {"plain": [], "capture": []}
-    for _ in range(repeats):
-        for name, fn in (("plain", plain), ("capture", capture)):
+    pair = (("plain", plain), ("capture", capture))
+    for r in range(repeats):
+        for name, fn in pair if r % 2 == 0 else pair[::-1]:  # ABBA: neither side always runs second
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
