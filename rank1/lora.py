@@ -166,3 +166,25 @@ def verify_adapter(folder: str | Path, layers: list[int], rank: int,
     if problems:
         raise AdapterCheckError(f"adapter in {folder} is incomplete:\n  " + "\n  ".join(problems[:10]))
     return len(expected) // 2
+
+
+def adapter_vectors(folder: str | Path) -> dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]:
+    """Rank-1 factors of a saved adapter: {(layer, projection): (A [in], B [out])} as float32."""
+    found: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+    for key, t in load_file(str(Path(folder) / "adapter_model.safetensors")).items():
+        m = SAVED_KEY_RE.search(key)
+        if m:
+            found.setdefault((int(m.group(1)), m.group(2)), {})[m.group(3)] = t.float()
+    out = {}
+    for site, ab in found.items():
+        if ab["A"].shape[0] != 1 or ab["B"].shape[1] != 1:
+            raise ValueError(f"layer {site[0]} {site[1]}: not rank 1 (A {tuple(ab['A'].shape)})")
+        out[site] = (ab["A"][0], ab["B"][:, 0])
+    return out
+
+
+def cosine_matrix(vectors_ND: torch.Tensor) -> torch.Tensor:
+    """[N, N] cosine similarities of the rows (float64 norms; a zero row gives 0)."""
+    v = vectors_ND.double()
+    unit = v / v.norm(dim=1, keepdim=True).clamp(min=1e-30)
+    return (unit @ unit.T).float()

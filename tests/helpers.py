@@ -4,6 +4,9 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+import torch
+
 from rank1.config import REPO_ROOT
 
 
@@ -14,3 +17,24 @@ def run_script(args, env=None, check=True, **kw):
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+def synthetic_store(folder, T=300, sites=None, shards=3, seed=0):
+    """A store written from random numbers: T tokens, S sites, documents of 25 tokens (no model)."""
+    sites = sites or [{"layer": 0, "name": n} for n in ("q_proj", "k_proj", "v_proj")]
+    S = len(sites)
+    rng = np.random.default_rng(seed)
+    acts = torch.from_numpy(rng.normal(size=(T, S)).astype(np.float32)).half().float()
+    acts[10:20, 0] = 9.0  # ties across a shard boundary at the top
+    acts[:, 2] = acts[:, 2].abs()  # never negative: the negative feature has no examples
+    docs = torch.from_numpy(np.repeat(np.arange(T // 25), 25).astype(np.int32))
+    pos = torch.from_numpy(np.tile(np.arange(25), T // 25).astype(np.int32))
+    ids = torch.from_numpy(rng.integers(0, 50, T).astype(np.int32))
+    cut = np.linspace(0, T, shards + 1).astype(int)
+    cut = [c - c % 25 for c in cut]
+    parts = [{"acts_TS": acts[a:b], "token_ids_T": ids[a:b], "doc_ids_T": docs[a:b], "positions_T": pos[a:b]}
+             for a, b in zip(cut[:-1], cut[1:], strict=True)]
+    ident = {"run": "r", "base_model": "m", "weights_sha256": "x"}
+    from rank1.store import write_store
+
+    return write_store(folder, parts, sites, ident), acts, ids, docs

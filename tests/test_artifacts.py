@@ -39,8 +39,10 @@ def test_metadata_drops_secrets(tmp_path):
         lr: float = 1.0
         hf_token: str = "hf_secret"
         api_key: str = "sk"
+        openaikey: str = "sk"
+        max_tokens: int = 5  # a count, not a secret
 
     write_run_metadata(tmp_path, Cfg(), {"layers": [1, 2]})
     cfg = json.loads((tmp_path / "config.json").read_text())
-    assert cfg == {"lr": 1.0, "layers": [1, 2]}
+    assert cfg == {"lr": 1.0, "max_tokens": 5, "layers": [1, 2]}
     assert "argv" in read_json(tmp_path / "argv.json")

@@ -25,3 +25,26 @@ def test_tiny_pipeline_short(isolated_root):
     assert summary["benchmarks"] == ["heldout", "math500"] and len(summary["variants"]) == 5
     assert summary["accuracy"]["lora"]["heldout"]["n"] == 4
     assert list(isolated_root.glob("logs/train-tiny-*.log"))
+
+
+@pytest.mark.slow
+def test_tiny_stage2_short(isolated_root):
+    from rank1.config import results_dir
+    from rank1.store import Store
+    from rank1.topk import TopKResult
+
+    subprocess.run(["bash", "0_train_lora.sh", "--profile", "tiny", "--max_steps", "2"], cwd=REPO_ROOT, check=True)
+    stage = "2_lora_activation_interp"
+    for script, extra in (("2.0_extract_lora_activations.py", ["--max_tokens", "1500"]),
+                          ("2.1_precompute_lora_topk.py", ["--k", "10"]),
+                          ("2.3_lora_activation_dashboard.py", []),
+                          ("2.4_extract_mlp_activations.py", ["--max_tokens", "1500"]),
+                          ("2.5_precompute_mlp_topk.py", ["--k", "10"])):
+        subprocess.run([sys.executable, f"{stage}/{script}", "--profile", "tiny", *extra], cwd=REPO_ROOT, check=True)
+    lora = Store.open(results_dir("tiny", "lora_activations", "tiny-r1-all"))
+    mlp = Store.open(results_dir("tiny", "mlp_activations", "tiny-r1-all"))
+    assert len(lora.sites) == len(mlp.sites) == 210 and lora.n_tokens == mlp.n_tokens >= 1500
+    for kind in ("lora", "mlp"):
+        res = TopKResult.load(results_dir("tiny", f"{kind}_topk", "tiny-r1-all"))
+        assert len(res.features) == 420 and res.tensors["top_index_FK"].shape == (420, 10)
+    assert (results_dir("tiny", "lora_dashboard", "tiny-r1-all") / "data" / "layer_029.js").is_file()

@@ -1,0 +1,19 @@
+"""Stage 2.5: top-k examples of the MLP-neuron baseline (same features, polarities and settings as 2.1).
+
+Reads the store of 2.4 and writes results/<profile>/mlp_topk/<run>/ (same format as 2.1).
+
+Usage:
+    python 2_lora_activation_interp/2.5_precompute_mlp_topk.py
+"""
+
+from rank1.config import parse_config
+from rank1.interp import TopKConfig, precompute_topk
+from rank1.logs import run_main
+
+
+def main(cfg: TopKConfig) -> None:
+    print(f"top-k: {precompute_topk(cfg, 'mlp')}")
+
+
+if __name__ == "__main__":
+    run_main(main, parse_config(TopKConfig, "topk", __doc__))

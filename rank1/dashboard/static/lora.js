@@ -1,0 +1,141 @@
+// The LoRA activation dashboard: an overview of every layer, then one layer at a time (loaded on demand).
+(function () {
+  "use strict";
+  const R = window.R, el = R.el;
+  const ORDER = ["gate_proj", "up_proj", "down_proj", "q_proj", "k_proj", "v_proj", "o_proj"];
+  const SHOWN = 8;
+
+  function header(index) {
+    const info = `run ${index.run} \u00b7 ${index.store.n_tokens.toLocaleString()} tokens in ` +
+      `${index.store.n_docs} documents \u00b7 ${index.n_adapters} adapters \u00b7 top ${index.k} per feature`;
+    return el("header", {}, [el("h1", {}, index.title), el("p", { className: "muted" }, info)]);
+  }
+
+  function nav(index, current, go) {
+    const pos = index.layers.indexOf(current);
+    const buttons = index.layers.map((l) => el("button", {
+      className: l === current ? "layer active" : "layer", onclick: () => go(l), title: `layer ${l}` }, String(l)));
+    return el("nav", { id: "layers" }, [
+      el("button", { onclick: () => pos > 0 && go(index.layers[pos - 1]), disabled: pos <= 0 }, "\u2190"),
+      el("span", { className: "label" }, "layer"), ...buttons,
+      el("button", { onclick: () => pos < index.layers.length - 1 && go(index.layers[pos + 1]),
+        disabled: pos >= index.layers.length - 1 }, "\u2192")]);
+  }
+
+  function overview(index) {
+    const ov = index.overview;
+    const kinds = Object.keys(index.cross_layer);
+    const holder = el("div", {});
+    const pick = el("select", { onchange: () => draw(pick.value) }, kinds.map((k) => el("option", { value: k }, k)));
+    function draw(kind) {
+      holder.replaceChildren(R.matrix(index.cross_layer[kind], index.layers.map(String), index.layers.map(String),
+        { compact: true, scale: 1 }));
+    }
+    if (kinds.length) draw(kinds[0]);
+    return el("details", { open: true, className: "overview" }, [
+      el("summary", {}, "All layers"),
+      el("div", { className: "row" }, [
+        el("section", {}, [el("h3", {}, "Activation std (layer x adapter)"),
+          R.matrix(ov.std, index.layers.map((l) => "L" + l), ov.projections.map((p) => p.replace("_proj", "")),
+            { compact: index.layers.length > 12 })]),
+        el("section", {}, [el("h3", {}, "Norms of A and B by layer"),
+          R.lines(index.layers, index.norms.A.map((s) => ({ name: s.name + " |A|", values: s.values }))),
+          R.lines(index.layers, index.norms.B.map((s) => ({ name: s.name + " |B|", values: s.values })))]),
+        el("section", {}, [el("h3", {}, "|cos| across layers"), pick, holder])]),
+      el("p", { className: "note" }, index.sign_note)]);
+  }
+
+  function examples(title, side, vocab, polarity, scale) {
+    const list = el("div", { className: "examples" });
+    const items = side.examples;
+    function render(n) {
+      list.replaceChildren(...items.slice(0, n).map((ex) => {
+        const strings = ex.t.map((id) => (id in vocab ? vocab[id] : "\u2047"));
+        const raw = ex.a.map((v) => v * polarity);
+        return el("div", { className: "example" }, [
+          el("span", { className: "value", title: `document ${ex.d}, position ${ex.p}` }, R.fmt(ex.v * polarity, 3)),
+          R.tokens(strings, raw, ex.c, scale)]);
+      }));
+      if (items.length > n) {
+        list.appendChild(el("button", { className: "more", onclick: () => render(items.length) },
+          `show all ${items.length}`));
+      }
+    }
+    render(SHOWN);
+    const sub = side.threshold === null ? "never on this side of zero" :
+      `${side.n_active.toLocaleString()} tokens above ${R.fmt(side.threshold, 3)}`;
+    return el("section", { className: "side " + (polarity > 0 ? "pos" : "neg") }, [
+      el("h4", {}, [title, el("span", { className: "muted" }, " \u00b7 " + sub)]),
+      items.length ? list : el("p", { className: "muted" }, "no token in this polarity")]);
+  }
+
+  function card(ad, vocab) {
+    const s = ad.stats;
+    const q = ad.quantiles;
+    const pairs = [["min", s.min], ["max", s.max], ["mean", s.mean], ["std", s.std]];
+    q.levels.forEach((lv, i) => { if ([0.01, 0.5, 0.99].includes(lv)) pairs.push(["p" + lv * 100, q.values[i]]); });
+    let log = false;
+    const histHolder = el("div", {}, R.histogram(ad.hist.edges, ad.hist.counts));
+    const toggle = el("label", { className: "muted small" }, [el("input", { type: "checkbox", onchange: (e) => {
+      log = e.target.checked;
+      histHolder.replaceChildren(R.histogram(ad.hist.edges, ad.hist.counts, { log }));
+    } }), " log counts"]);
+    return el("article", { className: "card", "data-proj": ad.proj }, [
+      el("h3", {}, ad.proj),
+      el("div", { className: "summary" }, [R.stats(pairs), el("div", {}, [histHolder, toggle])]),
+      examples("positive", ad.positive, vocab, 1, ad.scale),
+      examples("negative", ad.negative, vocab, -1, ad.scale)]);
+  }
+
+  function layerView(index, data) {
+    const cards = ORDER.map((p) => data.adapters.find((a) => a.proj === p)).filter(Boolean)
+      .map((a) => card(a, data.vocab));
+    const cos = [];
+    for (const [title, m] of [["residual side", data.cos_residual], ["MLP hidden side", data.cos_hidden]]) {
+      if (m && m.labels.length > 1) {
+        cos.push(el("section", {}, [el("h3", {}, `cosine, ${title}`),
+          R.matrix(m.matrix, m.labels, m.labels, { scale: 1 })]));
+      }
+    }
+    return el("main", { id: "layer", "data-layer": data.layer }, [
+      el("h2", {}, `Layer ${data.layer}`),
+      el("div", { className: "row" }, cos),
+      el("div", { className: "cards" }, cards)]);
+  }
+
+  function start() {
+    const index = R.get("index");
+    const app = document.getElementById("app");
+    if (!index) {
+      app.replaceChildren(el("p", {}, "data/index.js did not load"));
+      return;
+    }
+    document.title = index.title;
+    const top = [header(index), overview(index)];
+    const holder = el("div", {});
+    const navHolder = el("div", {});
+    app.replaceChildren(...top, navHolder, holder);
+    let current = null;
+    function go(layer) {
+      current = layer;
+      navHolder.replaceChildren(nav(index, layer, go));
+      holder.replaceChildren(el("p", { className: "muted" }, `loading layer ${layer} ...`));
+      if (location.hash !== "#layer=" + layer) history.replaceState(null, "", "#layer=" + layer);
+      R.load(index.pages[String(layer)]).then((data) => {
+        if (current === layer) holder.replaceChildren(layerView(index, data));
+      }, (err) => holder.replaceChildren(el("p", { className: "error" }, String(err))));
+    }
+    document.addEventListener("keydown", (e) => {
+      if (e.target.tagName === "SELECT" || e.target.tagName === "INPUT") return;
+      const pos = index.layers.indexOf(current);
+      if (e.key === "ArrowRight" && pos < index.layers.length - 1) go(index.layers[pos + 1]);
+      if (e.key === "ArrowLeft" && pos > 0) go(index.layers[pos - 1]);
+    });
+    const m = /layer=(\d+)/.exec(location.hash);
+    const first = m && index.layers.includes(+m[1]) ? +m[1] : index.layers[0];
+    go(first);
+    window.__rank1_go = go;
+  }
+
+  start();
+})();

@@ -1,0 +1,466 @@
+"""The sharded activation store: per token, one value per site (LoRA scalars or MLP neurons).
+
+Layout of a store folder::
+
+    manifest.json                 written last: kind, run identity, site order, corpus hash, shard list
+    shards/shard_00000.safetensors
+        acts_TS      [tokens, sites] float16 (or bfloat16 / float32: ``dtype`` in the manifest)
+        token_ids_T  int32   token id
+        doc_ids_T    int32   index of the document in the corpus
+        positions_T  int32   position of the token in its document (0 = first token of the chat)
+
+Shards hold whole documents (a document never spans two shards, so a context window is always inside one
+shard), consecutive in corpus order; the shard plan depends only on the document lengths and
+``shard_tokens``. Each shard carries the store key (hash of run identity, site list, corpus and dtype) in
+its safetensors metadata, so an interrupted extraction keeps the finished shards that belong to the same
+store and redoes the rest. Memory is bounded by one shard per worker. Workers (``num_procs`` on CPU,
+``num_gpus`` on GPU) take every n-th shard.
+
+Read a store with :meth:`Store.open` (checks the manifest, each shard's presence and size, and, if given,
+the run identity) and stream it with :meth:`Store.shards`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from rank1 import constants as K
+from rank1.artifacts import read_json, write_json, write_with
+from rank1.capture import CaptureSpec, build_capture
+from rank1.data import load_reasoning_records, tokenize_record
+from rank1.runs import RunError, check_same_identity
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+SHARD_KEYS = ("acts_TS", "token_ids_T", "doc_ids_T", "positions_T")
+
+
+class StoreError(ValueError):
+    """A store that cannot be read or written as asked (the message says what to do)."""
+
+
+# ---------------------------------------------------------------- corpus and plan
+
+
+@dataclass
+class Corpus:
+    """Tokenized documents in the training format (chat template, s1 assistant turn)."""
+
+    source: str
+    docs: list[np.ndarray]  # int32 token ids per document
+
+    @property
+    def n_tokens(self) -> int:
+        return int(sum(len(d) for d in self.docs))
+
+    def sha256(self) -> str:
+        h = hashlib.sha256()
+        for d in self.docs:
+            h.update(np.int64(len(d)).tobytes())
+            h.update(d.astype("<i4").tobytes())
+        return h.hexdigest()
+
+
+def load_corpus(tokenizer, source: str, max_tokens: int = 0, max_docs: int = 0, block_size: int = 20000) -> Corpus:
+    """The first documents of ``source`` (s1-format records) until ``max_tokens`` tokens or ``max_docs``
+    documents (0: no limit), each tokenized as in training and truncated to ``block_size``."""
+    records = load_reasoning_records(source)
+    docs: list[np.ndarray] = []
+    total = 0
+    for rec in records:
+        if (max_docs and len(docs) >= max_docs) or (max_tokens and total >= max_tokens):
+            break
+        ids = np.asarray(tokenize_record(tokenizer, rec, block_size)["input_ids"], dtype=np.int32)
+        if len(ids):
+            docs.append(ids)
+            total += len(ids)
+    if not docs:
+        raise StoreError(f"corpus {source} gave no tokens (max_docs={max_docs}, max_tokens={max_tokens}); "
+                         f"give a corpus with at least one non-empty record")
+    if max_tokens and total < max_tokens:
+        log.warning("corpus %s holds only %d tokens (%d documents), fewer than max_tokens=%d",
+                    source, total, len(docs), max_tokens)
+    return Corpus(source, docs)
+
+
+def plan_shards(doc_lengths: list[int], shard_tokens: int) -> list[tuple[int, int]]:
+    """Consecutive document ranges [start, end): a shard closes once it holds >= ``shard_tokens`` tokens
+    (a document longer than that is a shard of its own)."""
+    if shard_tokens < 1:
+        raise ValueError(f"shard_tokens must be >= 1, got {shard_tokens}")
+    plan, start, n = [], 0, 0
+    for i, length in enumerate(doc_lengths):
+        n += length
+        if n >= shard_tokens:
+            plan.append((start, i + 1))
+            start, n = i + 1, 0
+    if start < len(doc_lengths):
+        plan.append((start, len(doc_lengths)))
+    return plan
+
+
+def shard_name(i: int) -> str:
+    return f"shard_{i:05d}.safetensors"
+
+
+def store_key(identity: dict, sites: list[dict], corpus_sha: str, dtype: str, shard_tokens: int) -> str:
+    """What makes two stores the same: same weights, sites, corpus tokens, dtype and shard plan."""
+    blob = json.dumps([identity.get("base_model"), identity.get("weights_sha256"), sites, corpus_sha, dtype,
+                       shard_tokens], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- writing
+
+
+def to_storage(acts_TS: torch.Tensor, dtype: str, sites: list[dict]) -> torch.Tensor:
+    """Cast float32 activations to the storage dtype; raise if any value is not finite or would overflow."""
+    target = DTYPES[dtype]
+    finite = torch.isfinite(acts_TS)
+    if not finite.all():
+        col = int((~finite).any(0).nonzero()[0])
+        raise StoreError(f"non-finite activation at site {sites[col]}: the model diverged on this corpus")
+    peak = torch.finfo(target).max
+    over = acts_TS.abs() > peak
+    if over.any():
+        col = int(over.any(0).nonzero()[0])
+        raise StoreError(f"activation {acts_TS[:, col].abs().max().item():.4g} at site {sites[col]} exceeds the "
+                         f"{dtype} range ({peak:.4g}); rerun with --dtype bfloat16 (or float32)")
+    return acts_TS.to(target)
+
+
+def batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
+    """Indices of documents grouped into padded batches of at most ``batch_tokens`` tokens (longest
+    first, so padding stays small); a document longer than that is a batch of its own."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    out, cur = [], []
+    for i in order:
+        if cur and lengths[cur[0]] * (len(cur) + 1) > batch_tokens:
+            out.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        out.append(cur)
+    return out
+
+
+def extract_shard(capture, docs: list[np.ndarray], doc_start: int, dtype: str, batch_tokens: int,
+                  pad_id: int, progress=None) -> dict[str, torch.Tensor]:
+    """Run the capture over one shard's documents; rows in document order. ``progress(n)`` is called with
+    the tokens of each finished batch."""
+    lengths = [len(d) for d in docs]
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    acts = torch.empty((int(offsets[-1]), len(capture.sites)), dtype=DTYPES[dtype])
+    for group in batches(lengths, batch_tokens):
+        n = max(lengths[i] for i in group)
+        ids = torch.full((len(group), n), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(group), n), dtype=torch.long)
+        for row, i in enumerate(group):
+            ids[row, :lengths[i]] = torch.from_numpy(docs[i].astype(np.int64))
+            mask[row, :lengths[i]] = 1
+        acts_BTS = capture(ids, mask).cpu()
+        for row, i in enumerate(group):
+            acts[offsets[i]:offsets[i + 1]] = to_storage(acts_BTS[row, :lengths[i]], dtype, capture.sites)
+        if progress is not None:
+            progress(sum(lengths[i] for i in group))
+    return {
+        "acts_TS": acts,
+        "token_ids_T": torch.from_numpy(np.concatenate(docs).astype(np.int32)),
+        "doc_ids_T": torch.from_numpy(np.repeat(np.arange(doc_start, doc_start + len(docs), dtype=np.int32),
+                                                lengths)),
+        "positions_T": torch.from_numpy(np.concatenate([np.arange(n, dtype=np.int32) for n in lengths])),
+    }
+
+
+def shard_is_done(path: Path, key: str) -> bool:
+    """A finished shard of the same store (readable header carrying ``key``, file complete)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("store_key") != key:
+                return False
+            n = int(meta["n_tokens"])
+            return all(f.get_slice(k).get_shape()[0] == n for k in SHARD_KEYS)
+    except (SafetensorError, OSError, KeyError, ValueError):
+        return False
+
+
+def _save_shard(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+@dataclass(frozen=True)
+class Job:
+    """The part of an extraction one worker does (picklable)."""
+
+    spec: CaptureSpec
+    sites: list[dict]
+    corpus: Corpus
+    plan: list[tuple[int, int]]
+    shards: list[int]  # which shard indices this worker writes
+    folder: Path
+    key: str
+    dtype: str
+    batch_tokens: int
+    threads: int = 0
+    gpu: int | None = None
+
+
+def run_job(job: Job, progress=None) -> None:
+    """Extract ``job.shards``; report tokens done through ``progress`` (a queue or a callable)."""
+    if job.gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(job.gpu)
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    capture = build_capture(job.spec)
+    if capture.sites != job.sites:
+        raise StoreError(f"the loaded model has {len(capture.sites)} sites, the plan {len(job.sites)}: "
+                         f"the run changed while extracting; rerun")
+    pad_id = capture.loaded.tokenizer.pad_token_id or 0
+    report = None if progress is None else progress if callable(progress) else progress.put
+    for i in job.shards:
+        start, end = job.plan[i]
+        tensors = extract_shard(capture, job.corpus.docs[start:end], start, job.dtype, job.batch_tokens, pad_id,
+                                report)
+        n = tensors["acts_TS"].shape[0]
+        _save_shard(job.folder / K.STORE_SHARDS_DIR / shard_name(i), tensors,
+                    {"store_key": job.key, "shard": str(i), "doc_start": str(start), "doc_end": str(end),
+                     "n_tokens": str(n)})
+
+
+def _worker(job: Job, queue) -> None:
+    try:
+        run_job(job, queue)
+    except BaseException as e:  # the parent reports it as one line
+        queue.put(("error", f"{type(e).__name__}: {e}"))
+        raise SystemExit(1) from None
+    queue.put(("done", None))
+
+
+def check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise StoreError(f"output folder {folder} is not writable ({e.strerror or e}); "
+                         f"pass --out DIR or set RANK1_ROOT to a writable place") from None
+
+
+def extract_store(spec: CaptureSpec, corpus: Corpus, folder: Path, *, sites: list[dict], identity: dict,
+                  shard_tokens: int, batch_tokens: int, dtype: str = "float16", workers: int = 1,
+                  gpus: int = 0, overwrite: bool = False, extra: dict[str, Any] | None = None) -> Path:
+    """Write (or finish) the store of ``corpus`` under ``folder`` and return it. ``sites`` and
+    ``identity`` describe what the capture records; they go into the manifest and the store key."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    corpus_sha = corpus.sha256()
+    key = store_key(identity, sites, corpus_sha, dtype, shard_tokens)
+    manifest_path = folder / K.STORE_MANIFEST
+    if manifest_path.is_file() and not overwrite:
+        old = read_json(manifest_path)
+        if old.get("store_key") != key:
+            raise StoreError(f"{folder} holds a store of other inputs (run {old.get('identity', {}).get('run')!r}, "
+                             f"corpus {str(old.get('corpus', {}).get('sha256'))[:12]}); pass --overwrite to "
+                             f"replace it, or --out DIR")
+        try:
+            Store.open(folder)
+            log.info("store %s is complete; skipping (--overwrite recomputes)", folder)
+            return folder
+        except StoreError as e:
+            log.warning("%s; redoing the missing shards", e)
+    check_writable(folder)
+    if overwrite:
+        manifest_path.unlink(missing_ok=True)
+        shutil.rmtree(folder / K.STORE_SHARDS_DIR, ignore_errors=True)
+    (folder / K.STORE_SHARDS_DIR).mkdir(parents=True, exist_ok=True)
+    plan = plan_shards([len(d) for d in corpus.docs], shard_tokens)
+    todo = [i for i in range(len(plan))
+            if not shard_is_done(folder / K.STORE_SHARDS_DIR / shard_name(i), key)]
+    lengths = [sum(len(d) for d in corpus.docs[s:e]) for s, e in plan]
+    log.info("store %s: %d shards (%d already done), %d tokens, %d sites, %s", folder, len(plan),
+             len(plan) - len(todo), corpus.n_tokens, len(sites), dtype)
+    t0 = time.time()
+    bar = tqdm(total=sum(lengths[i] for i in todo), desc=f"extract {spec.kind}", unit="tok", unit_scale=True,
+               dynamic_ncols=True)
+    n_workers = max(1, min(gpus or workers, len(todo) or 1))
+    jobs = [Job(spec, sites, corpus, plan, todo[r::n_workers], folder, key, dtype, batch_tokens,
+                threads=0 if gpus or n_workers == 1 else max(1, (os.cpu_count() or 1) // n_workers),
+                gpu=r if gpus and n_workers > 1 else None) for r in range(n_workers)]
+    if n_workers == 1:
+        run_job(jobs[0], bar.update)
+    else:
+        _run_parallel(jobs, bar)
+    bar.close()
+    shards = []
+    for i, (start, end) in enumerate(plan):
+        path = folder / K.STORE_SHARDS_DIR / shard_name(i)
+        shards.append({"file": f"{K.STORE_SHARDS_DIR}/{shard_name(i)}", "doc_start": start, "doc_end": end,
+                       "n_tokens": lengths[i], "bytes": path.stat().st_size})
+    write_json(manifest_path, {
+        "format_version": FORMAT_VERSION, "kind": spec.kind, "store_key": key, "identity": identity,
+        "sites": sites, "dtype": dtype, "shard_tokens": shard_tokens, "n_tokens": corpus.n_tokens,
+        "n_docs": len(corpus.docs), "corpus": {"source": corpus.source, "sha256": corpus_sha},
+        "shards": shards, "seconds_this_session": round(time.time() - t0, 1), **(extra or {})})
+    return folder
+
+
+def write_store(folder: Path, shards: list[dict[str, torch.Tensor]], sites: list[dict], identity: dict,
+                kind: str = "lora", dtype: str = "float16") -> Store:
+    """A store from tensors in memory (shard dicts with the keys of SHARD_KEYS): for tests and benchmarks."""
+    key = store_key(identity, sites, "in-memory", dtype, 0)
+    entries, start = [], 0
+    for i, t in enumerate(shards):
+        path = folder / K.STORE_SHARDS_DIR / shard_name(i)
+        n = t["acts_TS"].shape[0]
+        _save_shard(path, {**t, "acts_TS": to_storage(t["acts_TS"].float(), dtype, sites)},
+                    {"store_key": key, "shard": str(i), "n_tokens": str(n)})
+        docs = t["doc_ids_T"]
+        entries.append({"file": f"{K.STORE_SHARDS_DIR}/{shard_name(i)}", "doc_start": int(docs.min()),
+                        "doc_end": int(docs.max()) + 1, "n_tokens": n, "bytes": path.stat().st_size})
+        start += n
+    write_json(folder / K.STORE_MANIFEST, {
+        "format_version": FORMAT_VERSION, "kind": kind, "store_key": key, "identity": identity, "sites": sites,
+        "dtype": dtype, "shard_tokens": 0, "n_tokens": start, "n_docs": entries[-1]["doc_end"] if entries else 0,
+        "corpus": {"source": "in-memory", "sha256": None}, "shards": entries})
+    return Store.open(folder)
+
+
+def _run_parallel(jobs: list[Job], bar: tqdm) -> None:
+    ctx = torch.multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(job, queue), daemon=True) for job in jobs]
+    for p in procs:
+        p.start()
+    running, error = len(procs), None
+    try:
+        while running:
+            msg = queue.get()
+            if isinstance(msg, tuple):
+                running -= 1
+                if msg[0] == "error":
+                    error = msg[1]
+                    break
+            else:
+                bar.update(msg)
+    finally:
+        for p in procs:
+            if error:
+                p.terminate()
+            p.join()
+    if error:
+        raise StoreError(f"an extraction worker failed: {error} (finished shards are kept; rerun to resume)")
+
+
+# ---------------------------------------------------------------- reading
+
+
+@dataclass
+class Shard:
+    """One shard in memory: ``token_start`` is the global index of its first token."""
+
+    index: int
+    token_start: int
+    acts_TS: torch.Tensor
+    token_ids_T: torch.Tensor
+    doc_ids_T: torch.Tensor
+    positions_T: torch.Tensor
+
+    @property
+    def n_tokens(self) -> int:
+        return self.acts_TS.shape[0]
+
+
+@dataclass
+class Store:
+    folder: Path
+    manifest: dict[str, Any]
+
+    @classmethod
+    def open(cls, folder: str | os.PathLike, expected_identity: dict | None = None) -> Store:
+        """Open a finished store; checks that every shard is there with its recorded size, and that it was
+        made from the run whose identity is ``expected_identity`` (if given)."""
+        folder = Path(folder)
+        path = folder / K.STORE_MANIFEST
+        if not path.is_file():
+            hint = " (the extraction did not finish: rerun it to resume)" if (folder / K.STORE_SHARDS_DIR).is_dir() \
+                else ""
+            raise StoreError(f"{folder} holds no activation store: {K.STORE_MANIFEST} is missing{hint}; "
+                             f"make one with 2_lora_activation_interp/2.0_extract_lora_activations.py")
+        manifest = read_json(path)
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise StoreError(f"{path}: store format {manifest.get('format_version')}, this code reads "
+                             f"{FORMAT_VERSION}; re-extract with --overwrite")
+        for sh in manifest["shards"]:
+            p = folder / sh["file"]
+            if not p.is_file():
+                raise StoreError(f"shard {p} is missing; rerun the extraction (it redoes only missing shards)")
+            if p.stat().st_size != sh["bytes"]:
+                raise StoreError(f"shard {p} is truncated or changed ({p.stat().st_size} bytes, manifest says "
+                                 f"{sh['bytes']}); rerun the extraction (it redoes only that shard)")
+        if expected_identity is not None:
+            check_same_identity(expected_identity, manifest["identity"], f"activation store {folder}")
+        return cls(folder, manifest)
+
+    @property
+    def sites(self) -> list[dict]:
+        return self.manifest["sites"]
+
+    @property
+    def n_tokens(self) -> int:
+        return self.manifest["n_tokens"]
+
+    @property
+    def identity(self) -> dict:
+        return self.manifest["identity"]
+
+    def site_names(self) -> list[str]:
+        return [f"L{s['layer']}_{s['name']}" for s in self.sites]
+
+    def token_starts(self) -> list[int]:
+        return np.concatenate([[0], np.cumsum([s["n_tokens"] for s in self.manifest["shards"]])]).tolist()
+
+    def shard(self, i: int) -> Shard:
+        sh = self.manifest["shards"][i]
+        p = self.folder / sh["file"]
+        try:
+            with safe_open(str(p), framework="pt") as f:
+                t = {k: f.get_tensor(k) for k in SHARD_KEYS}
+        except (SafetensorError, OSError) as e:
+            raise StoreError(f"shard {p} cannot be read ({e}); it is truncated or corrupt: rerun the "
+                             f"extraction (it redoes only that shard)") from None
+        if t["acts_TS"].shape != (sh["n_tokens"], len(self.sites)):
+            raise StoreError(f"shard {p} has shape {tuple(t['acts_TS'].shape)}, manifest says "
+                             f"({sh['n_tokens']}, {len(self.sites)}); rerun the extraction with --overwrite")
+        return Shard(i, self.token_starts()[i], t["acts_TS"], t["token_ids_T"], t["doc_ids_T"], t["positions_T"])
+
+    def shards(self) -> Iterator[Shard]:
+        """Every shard in order, one in memory at a time."""
+        for i in range(len(self.manifest["shards"])):
+            yield self.shard(i)
+
+
+def open_for_run(folder: Path, run_identity: dict) -> Store:
+    """:meth:`Store.open` with the identity check, with the error phrased for a stage's user."""
+    try:
+        return Store.open(folder, run_identity)
+    except RunError as e:
+        raise StoreError(f"{e}; or pass the --run the store was made from") from None
