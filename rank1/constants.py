@@ -30,3 +30,16 @@ EVAL_JSONL = "eval.jsonl"  # held-out loss and exact-match report
 THINK_TAG = "<|im_start|>think"
 ANSWER_TAG = "<|im_start|>answer"
 ANSWER_PREFIX = "Answer: "
+
+# Stage 1 (adapter ablations): results/<profile>/ablations/<run>/
+ABLATION_STAGE = "ablations"
+ABLATION_JSON = "ablation_results.json"  # config, sample, run identity, means with bootstrap CIs
+ABLATION_TOKENS = "ablation_per_token.safetensors"  # per-token KL / CE change of every ablation
+ABLATION_PARTIAL_DIR = ".partial"  # finished sample batches of an interrupted sweep
+FIGURE1_STEM = "lora_component_ablation_final"  # Figure 1 (.pdf and .png)
+BY_TYPE_JSON = "ablation_all_by_type.json"
+BY_TYPE_STEM = "lora_ablation_all_by_type"
+ITERATIVE_JSON = "iterative_mlp_ablation.json"
+ITERATIVE_STEM = "iterative_mlp_ablation_by_matrix"
+TOKEN_KL_JSON = "layer_ablation_token_kl.json"  # mean KL by class of predicted token
+TOKEN_KL_STEM = "lora_layer_ablation_kl_visualization"
