@@ -85,6 +85,8 @@ class AblationConfig:
                              "candidates (0: all)", 0)
     greedy_rescore_every: int = _f("iterative MLP ablation: rescore all remaining candidates every n "
                                    "removals (1: exact greedy)", 1)
+    results_folder: str | None = _f("figure scripts: read this results folder (default: "
+                                    "results/<profile>/ablations/<run>)")
     viz_sequence: int = _f("per-token KL figure: which sequence of the sample (position in the sample)", 0)
     viz_top: int = _f("per-token KL figure: how many layers (largest mean KL) to draw", 3)
     overwrite: bool = _f("recompute existing results", False)
@@ -483,9 +485,12 @@ def sweep_report(cfg: AblationConfig, run: Run, sites: Sequence[AdapterSite], in
     }
 
 
-def existing_result(path: Path, run: Run, cfg: AblationConfig) -> dict | None:
-    """A finished result at ``path`` for this run and sample (None if absent or ``--overwrite``); one
-    made from other weights is an error, not a silent reuse."""
+SAMPLE_KEYS = ("dataset", "n_samples", "seed", "max_tokens")
+
+
+def existing_result(path: Path, run: Run, cfg: AblationConfig, keys: Sequence[str] = SAMPLE_KEYS) -> dict | None:
+    """A finished result at ``path`` for this run and these config ``keys`` (None if absent or
+    ``--overwrite``); one made from other weights or with other settings is an error, not a silent reuse."""
     from rank1.artifacts import read_json
     from rank1.runs import check_same_identity
 
@@ -493,7 +498,29 @@ def existing_result(path: Path, run: Run, cfg: AblationConfig) -> dict | None:
         return None
     found = read_json(path)
     check_same_identity(run.identity(), found["identity"], str(path))
+    for k in keys:
+        if found["config"].get(k) != getattr(cfg, k):
+            raise ValueError(f"{path} was made with {k}={found['config'].get(k)!r}, not {getattr(cfg, k)!r}; "
+                             f"pass --overwrite to recompute it")
     return found
+
+
+def results_folder(cfg: AblationConfig) -> Path:
+    """Where the figure scripts read: ``--results_folder``, else the run's results folder (no model load)."""
+    if cfg.results_folder:
+        return Path(cfg.results_folder)
+    if cfg.adapter:
+        return results_dir(cfg.profile, K.ABLATION_STAGE, Path(cfg.adapter).name)
+    return output_dir(cfg, resolve_run(cfg.run, cfg.profile, require_rank=None))
+
+
+def read_result(folder: Path, name: str, producer: str) -> dict[str, Any]:
+    from rank1.artifacts import read_json
+
+    path = folder / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: run 1_lora_adapter_ablations/{producer} first")
+    return read_json(path)
 
 
 def measure(cfg: AblationConfig, families: Sequence[str], json_name: str, tokens_name: str | None,
@@ -504,7 +531,7 @@ def measure(cfg: AblationConfig, families: Sequence[str], json_name: str, tokens
 
     run = resolve_ablation_run(cfg)
     out = output_dir(cfg, run)
-    if existing_result(out / json_name, run, cfg) is not None:
+    if existing_result(out / json_name, run, cfg, (*SAMPLE_KEYS, "families")) is not None:
         log.info("%s exists; skipping (--overwrite recomputes)", out / json_name)
         return out / json_name
     loaded = run.load(cfg.precision)
