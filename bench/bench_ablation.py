@@ -26,6 +26,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="tiny")
     parser.add_argument("--run", default=None, help="run folder or name (default: the profile's newest run)")
+    parser.add_argument("--adapter", default=None, help="a PEFT adapter folder instead of a run (with the "
+                                                        "profile's model)")
     parser.add_argument("--n_samples", type=int, default=4, help="sequences of the profile's sample")
     parser.add_argument("--families", default="layer,adapter", help="ablation families to sweep")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each side (alternating)")
@@ -34,7 +36,8 @@ def main() -> None:
     from rank1.ablation import AblationConfig, load_sample, plan_ablations, resolve_ablation_run, run_sweep
     from rank1.config import config_from_profile
 
-    cfg = config_from_profile(AblationConfig, "ablation", args.profile, run=args.run, n_samples=args.n_samples,
+    cfg = config_from_profile(AblationConfig, "ablation", args.profile, run=args.run, adapter=args.adapter,
+                              n_samples=args.n_samples,
                               families=args.families)
     run = resolve_ablation_run(cfg)
     loaded = run.load(cfg.precision)

@@ -44,7 +44,7 @@ from rank1.data import IGNORE_INDEX, load_reasoning_records, tokenize_record
 from rank1.decoder import LayerRunner
 from rank1.hooks import ablate_adapters
 from rank1.lora import AdapterSite, verify_adapter
-from rank1.metrics import kl_from_log_probs, log_probs64
+from rank1.metrics import kl_to_logits, log_probs64
 from rank1.runs import PRECISIONS, Loaded, Run, RunError, resolve_run
 from rank1.stats import DEFAULT_RESAMPLES, bootstrap_means
 
@@ -219,8 +219,8 @@ def plan_ablations(sites: Sequence[AdapterSite], families: Sequence[str]) -> lis
 def cache_bytes_per_sequence(n_tokens: int, n_measured: int, n_cached_layers: int, hidden: int, vocab: int,
                              elem: int) -> int:
     """Bytes one sequence adds to a batch's cache: the kept residual streams and the float64
-    log-probabilities of the full model at its measured positions."""
-    return n_cached_layers * n_tokens * hidden * elem + n_measured * vocab * 8
+    log-probabilities and probabilities of the full model at its measured positions."""
+    return n_cached_layers * n_tokens * hidden * elem + 2 * n_measured * vocab * 8
 
 
 def cut_batches(lengths: list[int], measured: list[int], limit_bytes: float, per_sequence) -> list[list[int]]:
@@ -266,15 +266,35 @@ def make_batch(items: list[dict[str, list[int]]], seqs: list[int], pad_id: int, 
                  ids[bi, ti + 1].to(device))
 
 
-def head_kl_ce(runner: LayerRunner, h_NH: torch.Tensor, ref_logp_NV: torch.Tensor, ref_p_NV: torch.Tensor,
-               targets_N: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+@dataclass
+class Reference:
+    """The full model at the measured positions: float64 log-probs, probs and negative entropy."""
+
+    logp_NV: torch.Tensor
+    p_NV: torch.Tensor
+    neg_entropy_N: torch.Tensor
+
+    @classmethod
+    def from_logits(cls, logits_NV: torch.Tensor) -> Reference:
+        logp = log_probs64(logits_NV)
+        p = logp.exp()
+        return cls(logp, p, (p * logp).sum(-1))
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.logp_NV, self.p_NV, self.neg_entropy_N]
+
+
+def head_kl_ce(runner: LayerRunner, h_NH: torch.Tensor, ref: Reference, targets_N: torch.Tensor,
+               chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per measured position: KL(P_ref || P) and the CE of the true next token under P, where P comes
     from the residual stream ``h_NH``. The [chunk, vocab] float64 buffers bound the memory."""
     kl, ce = [], []
     for a in range(0, len(h_NH), chunk):
-        logq = log_probs64(runner.logits(h_NH[a:a + chunk]))
-        kl.append(kl_from_log_probs(ref_logp_NV[a:a + chunk], logq, ref_p_NV[a:a + chunk]))
-        ce.append(-logq.gather(-1, targets_N[a:a + chunk, None])[:, 0])
+        c = slice(a, a + chunk)
+        logits = runner.logits(h_NH[c])
+        kl_n, lse_n = kl_to_logits(ref.logp_NV[c], logits, ref.p_NV[c], ref.neg_entropy_N[c])
+        kl.append(kl_n)
+        ce.append(lse_n - logits.gather(-1, targets_N[c, None])[:, 0].double())
     return torch.cat(kl), torch.cat(ce)
 
 
@@ -289,18 +309,17 @@ def sweep_batch(runner: LayerRunner, sites: Sequence[AdapterSite], batch: Batch,
     ctx = runner.prepare(batch.input_ids_BT, batch.attention_mask_BT)
     keep = {a.start for a in ablations} if cached_prefix else set()
     h_BTD, cache = runner.run(ctx.h0_BTD, ctx, keep=keep)
-    ref_logp = log_probs64(runner.logits(h_BTD[batch.rows]))
-    ref_p = ref_logp.exp()
-    ce_full = -ref_logp.gather(-1, batch.targets_N[:, None])[:, 0]
+    ref = Reference.from_logits(runner.logits(h_BTD[batch.rows]))
+    ce_full = -ref.logp_NV.gather(-1, batch.targets_N[:, None])[:, 0]
     kl = torch.empty((len(ablations), len(ce_full)), dtype=torch.float64)
     dce = torch.empty_like(kl)
     for k, a in enumerate(ablations):
         start = a.start if cached_prefix else 0
         with ablate_adapters([sites[i] for i in a.sites]):
             h, _ = runner.run(cache[start] if cached_prefix else ctx.h0_BTD, ctx, start=start)
-        kl_n, ce_n = head_kl_ce(runner, h[batch.rows], ref_logp, ref_p, batch.targets_N, token_chunk)
+        kl_n, ce_n = head_kl_ce(runner, h[batch.rows], ref, batch.targets_N, token_chunk)
         kl[k], dce[k] = kl_n.cpu(), (ce_n - ce_full).cpu()
-    held = tensor_bytes([*cache.values(), ref_logp, ref_p])
+    held = tensor_bytes([*cache.values(), *ref.tensors()])
     return {"kl": kl, "dce": dce, "ce_full": ce_full.double().cpu(), "cache_bytes": held}
 
 

@@ -26,11 +26,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from rank1.ablation import Batch, head_kl_ce, make_batch
+from rank1.ablation import Batch, Reference, head_kl_ce, make_batch
 from rank1.decoder import ForwardContext, LayerRunner
 from rank1.hooks import ablate_adapters
 from rank1.lora import AdapterSite
-from rank1.metrics import log_probs64
 
 
 @dataclass
@@ -39,8 +38,7 @@ class _State:
 
     batch: Batch
     ctx: ForwardContext
-    ref_logp: torch.Tensor
-    ref_p: torch.Tensor
+    ref: Reference
     cache: dict[int, torch.Tensor]
     seq_ptr: np.ndarray  # measured tokens of each of the batch's sequences
 
@@ -74,8 +72,8 @@ def greedy_removal(loaded, items: list[dict], candidates: Sequence[int], rescore
     with loaded.autocast():
         ctx = runner.prepare(batch.input_ids_BT, batch.attention_mask_BT)
         h, cache = runner.run(ctx.h0_BTD, ctx, keep=keep)
-        ref_logp = log_probs64(runner.logits(h[batch.rows]))
-    st = _State(batch, ctx, ref_logp, ref_logp.exp(), cache, seq_ptr)
+        ref = Reference.from_logits(runner.logits(h[batch.rows]))
+    st = _State(batch, ctx, ref, cache, seq_ptr)
     removed: list[int] = []
     remaining = list(candidates)
     kl_curve = [np.zeros(len(items))]
@@ -102,7 +100,7 @@ def greedy_removal(loaded, items: list[dict], candidates: Sequence[int], rescore
         forwards += runner.num_layers - layer
         st.cache.update(newer)
         with loaded.autocast():
-            kl_N, _ = head_kl_ce(runner, h[batch.rows], st.ref_logp, st.ref_p, batch.targets_N, token_chunk)
+            kl_N, _ = head_kl_ce(runner, h[batch.rows], st.ref, batch.targets_N, token_chunk)
         kl_curve.append(_seq_mean(kl_N.cpu(), seq_ptr))
     return GreedyResult(removed, np.stack(kl_curve, 1), rounds, runs, forwards, time.perf_counter() - t0)
 
@@ -111,5 +109,5 @@ def _suffix_kl(runner: LayerRunner, sites: Sequence[AdapterSite], st: _State, ab
                token_chunk: int) -> torch.Tensor:
     with ablate_adapters([sites[i] for i in ablated]):
         h, _ = runner.run(st.cache[start], st.ctx, start=start)
-    kl_N, _ = head_kl_ce(runner, h[st.batch.rows], st.ref_logp, st.ref_p, st.batch.targets_N, token_chunk)
+    kl_N, _ = head_kl_ce(runner, h[st.batch.rows], st.ref, st.batch.targets_N, token_chunk)
     return kl_N.cpu()
