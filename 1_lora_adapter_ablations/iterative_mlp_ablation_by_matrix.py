@@ -31,7 +31,7 @@ from rank1.ablation import (
     output_dir,
     resolve_ablation_run,
 )
-from rank1.ablation_greedy import greedy_removal
+from rank1.ablation_greedy import carry_fraction, greedy_removal
 from rank1.ablation_plots import iterative
 from rank1.artifacts import read_json, write_json, write_run_metadata
 from rank1.config import parse_config
@@ -40,13 +40,6 @@ from rank1.runs import RunError
 
 log = logging.getLogger("iterative_mlp_ablation_by_matrix")
 GREEDY_KEYS = (*SAMPLE_KEYS, "greedy_samples", "greedy_rescore_every")
-
-
-def carry_fraction(kl_curve: np.ndarray, share: float = 0.9) -> int:
-    """Fewest adapters m such that keeping only the last m removed leaves KL <= (1 - share) x the KL
-    with all removed (``kl_curve[k]``: KL after k removals, k = 0..n)."""
-    n, total = len(kl_curve) - 1, kl_curve[-1]
-    return next(m for m in range(n + 1) if kl_curve[n - m] <= (1 - share) * total or m == n)
 
 
 def main(cfg: AblationConfig) -> None:

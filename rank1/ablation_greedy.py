@@ -111,3 +111,10 @@ def _suffix_kl(runner: LayerRunner, sites: Sequence[AdapterSite], st: _State, ab
         h, _ = runner.run(st.cache[start], st.ctx, start=start)
     kl_N, _ = head_kl_ce(runner, h[st.batch.rows], st.ref, st.batch.targets_N, token_chunk)
     return kl_N.cpu()
+
+
+def carry_fraction(kl_curve: np.ndarray, share: float = 0.9) -> int:
+    """Fewest adapters m such that keeping only the last m removed leaves KL <= (1 - share) x the KL
+    with all removed (``kl_curve[k]``: KL after k removals, k = 0..n)."""
+    n, total = len(kl_curve) - 1, kl_curve[-1]
+    return next(m for m in range(n + 1) if kl_curve[n - m] <= (1 - share) * total or m == n)

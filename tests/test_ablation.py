@@ -23,7 +23,8 @@ from rank1.ablation import (
     resolve_ablation_run,
     run_sweep,
 )
-from rank1.ablation_greedy import greedy_removal
+from rank1.ablation_greedy import carry_fraction, greedy_removal
+from rank1.ablation_plots import figure1
 from rank1.config import config_from_profile, data_dir, results_dir, run_dir
 from rank1.decoder import LayerRunner
 from rank1.hooks import ablate_adapters, count_hooks
@@ -175,6 +176,12 @@ def test_stage_writes_json_and_side_file_then_skips(setup):
     mtime = path.stat().st_mtime_ns
     measure(cfg, ["layer", "adapter"], K.ABLATION_JSON, K.ABLATION_TOKENS, "t")
     assert path.stat().st_mtime_ns == mtime
+    written = figure1(report, path.parent / K.FIGURE1_STEM)  # from the JSON alone
+    assert [p.name for p in written] == [f"{K.FIGURE1_STEM}.pdf", f"{K.FIGURE1_STEM}.png"]
+    assert all(p.stat().st_size > 1000 for p in written)
+    with pytest.raises(ValueError, match="n_samples=4, not 3; pass --overwrite"):
+        measure(config_from_profile(AblationConfig, "ablation", "test", run="t", n_samples=3), ["layer"],
+                K.ABLATION_JSON, None, "t")
 
 
 def test_greedy_picks_the_least_important_candidate_each_step(setup):
@@ -240,3 +247,27 @@ def test_bad_input_fails_with_one_clear_error_and_writes_nothing(isolated_root):
 def test_sample_is_fixed_by_its_seed():
     assert draw_sample(100, 5, 42, "x") == draw_sample(100, 5, 42, "x") != draw_sample(100, 5, 43, "x")
     assert len(set(draw_sample(100, 100, 0, "x"))) == 100
+
+
+def test_carry_fraction():
+    assert carry_fraction(np.array([0, 0.01, 0.05, 0.5, 1.0])) == 2  # keeping 2 leaves 0.05 <= 10% of 1.0
+    assert carry_fraction(np.array([0, 0.5, 1.0])) == 2
+    assert carry_fraction(np.array([0, 0.0, 0.0, 1.0])) == 1
+
+
+@pytest.mark.slow
+def test_all_stage_scripts_on_the_test_profile(isolated_root):
+    write_splits(data_dir("test"), n_train=16, n_eval=4, seed=0)
+    make_run()
+    for script in ("1.0_generate_ablation_data", "1.1_visualize_ablation_results", "lora_ablation_all_by_type",
+                   "iterative_mlp_ablation_by_matrix", "lora_layer_ablation_kl_visualization"):
+        run_script([f"1_lora_adapter_ablations/{script}.py", "--profile", "test"])
+    out = results_dir("test", K.ABLATION_STAGE, "t")
+    for name in (K.ABLATION_JSON, K.ABLATION_TOKENS, K.BY_TYPE_JSON, K.ITERATIVE_JSON, K.TOKEN_KL_JSON,
+                 f"{K.FIGURE1_STEM}.pdf", f"{K.BY_TYPE_STEM}.png", f"{K.ITERATIVE_STEM}.png", f"{K.TOKEN_KL_STEM}.png",
+                 K.CONFIG_JSON, K.ARGV_JSON):
+        assert (out / name).is_file(), name
+    greedy = json.loads((out / K.ITERATIVE_JSON).read_text())
+    assert len(greedy["order"]) == 6 and len(greedy["curve"]["kl"]["mean"]) == 7
+    by_type = json.loads((out / K.BY_TYPE_JSON).read_text())
+    assert by_type["source"] == K.ABLATION_JSON and by_type["type"]["names"][-3:] == ["mlp", "attn", "all"]
