@@ -275,8 +275,11 @@ class Reference:
     neg_entropy_N: torch.Tensor
 
     @classmethod
-    def from_logits(cls, logits_NV: torch.Tensor) -> Reference:
-        logp = log_probs64(logits_NV)
+    def from_stream(cls, runner: LayerRunner, h_NH: torch.Tensor, chunk: int) -> Reference:
+        """From the full model's residual stream at the measured positions, ``chunk`` rows at a time."""
+        logp = torch.empty((len(h_NH), runner.vocab_size), dtype=torch.float64, device=h_NH.device)
+        for a in range(0, len(h_NH), chunk):
+            logp[a:a + chunk] = log_probs64(runner.logits(h_NH[a:a + chunk]))
         p = logp.exp()
         return cls(logp, p, (p * logp).sum(-1))
 
@@ -309,7 +312,7 @@ def sweep_batch(runner: LayerRunner, sites: Sequence[AdapterSite], batch: Batch,
     ctx = runner.prepare(batch.input_ids_BT, batch.attention_mask_BT)
     keep = {a.start for a in ablations} if cached_prefix else set()
     h_BTD, cache = runner.run(ctx.h0_BTD, ctx, keep=keep)
-    ref = Reference.from_logits(runner.logits(h_BTD[batch.rows]))
+    ref = Reference.from_stream(runner, h_BTD[batch.rows], token_chunk)
     ce_full = -ref.logp_NV.gather(-1, batch.targets_N[:, None])[:, 0]
     kl = torch.empty((len(ablations), len(ce_full)), dtype=torch.float64)
     dce = torch.empty_like(kl)
@@ -355,7 +358,7 @@ def run_sweep(loaded: Loaded, items: list[dict[str, list[int]]], ablations: list
     lengths = [len(it["input_ids"]) for it in items]
 
     def per_sequence(t, m):
-        return cache_bytes_per_sequence(t, m, n_cached, cfg.hidden_size, cfg.vocab_size, elem)
+        return cache_bytes_per_sequence(t, m, n_cached, cfg.hidden_size, runner.vocab_size, elem)
 
     batches = cut_batches(lengths, measured, cache_limit_mb * 2**20, per_sequence)
     if partial_dir is not None:

@@ -72,7 +72,7 @@ def greedy_removal(loaded, items: list[dict], candidates: Sequence[int], rescore
     with loaded.autocast():
         ctx = runner.prepare(batch.input_ids_BT, batch.attention_mask_BT)
         h, cache = runner.run(ctx.h0_BTD, ctx, keep=keep)
-        ref = Reference.from_logits(runner.logits(h[batch.rows]))
+        ref = Reference.from_stream(runner, h[batch.rows], token_chunk)
     st = _State(batch, ctx, ref, cache, seq_ptr)
     removed: list[int] = []
     remaining = list(candidates)

@@ -45,6 +45,7 @@ class LayerRunner:
                              f"{', '.join(needed)}, and lm_head); the layer-by-layer runner cannot drive it")
         self.body, self.lm_head, self.config = body, base.lm_head, base.config
         self.num_layers = len(body.layers)
+        self.vocab_size = base.lm_head.weight.shape[0]  # the head's width (may exceed config.vocab_size)
         types = getattr(self.config, "layer_types", None)
         self.layer_types = list(types) if types else [FULL_ATTENTION] * self.num_layers
 
