@@ -307,8 +307,9 @@ def tensor_bytes(tensors) -> int:
 
 @torch.inference_mode()
 def sweep_batch(runner: LayerRunner, sites: Sequence[AdapterSite], batch: Batch, ablations: Sequence[Ablation],
-                cached_prefix: bool = True, token_chunk: int = 256) -> dict[str, torch.Tensor | int]:
-    """KL and CE change of every ablation on one batch (float64, [ablations, measured tokens])."""
+                cached_prefix: bool = True, token_chunk: int = 256, bar=None) -> dict[str, torch.Tensor | int]:
+    """KL and CE change of every ablation on one batch (float64, [ablations, measured tokens]);
+    ``bar`` (a tqdm bar) advances by one per ablation."""
     ctx = runner.prepare(batch.input_ids_BT, batch.attention_mask_BT)
     keep = {a.start for a in ablations} if cached_prefix else set()
     h_BTD, cache = runner.run(ctx.h0_BTD, ctx, keep=keep)
@@ -322,6 +323,8 @@ def sweep_batch(runner: LayerRunner, sites: Sequence[AdapterSite], batch: Batch,
             h, _ = runner.run(cache[start] if cached_prefix else ctx.h0_BTD, ctx, start=start)
         kl_n, ce_n = head_kl_ce(runner, h[batch.rows], ref, batch.targets_N, token_chunk)
         kl[k], dce[k] = kl_n.cpu(), (ce_n - ce_full).cpu()
+        if bar is not None:
+            bar.update(1)
     held = tensor_bytes([*cache.values(), *ref.tensors()])
     return {"kl": kl, "dce": dce, "ce_full": ce_full.double().cpu(), "cache_bytes": held}
 
@@ -364,18 +367,21 @@ def run_sweep(loaded: Loaded, items: list[dict[str, list[int]]], ablations: list
     if partial_dir is not None:
         _prepare_partial(partial_dir, partial_key)
     t0, peak, parts = time.perf_counter(), 0, {}
-    for k, seqs in enumerate(tqdm(batches, desc=desc, unit="batch")):
+    bar = tqdm(total=len(batches) * len(ablations), desc=f"{desc} ({len(batches)} batches)", unit="ablation")
+    for k, seqs in enumerate(batches):
         path = partial_dir / f"batch_{k:04d}.safetensors" if partial_dir is not None else None
         if path is not None and path.is_file():
             parts[k] = load_file(str(path))
+            bar.update(len(ablations))
             continue
         batch = make_batch(items, seqs, loaded.tokenizer.pad_token_id, loaded.device)
         with loaded.autocast():
-            out = sweep_batch(runner, sites, batch, ablations, cached_prefix, token_chunk)
+            out = sweep_batch(runner, sites, batch, ablations, cached_prefix, token_chunk, bar)
         peak = max(peak, int(out.pop("cache_bytes")))
         parts[k] = out
         if path is not None:
             save_file({n: t.contiguous() for n, t in out.items()}, str(path))
+    bar.close()
     # reassemble in sample order: batch b holds its sequences' tokens sequence-major
     cols_kl, cols_dce, cols_ce = [None] * len(items), [None] * len(items), [None] * len(items)
     for k, seqs in enumerate(batches):
