@@ -46,7 +46,7 @@ def figure1(report: dict[str, Any], stem: Path) -> list[Path]:
             im = ax.imshow(np.where(grid > 0, grid, np.nan), aspect="auto", cmap="viridis", norm=norm,
                            interpolation="nearest")
             ax.set_yticks(range(len(ad["projections"])), [p.removesuffix("_proj") for p in ad["projections"]])
-            step = max(1, len(ad["layers"]) // 16)
+            step = max(1, round(len(ad["layers"]) / 10))
             ax.set_xticks(range(0, len(ad["layers"]), step), ad["layers"][::step])
             ax.set_xlabel("layer")
             ax.set_title("one adapter removed", fontsize=10)
