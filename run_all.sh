@@ -20,6 +20,14 @@ bash "$REPO/0_train_lora.sh" --profile "$PROFILE" --full
 #     (paper Table 1 and Table 2; writes results/<profile>/eval/<run>/)
 "$PY" "$REPO/s1_peft/eval_benchmarks.py" --profile "$PROFILE" ${GPQA_PATH:+--gpqa_path "$GPQA_PATH"}
 
+# 1. Adapter ablations and Figure 1: which layers and adapter types carry the effect
+#    (writes results/<profile>/ablations/<run>/)
+"$PY" "$REPO/1_lora_adapter_ablations/1.0_generate_ablation_data.py" --profile "$PROFILE"
+"$PY" "$REPO/1_lora_adapter_ablations/1.1_visualize_ablation_results.py" --profile "$PROFILE"
+"$PY" "$REPO/1_lora_adapter_ablations/lora_ablation_all_by_type.py" --profile "$PROFILE"
+"$PY" "$REPO/1_lora_adapter_ablations/iterative_mlp_ablation_by_matrix.py" --profile "$PROFILE"
+"$PY" "$REPO/1_lora_adapter_ablations/lora_layer_ablation_kl_visualization.py" --profile "$PROFILE"
+
 # 2.0 Every adapter's scalar activation per token over the training corpus (results/<profile>/lora_activations/<run>/)
 "$PY" "$REPO/2_lora_activation_interp/2.0_extract_lora_activations.py" --profile "$PROFILE"
 

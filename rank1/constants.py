@@ -44,3 +44,16 @@ TOPK_TENSORS = "topk.safetensors"  # top-k / decile / random examples with conte
 TOPK_FEATURES = "features.json"  # one record per feature (site x polarity), in tensor row order
 TOPK_VOCAB = "vocab.json"  # token id -> decoded string for every token the examples show
 DASHBOARD_INDEX = "index.html"
+
+# Stage 1 (adapter ablations): results/<profile>/ablations/<run>/
+ABLATION_STAGE = "ablations"
+ABLATION_JSON = "ablation_results.json"  # config, sample, run identity, means with bootstrap CIs
+ABLATION_TOKENS = "ablation_per_token.safetensors"  # per-token KL / CE change of every ablation
+ABLATION_PARTIAL_DIR = ".partial"  # finished sample batches of an interrupted sweep
+FIGURE1_STEM = "lora_component_ablation_final"  # Figure 1 (.pdf and .png)
+BY_TYPE_JSON = "ablation_all_by_type.json"
+BY_TYPE_STEM = "lora_ablation_all_by_type"
+ITERATIVE_JSON = "iterative_mlp_ablation.json"
+ITERATIVE_STEM = "iterative_mlp_ablation_by_matrix"
+TOKEN_KL_JSON = "layer_ablation_token_kl.json"  # mean KL by class of predicted token
+TOKEN_KL_STEM = "lora_layer_ablation_kl_visualization"

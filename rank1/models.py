@@ -153,3 +153,15 @@ def num_layers(spec: str) -> int:
         return int(AutoConfig.from_pretrained(resolve_model_source(spec)).num_hidden_layers)
     except OSError as e:
         raise _hub_error("model config", spec, e) from None
+
+
+def context_length(spec: str) -> int | None:
+    """Positions the model named by ``spec`` was built for (``max_position_embeddings``), if it says."""
+    if spec == RANDOM_QWEN2:
+        return tiny_qwen2_config(1).max_position_embeddings
+    from transformers import AutoConfig
+    try:
+        value = getattr(AutoConfig.from_pretrained(resolve_model_source(spec)), "max_position_embeddings", None)
+    except OSError as e:
+        raise _hub_error("model config", spec, e) from None
+    return int(value) if value else None

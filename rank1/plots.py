@@ -29,3 +29,15 @@ def plot_loss_curve(loss_log_json: str | Path, pdf: str | Path, png: str | Path)
     for path, fmt in ((pdf, "pdf"), (png, "png")):
         write_with(path, lambda tmp, fmt=fmt: fig.savefig(tmp, format=fmt, dpi=150))
     plt.close(fig)
+
+
+def save_figure(fig, stem: str | Path, dpi: int = 150) -> list[Path]:
+    """Write ``fig`` atomically as ``<stem>.pdf`` and ``<stem>.png``, then close it."""
+    stem = Path(stem)
+    paths = []
+    for fmt in ("pdf", "png"):
+        path = stem.with_name(f"{stem.name}.{fmt}")
+        write_with(path, lambda tmp, fmt=fmt: fig.savefig(tmp, format=fmt, dpi=dpi))
+        paths.append(path)
+    plt.close(fig)
+    return paths

@@ -55,3 +55,14 @@ def test_recovery():
     assert recovery(base=10, adapted=5, full=50) == pytest.approx(-0.125)
     with pytest.raises(ValueError, match="undefined"):
         recovery(1, 2, 1)
+
+
+def test_kl_to_logits_equals_the_log_softmax_route_and_gives_log_normaliser():
+    from rank1.metrics import kl_from_log_probs, kl_to_logits, log_probs64
+
+    g = torch.Generator().manual_seed(0)
+    p, q = torch.randn(5, 40, generator=g) * 4, torch.randn(5, 40, generator=g) * 4
+    kl, lse = kl_to_logits(log_probs64(p), q)
+    torch.testing.assert_close(kl, kl_from_log_probs(log_probs64(p), log_probs64(q)), rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(q.double() - lse[:, None], log_probs64(q), rtol=1e-12, atol=1e-12)
+    assert kl_to_logits(log_probs64(p), p)[0].abs().max() < 1e-12
