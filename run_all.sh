@@ -9,34 +9,48 @@ PY="${PYTHON:-$REPO/.venv/bin/python}"
 export PYTHON="$PY"
 PROFILE="${RANK1_PROFILE:-tiny}"
 [ "${1:-}" = "--profile" ] && PROFILE="$2"
+TIMES="${RANK1_ROOT:-$REPO}/logs/run_all-$PROFILE-times.tsv"
+mkdir -p "$(dirname "$TIMES")"
+
+# Run one stage command; print and log its wall time; on failure name the stage and how to rerun it.
+stage() {
+  local name="$1"; shift
+  local t0=$SECONDS
+  echo "=== $name: $*"
+  if ! "$@"; then
+    echo "error: stage '$name' failed; rerun it with: $*  (or rerun run_all.sh: finished stages are skipped)" >&2
+    exit 1
+  fi
+  printf '%s\t%s\t%ss\n' "$(date +%FT%T)" "$name" "$((SECONDS - t0))" | tee -a "$TIMES"
+}
 
 # 0. Train the rank-1 LoRA on reasoning traces (writes s1_peft/ckpts_lora/<run>/)
-bash "$REPO/0_train_lora.sh" --profile "$PROFILE"
+stage "0.0 train LoRA" bash "$REPO/0_train_lora.sh" --profile "$PROFILE"
 
 # 0.1 Train the full finetune, the baseline of every recovery number (writes s1_peft/ckpts_full/<profile>-full/)
-bash "$REPO/0_train_lora.sh" --profile "$PROFILE" --full
+stage "0.1 train full" bash "$REPO/0_train_lora.sh" --profile "$PROFILE" --full
 
 # 0.2 Benchmarks for base, LoRA, full finetune, MLP- and attention-ablated LoRA; the recovery tables
 #     (paper Table 1 and Table 2; writes results/<profile>/eval/<run>/)
-"$PY" "$REPO/s1_peft/eval_benchmarks.py" --profile "$PROFILE" ${GPQA_PATH:+--gpqa_path "$GPQA_PATH"}
+stage "eval_benchmarks" "$PY" "$REPO/s1_peft/eval_benchmarks.py" --profile "$PROFILE" ${GPQA_PATH:+--gpqa_path "$GPQA_PATH"}
 
 # 1. Adapter ablations and Figure 1: which layers and adapter types carry the effect
 #    (writes results/<profile>/ablations/<run>/)
-"$PY" "$REPO/1_lora_adapter_ablations/1.0_generate_ablation_data.py" --profile "$PROFILE"
-"$PY" "$REPO/1_lora_adapter_ablations/1.1_visualize_ablation_results.py" --profile "$PROFILE"
-"$PY" "$REPO/1_lora_adapter_ablations/lora_ablation_all_by_type.py" --profile "$PROFILE"
-"$PY" "$REPO/1_lora_adapter_ablations/iterative_mlp_ablation_by_matrix.py" --profile "$PROFILE"
-"$PY" "$REPO/1_lora_adapter_ablations/lora_layer_ablation_kl_visualization.py" --profile "$PROFILE"
+stage "1.0_generate_ablation_data" "$PY" "$REPO/1_lora_adapter_ablations/1.0_generate_ablation_data.py" --profile "$PROFILE"
+stage "1.1_visualize_ablation_results" "$PY" "$REPO/1_lora_adapter_ablations/1.1_visualize_ablation_results.py" --profile "$PROFILE"
+stage "lora_ablation_all_by_type" "$PY" "$REPO/1_lora_adapter_ablations/lora_ablation_all_by_type.py" --profile "$PROFILE"
+stage "iterative_mlp_ablation_by_matrix" "$PY" "$REPO/1_lora_adapter_ablations/iterative_mlp_ablation_by_matrix.py" --profile "$PROFILE"
+stage "lora_layer_ablation_kl_visualization" "$PY" "$REPO/1_lora_adapter_ablations/lora_layer_ablation_kl_visualization.py" --profile "$PROFILE"
 
 # 2.0 Every adapter's scalar activation per token over the training corpus (results/<profile>/lora_activations/<run>/)
-"$PY" "$REPO/2_lora_activation_interp/2.0_extract_lora_activations.py" --profile "$PROFILE"
+stage "2.0_extract_lora_activations" "$PY" "$REPO/2_lora_activation_interp/2.0_extract_lora_activations.py" --profile "$PROFILE"
 
 # 2.1 Top-k examples, quantiles, histograms and scoring samples per adapter and polarity (.../lora_topk/<run>/)
-"$PY" "$REPO/2_lora_activation_interp/2.1_precompute_lora_topk.py" --profile "$PROFILE"
+stage "2.1_precompute_lora_topk" "$PY" "$REPO/2_lora_activation_interp/2.1_precompute_lora_topk.py" --profile "$PROFILE"
 
 # 2.3 Static HTML dashboard of the adapter activations (.../lora_dashboard/<run>/index.html)
-"$PY" "$REPO/2_lora_activation_interp/2.3_lora_activation_dashboard.py" --profile "$PROFILE"
+stage "2.3_lora_activation_dashboard" "$PY" "$REPO/2_lora_activation_interp/2.3_lora_activation_dashboard.py" --profile "$PROFILE"
 
 # 2.4-2.5 The MLP-neuron baseline: base-model neurons, same corpus, same count per layer, same top-k
-"$PY" "$REPO/2_lora_activation_interp/2.4_extract_mlp_activations.py" --profile "$PROFILE"
-"$PY" "$REPO/2_lora_activation_interp/2.5_precompute_mlp_topk.py" --profile "$PROFILE"
+stage "2.4_extract_mlp_activations" "$PY" "$REPO/2_lora_activation_interp/2.4_extract_mlp_activations.py" --profile "$PROFILE"
+stage "2.5_precompute_mlp_topk" "$PY" "$REPO/2_lora_activation_interp/2.5_precompute_mlp_topk.py" --profile "$PROFILE"
