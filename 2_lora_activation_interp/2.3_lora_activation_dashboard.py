@@ -13,34 +13,25 @@ Usage:
     python 2_lora_activation_interp/2.3_lora_activation_dashboard.py --n_examples 20
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from rank1 import constants as K
-from rank1.config import parse_config, results_dir
+from rank1.config import option, parse_config, results_dir
 from rank1.dashboard import write_dashboard
 from rank1.dashboard.lora import build_payloads
-from rank1.interp import get_run
 from rank1.logs import run_main
 from rank1.lora import adapter_vectors
-from rank1.runs import check_same_identity
+from rank1.runs import RunOptions, check_same_identity
 from rank1.store import check_writable
 from rank1.topk import TopKResult
 
 
-def _f(help: str, default=None):
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
-class DashboardConfig:
-    profile: str = _f("profile the defaults came from", "tiny")
-    run: str | None = _f("run name or folder (default: the profile's newest LoRA run)")
-    adapter: str | None = _f("a PEFT adapter folder made elsewhere (instead of --run)")
-    model: str | None = _f("base model for --adapter (default: the profile's model)")
-    topk: str | None = _f("top-k folder of 2.1 (default: results/<profile>/lora_topk/<run>)")
-    n_examples: int = _f("top examples shown per feature (at most the k of 2.1)", 50)
-    out: str | None = _f("output folder (default: results/<profile>/lora_dashboard/<run>)")
+class DashboardConfig(RunOptions):
+    topk: str | None = option("top-k folder of 2.1 (default: results/<profile>/lora_topk/<run>)")
+    n_examples: int = option("top examples shown per feature (at most the k of 2.1)", 50)
+    out: str | None = option("output folder (default: results/<profile>/lora_dashboard/<run>)")
 
     def __post_init__(self):
         if self.n_examples < 1:
@@ -48,7 +39,7 @@ class DashboardConfig:
 
 
 def main(cfg: DashboardConfig) -> None:
-    run = get_run(cfg)
+    run = cfg.resolve_run()
     src = Path(cfg.topk) if cfg.topk else results_dir(cfg.profile, "lora_topk", run.name)
     out = Path(cfg.out) if cfg.out else results_dir(cfg.profile, "lora_dashboard", run.name)
     res = TopKResult.load(src)

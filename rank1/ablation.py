@@ -29,7 +29,7 @@ import random
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +39,13 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from rank1 import constants as K
-from rank1.config import data_dir, results_dir
+from rank1.config import dataset_file, option, results_dir
 from rank1.data import IGNORE_INDEX, load_reasoning_records, tokenize_record
 from rank1.decoder import LayerRunner
 from rank1.hooks import ablate_adapters
 from rank1.lora import AdapterSite, verify_adapter
 from rank1.metrics import kl_to_logits, log_probs64
-from rank1.runs import PRECISIONS, Loaded, Run, RunError, resolve_run
+from rank1.runs import PRECISIONS, Loaded, Run, RunError, RunOptions
 from rank1.stats import DEFAULT_RESAMPLES, bootstrap_means
 
 log = logging.getLogger(__name__)
@@ -58,38 +58,30 @@ MEAN_MEANING = ("mean over sequences of each sequence's mean over its assistant 
                 "bootstrap CI over sequences")
 
 
-def _f(help: str, default=None):
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
-class AblationConfig:
+class AblationConfig(RunOptions):
     """Options of every stage-1 script (one profile table, ``[ablation]``)."""
 
-    profile: str = _f("profile the defaults came from", "tiny")
-    run: str | None = _f("run folder or name (default: the profile's newest finished LoRA run)")
-    adapter: str | None = _f("a PEFT adapter folder made elsewhere, put on --model")
-    model: str | None = _f("base model for --adapter (default: the profile's model)")
-    dataset: str = _f("sequences: 'synthetic' (data/<profile>/train.jsonl), an s1-format file or a "
+    dataset: str = option("sequences: 'synthetic' (data/<profile>/train.jsonl), an s1-format file or a "
                       "hub dataset id", "synthetic")
-    n_samples: int = _f("sequences in the fixed sample", 16)
-    seed: int = _f("seed of the sample draw", 42)
-    max_tokens: int = _f("truncate each sequence to this many tokens", 2048)
-    families: str = _f(f"comma list of ablation families {FAMILIES}", ",".join(FAMILIES))
-    cache_limit_mb: float = _f("memory bound of the cached prefix per batch (batches are cut to fit)", 4096.0)
-    token_chunk: int = _f("positions per LM-head/KL chunk (bounds the [chunk, vocab] float64 buffers)", 256)
-    cached_prefix: bool = _f("run only the suffix after the first ablated layer (same results, faster)", True)
-    n_resamples: int = _f("bootstrap resamples over sequences", DEFAULT_RESAMPLES)
-    precision: str = _f(f"one of {PRECISIONS}", "auto")
-    greedy_samples: int = _f("iterative MLP ablation: the first n sequences of the sample score the "
+    n_samples: int = option("sequences in the fixed sample", 16)
+    seed: int = option("seed of the sample draw", 42)
+    max_tokens: int = option("truncate each sequence to this many tokens", 2048)
+    families: str = option(f"comma list of ablation families {FAMILIES}", ",".join(FAMILIES))
+    cache_limit_mb: float = option("memory bound of the cached prefix per batch (batches are cut to fit)", 4096.0)
+    token_chunk: int = option("positions per LM-head/KL chunk (bounds the [chunk, vocab] float64 buffers)", 256)
+    cached_prefix: bool = option("run only the suffix after the first ablated layer (same results, faster)", True)
+    n_resamples: int = option("bootstrap resamples over sequences", DEFAULT_RESAMPLES)
+    precision: str = option(f"one of {PRECISIONS}", "auto")
+    greedy_samples: int = option("iterative MLP ablation: the first n sequences of the sample score the "
                              "candidates (0: all)", 0)
-    greedy_rescore_every: int = _f("iterative MLP ablation: rescore all remaining candidates every n "
+    greedy_rescore_every: int = option("iterative MLP ablation: rescore all remaining candidates every n "
                                    "removals (1: exact greedy)", 1)
-    results_folder: str | None = _f("figure scripts: read this results folder (default: "
+    results_folder: str | None = option("figure scripts: read this results folder (default: "
                                     "results/<profile>/ablations/<run>)")
-    viz_sequence: int = _f("per-token KL figure: which sequence of the sample (position in the sample)", 0)
-    viz_top: int = _f("per-token KL figure: how many layers (largest mean KL) to draw", 3)
-    overwrite: bool = _f("recompute existing results", False)
+    viz_sequence: int = option("per-token KL figure: which sequence of the sample (position in the sample)", 0)
+    viz_top: int = option("per-token KL figure: how many layers (largest mean KL) to draw", 3)
+    overwrite: bool = option("recompute existing results", False)
 
     def __post_init__(self):
         if self.n_samples < 1 or self.max_tokens < 8 or self.token_chunk < 1 or self.n_resamples < 1:
@@ -111,13 +103,7 @@ class AblationConfig:
         return names
 
     def dataset_path(self) -> str:
-        if self.dataset != "synthetic":
-            return self.dataset
-        path = data_dir(self.profile) / K.TRAIN_JSONL
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist: generate it first with "
-                                    f"`python s1_peft/prepare_data.py --profile {self.profile}`")
-        return str(path)
+        return dataset_file(self.dataset, self.profile)
 
     def sample_key(self) -> dict[str, Any]:
         """What fixes the sample: two results with equal keys measured the same sequences."""
@@ -130,10 +116,7 @@ class AblationConfig:
 
 def resolve_ablation_run(cfg: AblationConfig) -> Run:
     """The run to ablate: rank 1 (one scalar per adapter), every adapter its config names present."""
-    model_id = cfg.model
-    if cfg.adapter and model_id and "{size}" in model_id:
-        raise RunError(f"model {model_id!r} has a {{size}} placeholder: pass --model with the base model")
-    run = resolve_run(cfg.run, cfg.profile, adapter=cfg.adapter, model_id=model_id, require_rank=1)
+    run = cfg.resolve_run(require_rank=1)
     if run.kind != "lora":
         raise RunError(f"{run.name} is a full finetune: ablations need a LoRA run")
     check_adapter_complete(run)
@@ -539,7 +522,7 @@ def results_folder(cfg: AblationConfig) -> Path:
         return Path(cfg.results_folder)
     if cfg.adapter:
         return results_dir(cfg.profile, K.ABLATION_STAGE, Path(cfg.adapter).name)
-    return output_dir(cfg, resolve_run(cfg.run, cfg.profile, require_rank=None))
+    return output_dir(cfg, cfg.resolve_run(require_rank=None))
 
 
 def read_result(folder: Path, name: str, producer: str) -> dict[str, Any]:

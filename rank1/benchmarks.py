@@ -15,7 +15,6 @@ Graders read the answer phase of a budget-forced generation (the text after the 
 from __future__ import annotations
 
 import csv
-import json
 import random
 import re
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from rank1.config import REPO_ROOT, data_dir
 from rank1.constants import EVAL_JSONL
+from rank1.data import iter_jsonl
 from rank1.metrics import NUMBER_RE, normalize_number
 
 BENCHMARKS_DIR = REPO_ROOT / "benchmarks"
@@ -113,24 +113,13 @@ def grade_letter(answer: str, gold: str) -> tuple[str | None, bool]:
 
 def _jsonl_items(path: Path, id_key: str | None, question_key: str, gold_key: str) -> list[Item]:
     """Items of a JSONL file; a bad line raises a ValueError naming the file and line."""
-    if not path.is_file():
-        raise FileNotFoundError(f"benchmark file {path} does not exist")
     items = []
-    with path.open() as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-            missing = [k for k in (question_key, gold_key) if rec.get(k) in (None, "")]
-            if missing:
-                raise ValueError(f"{path}:{lineno}: missing field(s) {missing}")
-            items.append(Item(str(rec[id_key]) if id_key and id_key in rec else str(len(items)),
-                              str(rec[question_key]), str(rec[gold_key])))
+    for lineno, rec in iter_jsonl(path, "benchmark file"):
+        missing = [k for k in (question_key, gold_key) if rec.get(k) in (None, "")]
+        if missing:
+            raise ValueError(f"{path}:{lineno}: missing field(s) {missing}")
+        items.append(Item(str(rec[id_key]) if id_key and id_key in rec else str(len(items)),
+                          str(rec[question_key]), str(rec[gold_key])))
     if not items:
         raise ValueError(f"benchmark file {path} holds no items")
     return items

@@ -31,6 +31,11 @@ COMMON_KEYS = ("description", "model", "dataset")
 C = TypeVar("C")
 
 
+def option(help: str, default: Any = None) -> Any:
+    """A config field: its default and the one-line help that ``--help`` shows."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 def project_root() -> Path:
     """Directory under which all outputs and caches live (``RANK1_ROOT``, else the repository)."""
     return Path(os.environ.get(ENV_ROOT) or REPO_ROOT).resolve()
@@ -43,6 +48,20 @@ def cache_dir() -> Path:
 
 def data_dir(profile: str) -> Path:
     return project_root() / "data" / profile
+
+
+def dataset_file(dataset: str, profile: str) -> str:
+    """The records a stage reads: ``synthetic`` is the profile's generated ``train.jsonl`` (what its
+    runs trained on); anything else (a file, a dataset folder, a hub id) is returned as given."""
+    if dataset != "synthetic":
+        return dataset
+    from rank1.constants import TRAIN_JSONL
+
+    path = data_dir(profile) / TRAIN_JSONL
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: generate it first with "
+                                f"`python s1_peft/prepare_data.py --profile {profile}`")
+    return str(path)
 
 
 def runs_dir(full: bool = False) -> Path:

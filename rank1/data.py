@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,12 +31,12 @@ S1K_HUB_ID = "simplescaling/s1K-1.1"
 # ---------------------------------------------------------------- loading
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Read a JSONL file; a malformed line raises a ValueError naming the file and line."""
+def iter_jsonl(path: str | os.PathLike, what: str = "data file") -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) of each non-blank line of a JSONL file; a malformed line raises a
+    ValueError naming the file and line."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"data file {path} does not exist")
-    records = []
+        raise FileNotFoundError(f"{what} {path} does not exist")
     with path.open() as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -47,8 +48,12 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
                                  f"each line must be one JSON object") from None
             if not isinstance(rec, dict):
                 raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-            records.append(rec)
-    return records
+            yield lineno, rec
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read a JSONL file (see :func:`iter_jsonl`)."""
+    return [rec for _, rec in iter_jsonl(path)]
 
 
 def validate_records(records: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:

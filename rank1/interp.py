@@ -9,46 +9,38 @@ adapters per layer, and its corpus is the same.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from rank1 import constants as K
 from rank1.artifacts import public_config, read_json, write_json
 from rank1.capture import KINDS, CaptureSpec
-from rank1.config import data_dir, results_dir
+from rank1.config import dataset_file, option, results_dir
 from rank1.models import load_tokenizer
-from rank1.runs import Run, resolve_run
+from rank1.runs import Run, RunOptions
 from rank1.store import DTYPES, Store, StoreError, check_writable, extract_store, load_corpus, open_for_run
 from rank1.topk import compute_topk, decode_vocab, used_token_ids
 
 log = logging.getLogger(__name__)
 
 
-def _f(help: str, default=None):
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
-class ExtractConfig:
-    profile: str = _f("profile the defaults came from", "tiny")
-    run: str | None = _f("run name or folder (default: the profile's newest LoRA run)")
-    adapter: str | None = _f("a PEFT adapter folder made elsewhere (instead of --run)")
-    model: str | None = _f("base model for --adapter (default: the profile's model)")
-    corpus: str = _f("s1-format records: 'synthetic' (data/<profile>/train.jsonl, what the run trained on), "
+class ExtractConfig(RunOptions):
+    corpus: str = option("s1-format records: 'synthetic' (data/<profile>/train.jsonl, what the run trained on), "
                      "or a .jsonl/.parquet path / dataset folder", "synthetic")
-    max_tokens: int = _f("stop adding documents once this many tokens are in (0: all)", 0)
-    max_docs: int = _f("at most this many documents (0: all)", 0)
-    block_size: int = _f("truncate each document to this many tokens (as in training)", 20000)
-    shard_tokens: int = _f("tokens per shard (memory per worker; resume granularity)", 65536)
-    batch_tokens: int = _f("padded tokens per forward pass", 8192)
-    dtype: str = _f("storage dtype: float16 (checked for overflow) | bfloat16 | float32", "float16")
-    precision: str = _f("compute precision: auto | bf16 | fp32", "auto")
-    num_procs: int = _f("data-parallel CPU worker processes", 1)
-    num_gpus: int = _f("data-parallel GPUs, one worker each (0: CPU or the one visible GPU)", 0)
-    neurons_per_layer: int = _f("MLP side: neurons per layer (0: as many as the run has adapters per layer)", 0)
-    neuron_seed: int = _f("MLP side: seed of the neuron sample", 0)
-    out: str | None = _f("output folder (default: results/<profile>/<kind>_activations/<run>)")
-    overwrite: bool = _f("recompute even if a finished store exists", False)
+    max_tokens: int = option("stop adding documents once this many tokens are in (0: all)", 0)
+    max_docs: int = option("at most this many documents (0: all)", 0)
+    block_size: int = option("truncate each document to this many tokens (as in training)", 20000)
+    shard_tokens: int = option("tokens per shard (memory per worker; resume granularity)", 65536)
+    batch_tokens: int = option("padded tokens per forward pass", 8192)
+    dtype: str = option("storage dtype: float16 (checked for overflow) | bfloat16 | float32", "float16")
+    precision: str = option("compute precision: auto | bf16 | fp32", "auto")
+    num_procs: int = option("data-parallel CPU worker processes", 1)
+    num_gpus: int = option("data-parallel GPUs, one worker each (0: CPU or the one visible GPU)", 0)
+    neurons_per_layer: int = option("MLP side: neurons per layer (0: as many as the run has adapters per layer)", 0)
+    neuron_seed: int = option("MLP side: seed of the neuron sample", 0)
+    out: str | None = option("output folder (default: results/<profile>/<kind>_activations/<run>)")
+    overwrite: bool = option("recompute even if a finished store exists", False)
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -60,44 +52,16 @@ class ExtractConfig:
 
 
 @dataclass
-class TopKConfig:
-    profile: str = _f("profile the defaults came from", "tiny")
-    run: str | None = _f("run name or folder (default: the profile's newest LoRA run)")
-    adapter: str | None = _f("a PEFT adapter folder made elsewhere (instead of --run)")
-    model: str | None = _f("base model for --adapter (default: the profile's model)")
-    store: str | None = _f("activation store folder (default: the run's, under results/)")
-    k: int = _f("top examples per feature (feature = adapter x polarity)", 50)
-    context: int = _f("tokens of context on each side of an example", 30)
-    n_per_decile: int = _f("scoring examples drawn from each decile of the active values", 5)
-    n_random: int = _f("scoring examples from windows where the feature stays below its threshold", 20)
-    active_frac: float = _f("a token activates a feature above this fraction of the feature's maximum", 0.1)
-    seed: int = _f("seed of the scoring samples", 0)
-    out: str | None = _f("output folder (default: results/<profile>/<kind>_topk/<run>)")
-    overwrite: bool = _f("recompute even if the top-k examples exist", False)
-
-
-def model_for(cfg) -> str | None:
-    """The base model of ``--adapter`` (the profile's model unless --model)."""
-    if not cfg.adapter:
-        return None
-    if cfg.model:
-        return cfg.model
-    from rank1.config import load_profile
-    return load_profile(cfg.profile).common("model")
-
-
-def get_run(cfg) -> Run:
-    return resolve_run(cfg.run, cfg.profile, adapter=cfg.adapter, model_id=model_for(cfg), require_rank=1)
-
-
-def corpus_path(profile: str, corpus: str) -> str:
-    if corpus != "synthetic":
-        return corpus
-    path = data_dir(profile) / K.TRAIN_JSONL
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: generate it with "
-                                f"`python s1_peft/prepare_data.py --profile {profile}`")
-    return str(path)
+class TopKConfig(RunOptions):
+    store: str | None = option("activation store folder (default: the run's, under results/)")
+    k: int = option("top examples per feature (feature = adapter x polarity)", 50)
+    context: int = option("tokens of context on each side of an example", 30)
+    n_per_decile: int = option("scoring examples drawn from each decile of the active values", 5)
+    n_random: int = option("scoring examples from windows where the feature stays below its threshold", 20)
+    active_frac: float = option("a token activates a feature above this fraction of the feature's maximum", 0.1)
+    seed: int = option("seed of the scoring samples", 0)
+    out: str | None = option("output folder (default: results/<profile>/<kind>_topk/<run>)")
+    overwrite: bool = option("recompute even if the top-k examples exist", False)
 
 
 def store_folder(cfg, kind: str, run: Run) -> Path:
@@ -108,11 +72,11 @@ def extract(cfg: ExtractConfig, kind: str) -> Path:
     """Write the ``kind`` ('lora' | 'mlp') store of the run over the corpus; returns its folder."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}")
-    run = get_run(cfg)
+    run = cfg.resolve_run()
     folder = store_folder(cfg, kind, run)
     check_writable(folder.parent if not folder.exists() else folder)
     tokenizer = load_tokenizer(run.model_id)
-    corpus = load_corpus(tokenizer, corpus_path(cfg.profile, cfg.corpus), cfg.max_tokens, cfg.max_docs,
+    corpus = load_corpus(tokenizer, dataset_file(cfg.corpus, cfg.profile), cfg.max_tokens, cfg.max_docs,
                          cfg.block_size)
     per_layer = cfg.neurons_per_layer or _adapters_per_layer(run)
     spec = CaptureSpec(run, kind, cfg.precision, per_layer, cfg.neuron_seed)
@@ -151,7 +115,7 @@ def _sites(spec: CaptureSpec) -> list[dict]:
 
 def precompute_topk(cfg: TopKConfig, kind: str) -> Path:
     """Top-k examples of the ``kind`` store of the run; returns the output folder."""
-    run = get_run(cfg)
+    run = cfg.resolve_run()
     src = Path(cfg.store) if cfg.store else results_dir(cfg.profile, f"{kind}_activations", run.name)
     folder = Path(cfg.out) if cfg.out else results_dir(cfg.profile, f"{kind}_topk", run.name)
     store = open_for_run(src, run.identity())

@@ -27,7 +27,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rank1 import constants as K
 from rank1.artifacts import read_json, write_json
-from rank1.config import run_dir, runs_dir
+from rank1.config import load_profile, option, run_dir, runs_dir
 from rank1.lora import SAVED_KEY_RE, AdapterSite, adapter_sites
 from rank1.models import load_model, load_tokenizer, resolve_model_source
 
@@ -295,6 +295,26 @@ def resolve_run(run: str | os.PathLike | None, profile: str, *, full: bool = Fal
         return run_from_folder(latest_run(profile, full), model_id, require_rank)
     except FileNotFoundError as e:
         raise RunError(str(e)) from None
+
+
+@dataclass
+class RunOptions:
+    """The flags a stage names its run with. Stage configs inherit them as their first fields."""
+
+    profile: str = option("profile the defaults came from", "tiny")
+    run: str | None = option("rank-1 LoRA run: name or folder (default: the profile's newest finished run)")
+    adapter: str | None = option("a PEFT adapter folder made elsewhere, put on --model (instead of --run)")
+    model: str | None = option("base model of --adapter (default: the profile's model)")
+
+    def resolve_run(self, require_rank: int | None = 1) -> Run:
+        """The run these options name (see :func:`resolve_run`)."""
+        model_id = None
+        if self.adapter:
+            model_id = self.model or load_profile(self.profile).common("model")
+            if model_id and "{size}" in model_id:
+                raise RunError(f"model {model_id!r} has a {{size}} placeholder: pass --model with the base model")
+        return resolve_run(self.run, self.profile, adapter=self.adapter, model_id=model_id,
+                           require_rank=require_rank)
 
 
 def check_same_identity(expected: dict[str, Any], found: dict[str, Any], what: str) -> None:

