@@ -63,7 +63,7 @@ class AblationConfig(RunOptions):
     """Options of every stage-1 script (one profile table, ``[ablation]``)."""
 
     dataset: str = option("sequences: 'synthetic' (data/<profile>/train.jsonl), an s1-format file or a "
-                      "hub dataset id", "synthetic")
+                          "hub dataset id", "synthetic")
     n_samples: int = option("sequences in the fixed sample", 16)
     seed: int = option("seed of the sample draw", 42)
     max_tokens: int = option("truncate each sequence to this many tokens", 2048)
@@ -74,11 +74,11 @@ class AblationConfig(RunOptions):
     n_resamples: int = option("bootstrap resamples over sequences", DEFAULT_RESAMPLES)
     precision: str = option(f"one of {PRECISIONS}", "auto")
     greedy_samples: int = option("iterative MLP ablation: the first n sequences of the sample score the "
-                             "candidates (0: all)", 0)
+                                 "candidates (0: all)", 0)
     greedy_rescore_every: int = option("iterative MLP ablation: rescore all remaining candidates every n "
-                                   "removals (1: exact greedy)", 1)
+                                       "removals (1: exact greedy)", 1)
     results_folder: str | None = option("figure scripts: read this results folder (default: "
-                                    "results/<profile>/ablations/<run>)")
+                                        "results/<profile>/ablations/<run>)")
     viz_sequence: int = option("per-token KL figure: which sequence of the sample (position in the sample)", 0)
     viz_top: int = option("per-token KL figure: how many layers (largest mean KL) to draw", 3)
     overwrite: bool = option("recompute existing results", False)

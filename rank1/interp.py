@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class ExtractConfig(RunOptions):
     corpus: str = option("s1-format records: 'synthetic' (data/<profile>/train.jsonl, what the run trained on), "
-                     "or a .jsonl/.parquet path / dataset folder", "synthetic")
+                         "or a .jsonl/.parquet path / dataset folder", "synthetic")
     max_tokens: int = option("stop adding documents once this many tokens are in (0: all)", 0)
     max_docs: int = option("at most this many documents (0: all)", 0)
     block_size: int = option("truncate each document to this many tokens (as in training)", 20000)

