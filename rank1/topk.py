@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from rank1 import constants as K
 from rank1.artifacts import read_json, write_json, write_with
-from rank1.store import Store, StoreError
+from rank1.store import Shard, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -238,21 +238,21 @@ class Columns:
 
     By default (:func:`store_columns`) the columns are the store's sites. Any per-token map of a shard's
     activations works the same way (stage 3: the batch-independent SAE encoder, one column per latent), so
-    no second store is ever written: ``values(acts_TS, cols)`` gives the [T, n] float32 values of the column
-    slice ``cols``, evaluated ``block`` columns at a time (0: all at once), which bounds memory at
-    [shard tokens, block]. A feature is named ``{name}_{polarity}`` (with both polarities) or ``{name}``
-    (positive only); ``records[c]`` are extra fields of column c's feature records."""
+    no second store is ever written: ``values(shard, cols)`` gives the [T, n] float32 values of the column
+    slice ``cols`` for the shard's tokens, evaluated ``block`` columns at a time (0: all at once), which
+    bounds memory at [shard tokens, block]. A feature is named ``{name}_{polarity}`` (with both polarities)
+    or ``{name}`` (positive only); ``records[c]`` are extra fields of column c's feature records."""
 
     names: list[str]
     records: list[dict[str, Any]]
-    values: Callable[[torch.Tensor, slice], torch.Tensor]
+    values: Callable[[Shard, slice], torch.Tensor]
     block: int = 0
 
 
 def store_columns(store: Store) -> Columns:
     """The store's own sites as columns (``L{layer}_{name}``)."""
     return Columns(store.site_names(), [{"layer": s["layer"], "site_name": s["name"]} for s in store.sites],
-                   lambda acts_TS, cols: acts_TS[:, cols].float())
+                   lambda sh, cols: sh.acts_TS[:, cols].float())
 
 
 def _blocks(n: int, block: int):
@@ -286,7 +286,7 @@ def compute_topk(store: Store, k: int = 50, context: int = 30, n_per_decile: int
     s1, s2 = torch.zeros(S, dtype=torch.float64), torch.zeros(S, dtype=torch.float64)
     for sh in bar("topk 1/4 moments"):
         for sb in _blocks(S, columns.block):
-            x = columns.values(sh.acts_TS, sb)
+            x = columns.values(sh, sb)
             lo[sb], hi[sb] = torch.minimum(lo[sb], x.min(0).values), torch.maximum(hi[sb], x.max(0).values)
             s1[sb] += x.double().sum(0)
             s2[sb] += (x.double() ** 2).sum(0)
@@ -303,7 +303,7 @@ def compute_topk(store: Store, k: int = 50, context: int = 30, n_per_decile: int
     top = torch.full((F_, k), NONE, dtype=torch.int64)
     for sh in bar("topk 2/4 histograms, top-k"):
         for sb in _blocks(S, columns.block):
-            x = columns.values(sh.acts_TS, sb)
+            x = columns.values(sh, sb)
             hist[sb] += histogram_rows(x, lo[sb], hi[sb], FINE_BINS)
             for cols in _chunks(P * sb.start, P * sb.stop):
                 v = feature_values(x[:, cols.start // P - sb.start:-(-cols.stop // P) - sb.start], P)
@@ -321,7 +321,7 @@ def compute_topk(store: Store, k: int = 50, context: int = 30, n_per_decile: int
         T = sh.n_tokens
         prio = torch.from_numpy(np.random.default_rng([seed, sh.index]).integers(0, 1 << 62, T))
         for sb in _blocks(S, columns.block):
-            x = columns.values(sh.acts_TS, sb)
+            x = columns.values(sh, sb)
             for cols in _chunks(P * sb.start, P * sb.stop):
                 v = feature_values(x[:, cols.start // P - sb.start:-(-cols.stop // P) - sb.start], P)
                 bucket = _buckets(v, thr[cols], decile_edges[cols], context)
@@ -417,7 +417,7 @@ def _gather_contexts(store: Store, groups: dict[str, torch.Tensor], context: int
                 sel[:P * sb.start], sel[P * sb.stop:] = False, False
                 if not sel.any():
                     continue
-                x = columns.values(sh.acts_TS, sb) if x is None else x
+                x = columns.values(sh, sb) if x is None else x
                 f, j = sel.nonzero(as_tuple=True)
                 centre = local[f, j]
                 win = centre[:, None] + offsets

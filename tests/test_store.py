@@ -350,7 +350,7 @@ def test_topk_of_mapped_columns_positive_only_block_by_block(tmp_path):
 
     def cols(block):
         return Columns([f"c{i}" for i in range(5)], [{"latent": i} for i in range(5)],
-                       lambda a, c: torch.relu(a.float() @ W[:, c]), block)
+                       lambda sh, c: torch.relu(sh.acts_TS.float() @ W[:, c]), block)
 
     whole = compute_topk(store, k=7, context=2, n_per_decile=1, n_random=2, active_frac=0.0, seed=0,
                          columns=cols(0), positive_only=True)
