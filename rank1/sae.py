@@ -505,8 +505,6 @@ def sae_folder(cfg, run_name: str) -> Path:
 
 def train_stage(cfg: SaeConfig) -> Path:
     """3.0: train (or resume, or skip when finished) the SAE of the run's store, evaluate it, save it."""
-    import sae_lens
-
     from rank1.store import check_writable, open_for_run
 
     run = cfg.resolve_run()
@@ -529,6 +527,8 @@ def train_stage(cfg: SaeConfig) -> Path:
                        f"or --out DIR")
     check_writable(folder.parent if not folder.exists() else folder)
     done.unlink(missing_ok=True)
+    import sae_lens
+
     trained, report = train_sae(cfg, store, split, folder)
     save_inference_sae(trained, folder)
     sae = sae_lens.SAE.load_from_disk(folder, device=str(cfg.torch_device())).eval()

@@ -11,7 +11,7 @@ The explanations and categories come from 3.3.0 / 3.3.1 (the autointerp package)
 activations over every token of the store (activation mass), normalised to shares over the categorised
 features; subcategory shares are within their category. Firing-count shares (how many tokens fire the
 features) are given beside it. :func:`plot_donut` draws Figure 3 from that: categories on the inner ring
-(labelled from 5%), subcategories on the outer ring.
+(shares labelled from 5%, names in the legend), subcategories on the outer ring.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ CATEGORIZER = "3_lora_sae/3.3_autointerp/3.3.1_categorize.py"
 DENSITIES = "3_lora_sae/3.3_autointerp/3.3.2_compute_activation_densities.py"
 MEASURES = ("mass", "firing")
 LABEL_MIN_SHARE = 0.05  # inner-ring labels from this share on
+NO_SUBCATEGORY = "(none)"
 
 
 class CategoryError(ValueError):
@@ -109,7 +110,7 @@ def category_densities(features: list[dict[str, Any]], categories: dict[str, Any
             cat["n_features"] += 1
             cat["mass"] += f["activation_mass"]
             cat["firing"] += f["firing_count"]
-            u = cat["subcategories"].setdefault(rec.get("subcategory") or "(none)",
+            u = cat["subcategories"].setdefault(rec.get("subcategory") or NO_SUBCATEGORY,
                                                 {"n_features": 0, "mass": 0.0, "firing": 0})
         u["n_features"] += 1
         u["mass"] += f["activation_mass"]
@@ -160,13 +161,13 @@ def plot_donut(densities: dict[str, Any], measure: str, stem: str | Path, title:
             light = 0.25 + 0.6 * j / max(1, len(subs))
             outer.append(share)
             outer_colors.append(tuple(np.array(color[:3]) * (1 - light) + light))
-            outer_labels.append(sname if share >= LABEL_MIN_SHARE / 2 else "")
+            shown = sname if len(sname) <= 28 else sname[:27] + "\u2026"
+            outer_labels.append(shown if share >= LABEL_MIN_SHARE / 2 and sname != NO_SUBCATEGORY else "")
     fig, ax = plt.subplots(figsize=(8, 8))
     ax.pie(outer, radius=1.0, colors=outer_colors, labels=outer_labels, labeldistance=1.05, textprops={"fontsize": 7},
            wedgeprops={"width": 0.3, "edgecolor": "white", "linewidth": 0.5}, startangle=90, counterclock=False)
-    labels = [f"{name.replace('_', ' ')}\n{share:.0%}" if share >= LABEL_MIN_SHARE else ""
-              for (name, _), share in zip(cats, inner, strict=True)]
-    ax.pie(inner, radius=0.7, colors=colors, labels=labels, labeldistance=0.45, textprops={"fontsize": 8},
+    labels = [f"{share:.0%}" if share >= LABEL_MIN_SHARE else "" for share in inner]
+    ax.pie(inner, radius=0.7, colors=colors, labels=labels, labeldistance=0.72, textprops={"fontsize": 9},
            wedgeprops={"width": 0.4, "edgecolor": "white", "linewidth": 1}, startangle=90, counterclock=False)
     what = "activation mass" if measure == "mass" else "firing count"
     ax.set_title(title or f"SAE features by category ({what} share)", fontsize=11)

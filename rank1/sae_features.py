@@ -27,6 +27,7 @@ from tqdm import tqdm
 from rank1 import constants as K
 from rank1.artifacts import public_config, read_json, write_json, write_with
 from rank1.config import option, results_dir
+from rank1.models import load_tokenizer
 from rank1.runs import RunOptions
 from rank1.sae import SaeError, load_sae
 from rank1.store import Shard, Store, StoreError, check_writable, open_for_run
@@ -120,6 +121,17 @@ def top_loadings(w_dec_S: torch.Tensor, sites: list[dict], n: int = N_LOADINGS) 
     return [{"layer": sites[i]["layer"], "proj": sites[i]["name"], "value": round(float(unit[i]), 4)} for i in order]
 
 
+def annotate_features(features: list[dict[str, Any]], latents: dict[str, torch.Tensor], sites: list[dict]) -> None:
+    """Add to each feature record (``latent`` set) its firing count, density, activation mass, maximum and top
+    decoder loadings, from the per-latent tensors of :func:`latent_statistics` and ``W_dec_LS``."""
+    n = int(latents["n_tokens"])
+    for f in features:
+        i = f["latent"]
+        f.update({"firing_count": int(latents["firing_count_L"][i]), "density": float(latents["firing_count_L"][i]) / n,
+                  "activation_mass": float(latents["activation_mass_L"][i]), "max": float(latents["max_L"][i]),
+                  "loadings": top_loadings(latents["W_dec_LS"][i], sites)})
+
+
 def collect_features(cfg: SaeFeaturesConfig) -> Path:
     """3.1: top examples and statistics of every alive latent of the run's SAE; returns the output folder."""
     run = cfg.resolve_run()
@@ -154,20 +166,13 @@ def collect_features(cfg: SaeFeaturesConfig) -> Path:
     columns = Columns([latent_name(i, L) for i in alive], [{"latent": i} for i in alive],
                       JumpReluColumns(sae, alive, cfg.device, skip), cfg.block)
     result = compute_topk(store, active_frac=0.0, columns=columns, positive_only=True, **settings)
-    from rank1.models import load_tokenizer
     result.vocab = decode_vocab(load_tokenizer(run.model_id), used_token_ids(result))
-    w_dec = sae.W_dec.detach().float().cpu()
-    feature_of = torch.full((L,), -1, dtype=torch.int64)
-    feature_of[alive] = torch.arange(len(alive))
-    for f in result.features:
-        latent = f["latent"]
-        f.update({"firing_count": int(stats["firing_count_L"][latent]),
-                  "density": float(stats["firing_count_L"][latent]) / n_counted,
-                  "activation_mass": float(stats["activation_mass_L"][latent]), "max": float(stats["max_L"][latent]),
-                  "loadings": top_loadings(w_dec[latent], store.sites)})
+    latents = {**stats, "W_dec_LS": sae.W_dec.detach().float().cpu().contiguous(),
+               "feature_of_latent_L": torch.full((L,), -1, dtype=torch.int64)}
+    latents["feature_of_latent_L"][alive] = torch.arange(len(alive))
+    annotate_features(result.features, latents, store.sites)
     result.save(folder)
-    write_with(folder / K.SAE_LATENTS, lambda tmp: save_file(
-        {**stats, "W_dec_LS": w_dec.contiguous(), "feature_of_latent_L": feature_of}, str(tmp)))
+    write_with(folder / K.SAE_LATENTS, lambda tmp: save_file(latents, str(tmp)))
     write_json(done, {**public_config(cfg), "kind": "sae", "settings": settings, "active": "fires (activation > 0)",
                       "identity": store.identity, "store": str(src), "store_key": store.manifest["store_key"],
                       "sae": str(sae_dir), "sae_settings_key": sae_meta["settings_key"], "sites": store.sites,

@@ -82,7 +82,7 @@
     const list = el("div", { className: "examples" });
     function render(n) {
       list.replaceChildren(...items.slice(0, n).map((ex) => el("div", { className: "example" }, [
-        el("span", { className: "value", title: `document ${ex.d}, position ${ex.p}` },
+        el("span", { className: label ? "value wide" : "value", title: `document ${ex.d}, position ${ex.p}` },
           label ? label(ex) : R.fmt(ex.v, 3)),
         R.tokens(ex.t.map((id) => (id in vocab ? vocab[id] : "\u2047")), ex.a, ex.c, scale)])));
       if (items.length > n) {
@@ -97,7 +97,7 @@
 
   function detail(index, feat, vocab) {
     const scale = Math.max(1e-12, feat.max);
-    const facts = [["latent", feat.latent], ["density", R.fmt(feat.density, 5)],
+    const facts = [["latent", String(feat.latent)], ["density", R.fmt(feat.density, 5)],
       ["tokens fired", feat.firing_count.toLocaleString()], ["max activation", feat.max],
       ["activation mass", feat.mass]];
     if (feat.score !== null && feat.score !== undefined) facts.push(["detection score", feat.score]);
