@@ -535,3 +535,10 @@ def test_help_lists_every_flag(script, capsys):
         parse_config(cls, section, module.__doc__, ["--help"])
     out = capsys.readouterr().out
     assert "Usage:" in out and all(f"--{f.name}" in out for f in dataclasses.fields(cls) if f.name != "profile")
+
+
+@pytest.mark.parametrize("profile", ["tiny", "test", "paper"])
+def test_profiles_give_valid_stage3_configs(profile):
+    cfg = config_from_profile(SaeConfig, "sae", profile)
+    assert cfg.settings()["k"] <= cfg.expansion * 7  # at least one layer of 7 adapters
+    assert config_from_profile(SaeFeaturesConfig, "sae_features", profile).k >= 1
