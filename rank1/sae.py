@@ -45,9 +45,9 @@ import numpy as np
 import torch
 
 from rank1 import constants as K
-from rank1.artifacts import read_json, write_json, write_run_metadata
+from rank1.artifacts import read_json, write_json, write_run_metadata, write_with
 from rank1.config import option, results_dir
-from rank1.runs import RunOptions
+from rank1.runs import RunOptions, check_same_identity
 from rank1.store import Store
 
 log = logging.getLogger(__name__)
@@ -424,8 +424,6 @@ def train_sae(cfg: SaeConfig, store: Store, split: Split, folder: Path) -> tuple
 
 def save_inference_sae(sae, folder: Path) -> None:
     """SAELens' inference SAE (cfg.json + sae_weights.safetensors) into ``folder``; each file atomically."""
-    from rank1.artifacts import write_with
-
     tmp = folder / ".sae_inference.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     weights, cfg_path = sae.save_inference_model(tmp)
@@ -454,7 +452,6 @@ def load_sae(folder: str | Path, store: Store | None = None, device: str = "cpu"
         if sae.cfg.d_in != len(store.sites):
             raise SaeError(f"the SAE in {folder} reads {sae.cfg.d_in} adapters, the store {store.folder} has "
                            f"{len(store.sites)}: it was trained on another store; pass the matching --sae or --store")
-        from rank1.runs import check_same_identity
         check_same_identity(store.identity, meta["identity"], f"SAE {folder}")
         if meta.get("sites") and meta["sites"] != store.sites:
             raise SaeError(f"the SAE in {folder} was trained on another site order than the store {store.folder}")

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from rank1 import constants as K
-from rank1.artifacts import public_config, read_json, write_json, write_with
+from rank1.artifacts import read_json, write_run_metadata, write_with
 from rank1.config import option, results_dir
 from rank1.models import load_tokenizer
 from rank1.runs import RunOptions
@@ -173,13 +173,12 @@ def collect_features(cfg: SaeFeaturesConfig) -> Path:
     annotate_features(result.features, latents, store.sites)
     result.save(folder)
     write_with(folder / K.SAE_LATENTS, lambda tmp: save_file(latents, str(tmp)))
-    write_json(done, {**public_config(cfg), "kind": "sae", "settings": settings, "active": "fires (activation > 0)",
-                      "identity": store.identity, "store": str(src), "store_key": store.manifest["store_key"],
-                      "sae": str(sae_dir), "sae_settings_key": sae_meta["settings_key"], "sites": store.sites,
-                      "n_tokens": store.n_tokens, "n_docs": store.manifest["n_docs"],
-                      "corpus": store.manifest["corpus"], "skip_first_tokens": skip, "n_tokens_encoded": n_counted,
-                      "d_sae": L, "n_alive": len(alive),
-                      "sae_summary": sae_meta.get("summary", {})})
+    write_run_metadata(folder, cfg, {
+        "kind": "sae", "settings": settings, "active": "fires (activation > 0)", "identity": store.identity,
+        "store": str(src), "store_key": store.manifest["store_key"], "sae": str(sae_dir),
+        "sae_settings_key": sae_meta["settings_key"], "sites": store.sites, "n_tokens": store.n_tokens,
+        "n_docs": store.manifest["n_docs"], "corpus": store.manifest["corpus"], "skip_first_tokens": skip,
+        "n_tokens_encoded": n_counted, "d_sae": L, "n_alive": len(alive), "sae_summary": sae_meta.get("summary", {})})
     return folder
 
 
