@@ -57,3 +57,16 @@ ITERATIVE_JSON = "iterative_mlp_ablation.json"
 ITERATIVE_STEM = "iterative_mlp_ablation_by_matrix"
 TOKEN_KL_JSON = "layer_ablation_token_kl.json"  # mean KL by class of predicted token
 TOKEN_KL_STEM = "lora_layer_ablation_kl_visualization"
+
+# Stage 3 (SAE on the adapter state): results/<profile>/<stage>/<run>/
+SAE_STAGE = "sae"  # 3.0: the SAELens folder (cfg.json + sae_weights.safetensors) + our metadata
+SAE_FEATURES_STAGE = "sae_features"  # 3.1: top-k folder (TOPK_* files) of the alive latents + SAE_LATENTS
+SAE_DASHBOARD_STAGE = "sae_dashboard"  # 3.2
+SAE_AUTOINTERP_STAGE = "sae_autointerp"  # 3.3: explanations, categories, category densities, Figure 3
+SAE_METRICS_JSON = "sae_metrics.json"  # held-out FVU, L0, dead/alive fractions, loss-gap share
+SAE_TRAIN_LOG_JSON = "sae_train_log.json"  # losses every few steps
+SAE_LATENTS = "latents.safetensors"  # per latent: firing count, activation mass, max, decoder row (all latents)
+EXPLANATIONS_JSONL = "explanations.jsonl"  # one object per feature: feature, explanation, score (or null)
+CATEGORIES_JSON = "categories.json"  # {"categories": [...], "features": {name: {category, subcategory}}}
+CATEGORY_DENSITIES_JSON = "category_densities.json"  # activation mass and firing shares per (sub)category
+FIGURE3_STEM = "sae_feature_categories_donut"  # Figure 3 (.pdf and .png)

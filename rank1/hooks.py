@@ -80,6 +80,28 @@ def ablate_adapters(sites: Iterable[AdapterSite], adapter: str = "default") -> I
         yield
 
 
+@contextmanager
+def replace_adapter_activations(sites: list[AdapterSite], values_BTS: torch.Tensor,
+                                adapter: str = "default") -> Iterator[None]:
+    """Within the block, adapter ``i``'s scalar activation (its ``lora_A`` output) is ``values_BTS[..., i]``
+    instead of the one it computes, for a forward pass on inputs of shape [B, T]; ``lora_B`` and the
+    RSLoRA scale then act on it as usual. Zeros give the base model; the activations themselves, the
+    unchanged model."""
+    if values_BTS.shape[-1] != len(sites):
+        raise ValueError(f"values have {values_BTS.shape[-1]} columns, there are {len(sites)} adapters")
+
+    def replace(i: int) -> ForwardHook:
+        def fn(_module, _inputs, output):
+            if output.shape[:-1] != values_BTS.shape[:-1] or output.shape[-1] != 1:
+                raise ValueError(f"adapter output {tuple(output.shape)} does not match values "
+                                 f"{tuple(values_BTS.shape)} (rank-1 adapters, same batch)")
+            return values_BTS[..., i:i + 1].to(output.dtype)
+        return fn
+
+    with add_hooks([(s.module.lora_A[adapter], replace(i)) for i, s in enumerate(sites)]):
+        yield
+
+
 def count_hooks(model: torch.nn.Module) -> int:
     """Number of forward and pre-forward hooks registered anywhere in ``model``."""
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())

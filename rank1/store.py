@@ -452,6 +452,16 @@ class Store:
                              f"({sh['n_tokens']}, {len(self.sites)}); rerun the extraction with --overwrite")
         return Shard(i, self.token_starts()[i], t["acts_TS"], t["token_ids_T"], t["doc_ids_T"], t["positions_T"])
 
+    def tensor(self, i: int, key: str) -> torch.Tensor:
+        """One tensor of shard ``i`` (e.g. ``doc_ids_T``), without reading the others."""
+        p = self.folder / self.manifest["shards"][i]["file"]
+        try:
+            with safe_open(str(p), framework="pt") as f:
+                return f.get_tensor(key)
+        except (SafetensorError, OSError) as e:
+            raise StoreError(f"shard {p} cannot be read ({e}); it is truncated or corrupt: rerun the "
+                             f"extraction (it redoes only that shard)") from None
+
     def shards(self) -> Iterator[Shard]:
         """Every shard in order, one in memory at a time."""
         for i in range(len(self.manifest["shards"])):

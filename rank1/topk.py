@@ -18,6 +18,11 @@ Per feature (all columns at once, one shard in memory at a time, four streaming 
    document), as token ids (-1 outside the document) and feature values (``v``, so a negative feature's
    examples are positive numbers; multiply by ``polarity`` for the raw activation).
 
+Columns other than the store's sites: :class:`Columns` maps each shard's activations to the columns the
+features are made of, block by block (stage 3 passes the SAE encoder, one column per latent, with
+``positive_only``: features are the columns themselves, named by the column), so a latent "store" is never
+written to disk; everything above applies to those columns unchanged.
+
 Quantiles and decile edges come from 2000-bin histograms (exact to 1/2000 of the range); min and max are
 exact. No library does grouped top-k with these tie rules and sampling over a sharded store, hence the code.
 :func:`heapq_topk` is the plain reference the tests and ``bench/bench_store.py`` compare against.
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +45,7 @@ from tqdm import tqdm
 
 from rank1 import constants as K
 from rank1.artifacts import read_json, write_json, write_with
-from rank1.store import Store, StoreError
+from rank1.store import Shard, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -121,10 +127,10 @@ def store_topk(store: Store, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return decode_keys(top)
 
 
-def feature_values(acts_TS: torch.Tensor) -> torch.Tensor:
-    """[T, 2S] float32: column 2s is site s, column 2s+1 its negation."""
+def feature_values(acts_TS: torch.Tensor, polarities: int = 2) -> torch.Tensor:
+    """[T, 2S] float32: column 2s is site s, column 2s+1 its negation (``polarities=1``: the sites as they are)."""
     x = acts_TS.float()
-    return torch.stack([x, -x], dim=2).reshape(x.shape[0], -1)
+    return x if polarities == 1 else torch.stack([x, -x], dim=2).reshape(x.shape[0], -1)
 
 
 def heapq_topk(values_TF: np.ndarray, k: int) -> list[list[tuple[float, int]]]:
@@ -201,12 +207,13 @@ class TopKResult:
         return [self.vocab.get(i, "") for i in ids[keep].tolist()], acts[keep].tolist(), center
 
     @classmethod
-    def load(cls, folder: str | Path) -> TopKResult:
+    def load(cls, folder: str | Path,
+             made_by: str = "2_lora_activation_interp/2.1_precompute_lora_topk.py") -> TopKResult:
+        """Read a saved result; ``made_by`` names the script that writes it (for the error message)."""
         folder = Path(folder)
         for name in (K.TOPK_TENSORS, K.TOPK_FEATURES, K.TOPK_VOCAB, K.CONFIG_JSON):
             if not (folder / name).is_file():
-                raise StoreError(f"{folder} holds no top-k examples ({name} missing); make them with "
-                                 f"2_lora_activation_interp/2.1_precompute_lora_topk.py")
+                raise StoreError(f"{folder} holds no top-k examples ({name} missing); make them with {made_by}")
         vocab = {int(i): s for i, s in read_json(folder / K.TOPK_VOCAB).items()}
         return cls(load_file(str(folder / K.TOPK_TENSORS)), read_json(folder / K.TOPK_FEATURES),
                    read_json(folder / K.CONFIG_JSON), vocab)
@@ -219,21 +226,58 @@ class TopKResult:
         write_json(folder / K.TOPK_VOCAB, {str(k): v for k, v in sorted(self.vocab.items())})
 
 
-def _chunks(n: int):
-    for c0 in range(0, n, COLUMN_CHUNK):
-        yield slice(c0, min(n, c0 + COLUMN_CHUNK))
+def _chunks(start: int, stop: int):
+    """Feature slices of at most COLUMN_CHUNK inside [start, stop)."""
+    for c0 in range(start, stop, COLUMN_CHUNK):
+        yield slice(c0, min(stop, c0 + COLUMN_CHUNK))
+
+
+@dataclass
+class Columns:
+    """What the features are made of: one value per token and column, computed from a shard's ``acts_TS``.
+
+    By default (:func:`store_columns`) the columns are the store's sites. Any per-token map of a shard's
+    activations works the same way (stage 3: the batch-independent SAE encoder, one column per latent), so
+    no second store is ever written: ``values(shard, cols)`` gives the [T, n] float32 values of the column
+    slice ``cols`` for the shard's tokens, evaluated ``block`` columns at a time (0: all at once), which
+    bounds memory at [shard tokens, block]. A feature is named ``{name}_{polarity}`` (with both polarities)
+    or ``{name}`` (positive only); ``records[c]`` are extra fields of column c's feature records."""
+
+    names: list[str]
+    records: list[dict[str, Any]]
+    values: Callable[[Shard, slice], torch.Tensor]
+    block: int = 0
+
+
+def store_columns(store: Store) -> Columns:
+    """The store's own sites as columns (``L{layer}_{name}``)."""
+    return Columns(store.site_names(), [{"layer": s["layer"], "site_name": s["name"]} for s in store.sites],
+                   lambda sh, cols: sh.acts_TS[:, cols].float())
+
+
+def _blocks(n: int, block: int):
+    size = block or n
+    for b0 in range(0, n, size):
+        yield slice(b0, min(n, b0 + size))
 
 
 def compute_topk(store: Store, k: int = 50, context: int = 30, n_per_decile: int = 5, n_random: int = 20,
-                 active_frac: float = 0.1, seed: int = 0) -> TopKResult:
-    """Top-k, statistics and scoring samples of every feature of ``store`` (see the module docstring)."""
+                 active_frac: float = 0.1, seed: int = 0, columns: Columns | None = None,
+                 positive_only: bool = False) -> TopKResult:
+    """Top-k, statistics and scoring samples of every feature of ``store`` (see the module docstring).
+    ``columns`` replaces the store's sites by another per-token map of them (see :class:`Columns`);
+    ``positive_only`` keeps only the positive polarity (feature f = column f)."""
     if k < 1 or context < 0 or n_per_decile < 0 or n_random < 0 or not 0 <= active_frac < 1:
         raise ValueError(f"need k >= 1, context >= 0, n_per_decile >= 0, n_random >= 0 and 0 <= active_frac < 1; "
                          f"got {k}, {context}, {n_per_decile}, {n_random}, {active_frac}")
     if k > store.n_tokens:
         raise StoreError(f"k={k} is larger than the store's {store.n_tokens} tokens; lower --k or extract more "
                          f"tokens")
-    S = len(store.sites)
+    columns = columns or store_columns(store)
+    S = len(columns.names)
+    if len(columns.records) != S:
+        raise ValueError(f"columns: {S} names but {len(columns.records)} records")
+    P = 1 if positive_only else len(POLARITIES)
     n_shards = len(store.manifest["shards"])
     bar = lambda desc: tqdm(store.shards(), total=n_shards, desc=desc, unit="shard", dynamic_ncols=True)  # noqa: E731
 
@@ -241,28 +285,30 @@ def compute_topk(store: Store, k: int = 50, context: int = 30, n_per_decile: int
     lo, hi = torch.full((S,), torch.inf), torch.full((S,), -torch.inf)
     s1, s2 = torch.zeros(S, dtype=torch.float64), torch.zeros(S, dtype=torch.float64)
     for sh in bar("topk 1/4 moments"):
-        x = sh.acts_TS.float()
-        lo, hi = torch.minimum(lo, x.min(0).values), torch.maximum(hi, x.max(0).values)
-        s1 += x.double().sum(0)
-        s2 += (x.double() ** 2).sum(0)
+        for sb in _blocks(S, columns.block):
+            x = columns.values(sh, sb)
+            lo[sb], hi[sb] = torch.minimum(lo[sb], x.min(0).values), torch.maximum(hi[sb], x.max(0).values)
+            s1[sb] += x.double().sum(0)
+            s2[sb] += (x.double() ** 2).sum(0)
     n = store.n_tokens
     mean = s1 / n
     std = (s2 / n - mean ** 2).clamp(min=0).sqrt()
-    fmax = torch.stack([hi, -lo], 1).reshape(-1)  # [F]: the largest value in each feature's polarity
+    fmax = torch.stack([hi, -lo], 1).reshape(-1) if P == 2 else hi  # [F]: the largest value in each polarity
     thr = torch.where(fmax > 0, active_frac * fmax, torch.full_like(fmax, torch.inf))
 
     # 2. histograms and top-k
-    F_ = 2 * S
+    F_ = P * S
     hist = torch.zeros(S, FINE_BINS, dtype=torch.int64)
     active_hist = torch.zeros(F_, FINE_BINS, dtype=torch.int64)
     top = torch.full((F_, k), NONE, dtype=torch.int64)
     for sh in bar("topk 2/4 histograms, top-k"):
-        x = sh.acts_TS.float()
-        hist += histogram_rows(x, lo, hi, FINE_BINS)
-        for cols in _chunks(F_):
-            v = feature_values(x[:, cols.start // 2:(cols.stop + 1) // 2])
-            active_hist[cols] += histogram_rows(v, thr[cols], fmax[cols], FINE_BINS, v > thr[cols])
-            top[cols] = merge_topk(top[cols], v, sh.token_start, k)
+        for sb in _blocks(S, columns.block):
+            x = columns.values(sh, sb)
+            hist[sb] += histogram_rows(x, lo[sb], hi[sb], FINE_BINS)
+            for cols in _chunks(P * sb.start, P * sb.stop):
+                v = feature_values(x[:, cols.start // P - sb.start:-(-cols.stop // P) - sb.start], P)
+                active_hist[cols] += histogram_rows(v, thr[cols], fmax[cols], FINE_BINS, v > thr[cols])
+                top[cols] = merge_topk(top[cols], v, sh.token_start, k)
     top_index, top_value = decode_keys(top)
     decile_edges = quantiles_from_histogram(active_hist, thr.clamp(max=torch.finfo(torch.float32).max),
                                             fmax, tuple(i / N_DECILES for i in range(N_DECILES + 1)))
@@ -274,25 +320,27 @@ def compute_topk(store: Store, k: int = 50, context: int = 30, n_per_decile: int
     for sh in bar("topk 3/4 scoring samples"):
         T = sh.n_tokens
         prio = torch.from_numpy(np.random.default_rng([seed, sh.index]).integers(0, 1 << 62, T))
-        for cols in _chunks(F_):
-            v = feature_values(sh.acts_TS[:, cols.start // 2:(cols.stop + 1) // 2])
-            bucket = _buckets(v, thr[cols], decile_edges[cols], context)
-            in_top = top_index[cols] - sh.token_start  # exclude the top-k examples
-            rows = (in_top >= 0) & (in_top < T)
-            f_ix = torch.arange(cols.stop - cols.start)[:, None].expand_as(in_top)
-            bucket[in_top[rows], f_ix[rows]] = -1
-            pr, ix = _lowest_per_bucket(bucket, prio, n_pick, N_DECILES + 1)
-            pr = torch.where(ix >= 0, pr, torch.iinfo(torch.int64).max)
-            all_pr = torch.cat([pick_pr[cols], pr], 2)
-            all_ix = torch.cat([pick_ix[cols], torch.where(ix >= 0, ix + sh.token_start, -1)], 2)
-            best = all_pr.topk(n_pick, dim=2, largest=False)
-            pick_pr[cols], pick_ix[cols] = best.values, all_ix.gather(2, best.indices)
+        for sb in _blocks(S, columns.block):
+            x = columns.values(sh, sb)
+            for cols in _chunks(P * sb.start, P * sb.stop):
+                v = feature_values(x[:, cols.start // P - sb.start:-(-cols.stop // P) - sb.start], P)
+                bucket = _buckets(v, thr[cols], decile_edges[cols], context)
+                in_top = top_index[cols] - sh.token_start  # exclude the top-k examples
+                rows = (in_top >= 0) & (in_top < T)
+                f_ix = torch.arange(cols.stop - cols.start)[:, None].expand_as(in_top)
+                bucket[in_top[rows], f_ix[rows]] = -1
+                pr, ix = _lowest_per_bucket(bucket, prio, n_pick, N_DECILES + 1)
+                pr = torch.where(ix >= 0, pr, torch.iinfo(torch.int64).max)
+                all_pr = torch.cat([pick_pr[cols], pr], 2)
+                all_ix = torch.cat([pick_ix[cols], torch.where(ix >= 0, ix + sh.token_start, -1)], 2)
+                best = all_pr.topk(n_pick, dim=2, largest=False)
+                pick_pr[cols], pick_ix[cols] = best.values, all_ix.gather(2, best.indices)
     decile_index = pick_ix[:, :N_DECILES, :n_per_decile]
     random_index = pick_ix[:, N_DECILES, :n_random]
 
     # 4. contexts
     groups = {"top": top_index, "decile": decile_index, "random": random_index}
-    tensors = _gather_contexts(store, groups, context)
+    tensors = _gather_contexts(store, groups, context, columns, P)
     for name, ix in groups.items():
         tensors[f"{name}_index_{SUFFIX[name]}"] = ix
     tensors.update({
@@ -304,15 +352,16 @@ def compute_topk(store: Store, k: int = 50, context: int = 30, n_per_decile: int
         "active_count_F": active_hist.sum(1),
     })
     features = []
-    for s, site in enumerate(store.sites):
-        for p, pol in enumerate(POLARITIES):
-            f = 2 * s + p
-            features.append({"feature": f, "name": f"L{site['layer']}_{site['name']}_{pol}", "site": s,
-                             "layer": site["layer"], "site_name": site["name"], "polarity": 1 - 2 * p,
+    for s, (name, extra) in enumerate(zip(columns.names, columns.records, strict=True)):
+        for p, pol in enumerate(POLARITIES[:P]):
+            f = P * s + p
+            features.append({"feature": f, "name": f"{name}_{pol}" if P > 1 else name, "site": s, **extra,
+                             "polarity": 1 - 2 * p,
                              "n_top": int((top_index[f] >= 0).sum()), "n_active": int(active_hist[f].sum()),
                              "threshold": float(thr[f]) if torch.isfinite(thr[f]) else None})
     meta = {"k": k, "context": context, "n_per_decile": n_per_decile, "n_random": n_random,
-            "active_frac": active_frac, "seed": seed, "n_tokens": n, "sites": store.sites}
+            "active_frac": active_frac, "seed": seed, "n_tokens": n, "sites": store.sites,
+            "positive_only": positive_only}
     return TopKResult(tensors, features, meta)
 
 
@@ -344,7 +393,8 @@ def _lowest_per_bucket(bucket_TF: torch.Tensor, prio_T: torch.Tensor, n: int, n_
     return torch.where(valid, prio_T[rows.clamp(min=0)], 0), rows
 
 
-def _gather_contexts(store: Store, groups: dict[str, torch.Tensor], context: int) -> dict[str, torch.Tensor]:
+def _gather_contexts(store: Store, groups: dict[str, torch.Tensor], context: int, columns: Columns,
+                     P: int) -> dict[str, torch.Tensor]:
     """For each example index (any shape [F, ...]), its window of token ids and feature values, plus its
     document and position; -1 / 0 outside the document or where there is no example."""
     W = 2 * context + 1
@@ -359,25 +409,29 @@ def _gather_contexts(store: Store, groups: dict[str, torch.Tensor], context: int
     for sh in tqdm(store.shards(), total=len(store.manifest["shards"]), desc="topk 4/4 contexts", unit="shard",
                    dynamic_ncols=True):
         T = sh.n_tokens
-        for name, ix in flat.items():
-            local = ix - sh.token_start
-            sel = (ix >= 0) & (local < T) & (local >= 0)
-            if not sel.any():
-                continue
-            f, j = sel.nonzero(as_tuple=True)
-            centre = local[f, j]
-            win = centre[:, None] + offsets
-            inside = (win >= 0) & (win < T)
-            win_c = win.clamp(0, T - 1)
-            inside &= sh.doc_ids_T[win_c] == sh.doc_ids_T[centre][:, None]
-            site = f // 2
-            sign = 1.0 - 2.0 * (f % 2).float()
-            acts = sh.acts_TS[win_c, site[:, None]].float() * sign[:, None]
-            o = out[name]
-            o["tokens"][f, j] = torch.where(inside, sh.token_ids_T[win_c], -1)
-            o["acts"][f, j] = torch.where(inside, acts, 0.0)
-            o["doc"][f, j] = sh.doc_ids_T[centre]
-            o["pos"][f, j] = sh.positions_T[centre]
+        for sb in _blocks(len(columns.names), columns.block):
+            x = None  # the block's values, computed only if one of its features has an example in this shard
+            for name, ix in flat.items():
+                local = ix - sh.token_start
+                sel = (ix >= 0) & (local < T) & (local >= 0)
+                sel[:P * sb.start], sel[P * sb.stop:] = False, False
+                if not sel.any():
+                    continue
+                x = columns.values(sh, sb) if x is None else x
+                f, j = sel.nonzero(as_tuple=True)
+                centre = local[f, j]
+                win = centre[:, None] + offsets
+                inside = (win >= 0) & (win < T)
+                win_c = win.clamp(0, T - 1)
+                inside &= sh.doc_ids_T[win_c] == sh.doc_ids_T[centre][:, None]
+                site = f // P - sb.start
+                sign = 1.0 - 2.0 * (f % P).float()
+                acts = x[win_c, site[:, None]] * sign[:, None]
+                o = out[name]
+                o["tokens"][f, j] = torch.where(inside, sh.token_ids_T[win_c], -1)
+                o["acts"][f, j] = torch.where(inside, acts, 0.0)
+                o["doc"][f, j] = sh.doc_ids_T[centre]
+                o["pos"][f, j] = sh.positions_T[centre]
     tensors = {}
     for name, ix in groups.items():
         shape = tuple(ix.shape)

@@ -2,7 +2,7 @@ import pytest
 import torch
 from peft import get_peft_model
 
-from rank1.hooks import ablate_adapters, add_hooks, count_hooks, read_adapter_activations
+from rank1.hooks import ablate_adapters, add_hooks, count_hooks, read_adapter_activations, replace_adapter_activations
 from rank1.lora import adapter_sites, lora_config
 from rank1.models import load_model
 
@@ -68,3 +68,41 @@ def test_store_reports_adapters_that_did_not_run(peft_model):
     with read_adapter_activations(adapter_sites(peft_model)) as store:
         with pytest.raises(RuntimeError, match="14 adapters did not run"):
             store.stacked()
+
+
+def test_replacing_activations(peft_model):
+    """Replaced by themselves: the same logits; by zeros: the base model; one adapter changed: its B times
+    the RSLoRA scale times the change is added to that projection's output, and the activations read
+    downstream differ."""
+    sites = adapter_sites(peft_model)
+    ids = torch.randint(0, 200, (2, 6))
+    with torch.no_grad():
+        with read_adapter_activations(sites) as store:
+            full = peft_model(ids).logits
+            acts_BTS = store.scalars_BTS()
+        with replace_adapter_activations(sites, acts_BTS):
+            same = peft_model(ids).logits
+        with replace_adapter_activations(sites, torch.zeros_like(acts_BTS)):
+            zero = peft_model(ids).logits
+        with peft_model.disable_adapter():
+            base = peft_model(ids).logits
+        last = len(sites) - 1  # layer 1 down_proj: its output goes straight into the residual stream
+        shifted = acts_BTS.clone()
+        shifted[..., last] += 1.0
+        seen = {}
+        module = sites[last].module
+        with add_hooks([(module, lambda m, a, out: seen.__setitem__("out", out))]):
+            with replace_adapter_activations(sites, acts_BTS):
+                peft_model(ids)
+            before = seen["out"]
+            with replace_adapter_activations(sites, shifted):
+                peft_model(ids)
+    torch.testing.assert_close(same, full, rtol=0, atol=0)
+    torch.testing.assert_close(zero, base, rtol=0, atol=0)
+    b_D = module.lora_B["default"].weight[:, 0]
+    torch.testing.assert_close(seen["out"] - before, (b_D * module.scaling["default"]).expand_as(before),
+                               rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="values have 3 columns, there are 14 adapters"):
+        with replace_adapter_activations(sites, acts_BTS[..., :3]):
+            pass
+    assert count_hooks(peft_model) == 0

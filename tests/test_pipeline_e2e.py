@@ -48,3 +48,48 @@ def test_tiny_stage2_short(isolated_root):
         res = TopKResult.load(results_dir("tiny", f"{kind}_topk", "tiny-r1-all"))
         assert len(res.features) == 420 and res.tensors["top_index_FK"].shape == (420, 10)
     assert (results_dir("tiny", "lora_dashboard", "tiny-r1-all") / "data" / "layer_029.js").is_file()
+
+
+@pytest.mark.slow
+def test_tiny_stage3_short_with_a_killed_sae_training(isolated_root):
+    import json
+    import signal
+    import time
+
+    import torch
+    from safetensors.torch import load_file
+
+    from rank1.sae_features import load_features
+
+    subprocess.run(["bash", "0_train_lora.sh", "--profile", "tiny", "--max_steps", "2"], cwd=REPO_ROOT, check=True)
+    subprocess.run([sys.executable, "2_lora_activation_interp/2.0_extract_lora_activations.py", "--profile", "tiny",
+                    "--max_tokens", "3000"], cwd=REPO_ROOT, check=True)
+    stage = "3_lora_sae"
+    train = [sys.executable, f"{stage}/3.0_train_sae.py", "--profile", "tiny", "--epochs", "20", "--batch_size", "64",
+             "--checkpoint_every", "20", "--loss_gap_tokens", "256"]
+    folder = results_dir("tiny", K.SAE_STAGE, "tiny-r1-all")
+    proc = subprocess.Popen(train, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline and not list(folder.glob(f"{K.CHECKPOINTS_DIR}/*/{K.CHECKPOINT_DONE}")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (folder / K.CONFIG_JSON).exists()
+    subprocess.run(train, cwd=REPO_ROOT, check=True)
+    subprocess.run([*train, "--out", str(isolated_root / "uninterrupted")], cwd=REPO_ROOT, check=True)
+    a, b = (load_file(str(f / "sae_weights.safetensors")) for f in (folder, isolated_root / "uninterrupted"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for script in ("3.1_collect_sae_features.py", "3.2_generate_sae_dashboard.py"):
+        subprocess.run([sys.executable, f"{stage}/{script}", "--profile", "tiny"], cwd=REPO_ROOT, check=True)
+    res, _ = load_features(results_dir("tiny", K.SAE_FEATURES_STAGE, "tiny-r1-all"))
+    interp = results_dir("tiny", K.SAE_AUTOINTERP_STAGE, "tiny-r1-all")
+    interp.mkdir(parents=True)
+    cats = ["computational_operations", "symbolic_manipulation", "variable_value_tracking", "reasoning_flow_control",
+            "domain_specific_patterns", "relational_logical_operators", "result_formulation"]
+    (interp / K.CATEGORIES_JSON).write_text(json.dumps({"categories": cats, "features": {
+        f["name"]: {"category": cats[i % 7], "subcategory": None} for i, f in enumerate(res.features)}}))
+    for script in ("3.3.2_compute_activation_densities.py", "3.3.3_create_donut_fig.py"):
+        subprocess.run([sys.executable, f"{stage}/3.3_autointerp/{script}", "--profile", "tiny"], cwd=REPO_ROOT,
+                       check=True)
+    assert (interp / f"{K.FIGURE3_STEM}.png").is_file()
+    assert (results_dir("tiny", K.SAE_DASHBOARD_STAGE, "tiny-r1-all") / "data" / "feat_0000.js").is_file()

@@ -337,3 +337,41 @@ def test_help_lists_every_flag(script, capsys):
         parse_config(cls, section, module.__doc__, ["--help"])
     out = capsys.readouterr().out
     assert "Usage:" in out and all(f"--{f.name}" in out for f in dataclasses.fields(cls) if f.name != "profile")
+
+
+def test_topk_of_mapped_columns_positive_only_block_by_block(tmp_path):
+    """Columns computed from the shard (here relu of a linear map, as an SAE encoder) give the top-k of those
+    values; evaluating them in blocks changes nothing; only the positive polarity is kept."""
+    from rank1.topk import Columns
+
+    store, acts, ids, docs = synthetic_store(tmp_path, T=300)
+    W = torch.tensor([[1.0, -1.0, 0.5, 0.0, 2.0], [0.0, 1.0, 0.5, -1.0, 0.0], [0.0, 0.0, 1.0, 1.0, 0.0]])
+    latent = torch.relu(acts @ W)
+
+    def cols(block):
+        return Columns([f"c{i}" for i in range(5)], [{"latent": i} for i in range(5)],
+                       lambda sh, c: torch.relu(sh.acts_TS.float() @ W[:, c]), block)
+
+    whole = compute_topk(store, k=7, context=2, n_per_decile=1, n_random=2, active_frac=0.0, seed=0,
+                         columns=cols(0), positive_only=True)
+    blocked = compute_topk(store, k=7, context=2, n_per_decile=1, n_random=2, active_frac=0.0, seed=0,
+                           columns=cols(2), positive_only=True)
+    for name, t in whole.tensors.items():
+        torch.testing.assert_close(blocked.tensors[name], t, rtol=0, atol=1e-6, equal_nan=True)
+    assert whole.features == blocked.features
+    assert [f["name"] for f in whole.features] == ["c0", "c1", "c2", "c3", "c4"]
+    assert whole.features[2]["latent"] == 2 and whole.features[2]["polarity"] == 1
+    ref = heapq_topk(latent.numpy(), 7)
+    for f in range(5):
+        got = [(v, i) for v, i in zip(whole.tensors["top_value_FK"][f].tolist(),
+                                      whole.tensors["top_index_FK"][f].tolist(), strict=True) if i >= 0]
+        assert [i for _, i in got] == [i for _, i in ref[f]]
+        assert [v for v, _ in got] == pytest.approx([v for v, _ in ref[f]], rel=1e-5)
+    # active = fires (active_frac 0): counts are exact firing counts; context values are the column's
+    assert whole.tensors["active_count_F"].tolist() == (latent > 0).sum(0).tolist()
+    f, r = 4, 0
+    t = int(whole.tensors["top_index_FK"][f, r])
+    window = whole.tensors["top_acts_FKW"][f, r]
+    assert window[2].item() == pytest.approx(latent[t, f].item(), rel=1e-5)
+    if t + 1 < 300 and docs[t + 1] == docs[t]:
+        assert window[3].item() == pytest.approx(latent[t + 1, f].item(), rel=1e-5, abs=1e-6)

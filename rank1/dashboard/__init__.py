@@ -1,7 +1,7 @@
 """Static HTML dashboards that open from disk (file://) with no server, shared by every stage.
 
 A dashboard folder holds ``index.html``, the renderer (``core.js``: token heatmaps, histograms, matrices,
-line charts; ``style.css``), one app script per dashboard kind (``lora.js``; stage 3 adds its own) and
+line charts; ``style.css``), one app script per dashboard kind (``lora.js``, ``sae.js``) and
 ``data/<key>.js`` files. Browsers block ``fetch()`` of ``file://`` URLs, so data travels as scripts:
 each data file calls ``window.__rank1_register(key, payload)`` and the app loads one with ``R.load(key)``
 (a ``<script>`` tag added on demand), so a 64-layer model opens as fast as a 2-layer one.

@@ -1,0 +1,42 @@
+"""Stage 3.0: a BatchTopK SAE (SAELens) on the adapter state: the 7 x layers scalar adapter activations of each
+token (layer-major, as the store of 2.0 holds them), expansion 8, k=16, aux-k loss on dead latents.
+
+Reads the LoRA activation store of 2.0 (checked to come from the same run), holds out its last documents,
+trains on the rest (streamed from the shards, shuffled with a seed, bounded memory; resumes after a kill) and
+writes results/<profile>/sae/<run>/:
+    cfg.json, sae_weights.safetensors   the SAELens inference SAE (sae_lens.SAE.load_from_disk(folder)); it
+                                        takes raw store activations and encodes each token on its own
+    sae_metrics.json                    held-out FVU, L0, dead/alive fractions, loss-gap share with its CI
+    sae_train_log.json, config.json, argv.json
+
+Usage:
+    python 3_lora_sae/3.0_train_sae.py
+    python 3_lora_sae/3.0_train_sae.py --k 32 --expansion 16 --epochs 2
+    python 3_lora_sae/3.0_train_sae.py --matryoshka_widths 256,1024 --out results/tiny/sae/matryoshka
+"""
+
+from rank1.artifacts import read_json
+from rank1.config import parse_config
+from rank1.constants import SAE_METRICS_JSON
+from rank1.logs import run_main
+from rank1.sae import SaeConfig, train_stage
+
+
+def main(cfg: SaeConfig) -> None:
+    folder = train_stage(cfg)
+    m = read_json(folder / SAE_METRICS_JSON)
+    h = m["heldout"]
+    line = (f"held-out ({h['n_tokens']} tokens): FVU {h['fvu']:.4f} (mean over adapters "
+            f"{h['fvu_mean_over_adapters']:.3f}), L0 {h['l0']:.2f}, alive {h['n_alive']}/{h['d_sae']} "
+            f"(dead {h['dead_frac']:.1%})")
+    if "loss_gap" in m:
+        g = m["loss_gap"]
+        s = g["share"]
+        share = "undefined" if s["value"] is None else f"{s['value']:.3f} [{s['lo']:.3f}, {s['hi']:.3f}]"
+        line += (f"; CE base {g['ce_base']:.4f}, LoRA {g['ce_lora']:.4f}, spliced {g['ce_spliced']:.4f}: "
+                 f"loss-gap share {share}")
+    print(f"SAE: {folder}\n{line}")
+
+
+if __name__ == "__main__":
+    run_main(main, parse_config(SaeConfig, "sae", __doc__))

@@ -1,0 +1,115 @@
+"""Payloads of the SAE feature dashboard, from saved artifacts only (3.1's features, 3.3's explanations and
+categories when they exist).
+
+Index: one row per feature in columns (name, latent, density, maximum, activation mass, score, category,
+explanation, a few top tokens), small enough for thousands of features: the list is searched, sorted and
+filtered in the page. Pages (``feat_0000`` ...): ``page_size`` features each, loaded when one of them is
+opened: top examples (token heatmaps), scoring samples by decile, histogram of the firing values, firing-value
+deciles, and the decoder direction over the layers x projections grid (unit norm, signed).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+
+from rank1.constants import PROJECTIONS
+from rank1.topk import TopKResult
+
+SHOW_BINS = 40
+
+
+def _r(x: float, digits: int = 4) -> float | None:
+    return float(f"{x:.{digits}g}") if x == x else None
+
+
+def _example(res: TopKResult, kind: str, f: int, idx: tuple[int, ...], context: int, used: set[int]) -> dict | None:
+    t = res.tensors
+    suffix = {"top": "FK", "decile": "FDN"}[kind]
+    if int(t[f"{kind}_index_{suffix}"][(f, *idx)]) < 0:
+        return None
+    ids, acts = t[f"{kind}_tokens_{suffix}W"][(f, *idx)], t[f"{kind}_acts_{suffix}W"][(f, *idx)]
+    mid = ids.shape[0] // 2
+    lo, hi = max(0, mid - context), mid + context + 1
+    ids, acts = ids[lo:hi], acts[lo:hi]
+    keep = ids >= 0
+    center = int(keep[:mid - lo].sum())
+    tok = ids[keep].tolist()
+    used.update(tok)
+    return {"t": tok, "a": [_r(v, 3) for v in acts[keep].tolist()], "c": center, "v": _r(float(acts[mid - lo])),
+            "d": int(t[f"{kind}_doc_{suffix}"][(f, *idx)]), "p": int(t[f"{kind}_pos_{suffix}"][(f, *idx)])}
+
+
+def firing_histogram(res: TopKResult, f: int, bins: int = SHOW_BINS) -> dict[str, list]:
+    """Counts of the firing values (zeros removed from the fine histogram of 3.1) in ``bins`` bins."""
+    t = res.tensors
+    fine = t["hist_fine_counts_SB"][f].clone()
+    fine[0] -= res.tensors["hist_fine_counts_SB"][f].sum() - res.features[f]["firing_count"]  # the zeros
+    lo, hi = float(t["min_S"][f]), float(t["max_S"][f])
+    n = fine.shape[0]
+    group = max(1, n // bins)
+    counts = fine[: n // group * group].reshape(-1, group).sum(1)
+    edges = torch.linspace(lo, hi, counts.shape[0] + 1)
+    return {"edges": [_r(e) for e in edges.tolist()], "counts": counts.tolist()}
+
+
+def _grid(w_dec_S: torch.Tensor, sites: list[dict], layers: list[int], projs: list[str]) -> list[list[float | None]]:
+    unit = w_dec_S / w_dec_S.norm().clamp(min=1e-30)
+    at = {(s["layer"], s["name"]): float(unit[i]) for i, s in enumerate(sites)}
+    return [[_r(at[(la, p)], 3) if (la, p) in at else None for la in layers] for p in projs]
+
+
+def build_payloads(res: TopKResult, latents: dict[str, torch.Tensor], explanations: dict[str, dict],
+                   categories: dict | None, title: str, n_examples: int = 20, context: int = 24,
+                   page_size: int = 32) -> tuple[dict, dict[str, dict]]:
+    """(index payload, {page key: page payload}) for :func:`rank1.dashboard.write_dashboard`."""
+    sites = res.meta["sites"]
+    layers = sorted({s["layer"] for s in sites})
+    projs = [p for p in PROJECTIONS if any(s["name"] == p for s in sites)]
+    assigned = (categories or {}).get("features", {})
+    t = res.tensors
+    cols: dict[str, list] = {k: [] for k in ("name", "latent", "density", "max", "mass", "score", "category",
+                                              "subcategory", "explanation", "top")}
+    pages: dict[str, dict] = {}
+    for f, feat in enumerate(res.features):
+        name = feat["name"]
+        ex = explanations.get(name, {})
+        cat = assigned.get(name, {})
+        top_ids = [int(i) for i in t["top_tokens_FKW"][f, :, t["top_tokens_FKW"].shape[2] // 2] if i >= 0]
+        common = [res.vocab.get(i, "") for i, _ in Counter(top_ids).most_common(3)]
+        for key, value in (("name", name), ("latent", feat["latent"]), ("density", _r(feat["density"])),
+                           ("max", _r(feat["max"])), ("mass", _r(feat["activation_mass"])),
+                           ("score", ex.get("score")), ("category", cat.get("category")),
+                           ("subcategory", cat.get("subcategory")), ("explanation", ex.get("explanation") or ""),
+                           ("top", common)):
+            cols[key].append(value)
+        key = f"feat_{f // page_size:04d}"
+        page = pages.setdefault(key, {"features": {}, "vocab": set()})
+        used: set[int] = page["vocab"]
+        top = [_example(res, "top", f, (r,), context, used) for r in range(min(n_examples, t["top_index_FK"].shape[1]))]
+        deciles = []
+        for d in reversed(range(t["decile_index_FDN"].shape[1])):
+            e = _example(res, "decile", f, (d, 0), context, used) if t["decile_index_FDN"].shape[2] else None
+            if e is not None:
+                deciles.append({"decile": d + 1, **e})
+        pages[key]["features"][str(f)] = {
+            "feature": f, "name": name, "latent": feat["latent"], "firing_count": feat["firing_count"],
+            "density": feat["density"], "max": feat["max"], "mass": feat["activation_mass"],
+            "explanation": ex.get("explanation"), "score": ex.get("score"), "category": cat.get("category"),
+            "subcategory": cat.get("subcategory"), "top": [e for e in top if e is not None], "deciles": deciles,
+            "hist": firing_histogram(res, f),
+            "decile_edges": [_r(v) for v in t["decile_edges_FD1"][f].tolist()],
+            "loadings": _grid(latents["W_dec_LS"][feat["latent"]], sites, layers, projs),
+            "top_loadings": feat.get("loadings", [])}
+    for page in pages.values():
+        page["vocab"] = {str(i): res.vocab.get(i, "") for i in sorted(page["vocab"])}
+    summary = res.meta.get("sae_summary", {})
+    index = {"title": title, "run": res.meta.get("identity", {}).get("run", ""), "page_size": page_size,
+             "n_tokens": res.meta.get("n_tokens", 0), "n_docs": res.meta.get("n_docs", 0),
+             "d_sae": res.meta.get("d_sae", len(res.features)), "n_features": len(res.features),
+             "k": res.meta.get("k"), "summary": summary, "layers": layers, "projections": projs,
+             "categories": (categories or {}).get("categories", []), "has_scores": any(s is not None for s in
+                                                                                       cols["score"]),
+             "features": cols}
+    return index, pages

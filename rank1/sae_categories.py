@@ -1,0 +1,179 @@
+"""Stage 3.3: what the SAE features are about, from saved artifacts only.
+
+The explanations and categories come from 3.3.0 / 3.3.1 (the autointerp package); this module reads them:
+
+- ``explanations.jsonl``: one object per feature with at least ``feature`` (its name), ``explanation`` and
+  ``score`` (held-out detection balanced accuracy, or null);
+- ``categories.json``: ``{"categories": [the top-level names], "features": {name: {"category": str,
+  "subcategory": str | null}}}``.
+
+:func:`category_densities` is the authors' "activation density" of a category: the sum of its features'
+activations over every token of the store (activation mass), normalised to shares over the categorised
+features; subcategory shares are within their category. Firing-count shares (how many tokens fire the
+features) are given beside it. :func:`plot_donut` draws Figure 3 from that: categories on the inner ring
+(shares labelled from 5%, names in the legend), subcategories on the outer ring.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rank1 import constants as K
+from rank1.artifacts import read_json
+
+EXPLAINER = "3_lora_sae/3.3_autointerp/3.3.0_autointerp.py"
+CATEGORIZER = "3_lora_sae/3.3_autointerp/3.3.1_categorize.py"
+DENSITIES = "3_lora_sae/3.3_autointerp/3.3.2_compute_activation_densities.py"
+MEASURES = ("mass", "firing")
+LABEL_MIN_SHARE = 0.05  # inner-ring labels from this share on
+NO_SUBCATEGORY = "(none)"
+
+
+class CategoryError(ValueError):
+    """Explanations or categories missing or inconsistent with the features (the message says what to do)."""
+
+
+def read_explanations(folder: str | Path, required: bool = False) -> dict[str, dict[str, Any]]:
+    """{feature name: record} from ``explanations.jsonl``; {} when absent (an error if ``required``)."""
+    path = Path(folder) / K.EXPLANATIONS_JSONL
+    if not path.is_file():
+        if required:
+            raise CategoryError(f"{path} is missing: explain the features first with {EXPLAINER}")
+        return {}
+    out = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CategoryError(f"{path}:{n}: not valid JSON ({e.msg}); rerun {EXPLAINER}") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("feature"), str):
+            raise CategoryError(f"{path}:{n}: each line must be an object with a string 'feature'")
+        score = rec.get("score")
+        if score is not None and not isinstance(score, int | float):
+            raise CategoryError(f"{path}:{n}: 'score' must be a number or null, got {score!r}")
+        out[rec["feature"]] = rec
+    return out
+
+
+def read_categories(folder: str | Path, feature_names: list[str] | None = None,
+                    required: bool = True) -> dict[str, Any] | None:
+    """The categories file, checked: a list of names, every feature's category among them, and (given the
+    feature names of 3.1) no feature that 3.1 did not collect."""
+    path = Path(folder) / K.CATEGORIES_JSON
+    if not path.is_file():
+        if required:
+            raise CategoryError(f"{path} is missing: categorise the features first with {CATEGORIZER}")
+        return None
+    try:
+        data = read_json(path)
+    except json.JSONDecodeError as e:
+        raise CategoryError(f"{path} is not valid JSON ({e.msg}); rerun {CATEGORIZER}") from None
+    names, feats = data.get("categories"), data.get("features")
+    if not isinstance(names, list) or not names or not all(isinstance(c, str) for c in names) \
+            or not isinstance(feats, dict):
+        raise CategoryError(f"{path} must hold 'categories' (a non-empty list of names) and 'features' (an object)")
+    known = set(feature_names) if feature_names is not None else None
+    for name, rec in feats.items():
+        if known is not None and name not in known:
+            raise CategoryError(f"{path}: feature {name!r} is not among the SAE features of 3.1; the categories "
+                                f"belong to another SAE: rerun {CATEGORIZER}")
+        if not isinstance(rec, dict) or rec.get("category") not in names:
+            got = rec.get("category") if isinstance(rec, dict) else rec
+            raise CategoryError(f"{path}: feature {name!r} has category {got!r}, not one of {names}")
+        sub = rec.get("subcategory")
+        if sub is not None and not isinstance(sub, str):
+            raise CategoryError(f"{path}: feature {name!r} has a subcategory that is not a string or null: {sub!r}")
+    return data
+
+
+def category_densities(features: list[dict[str, Any]], categories: dict[str, Any]) -> dict[str, Any]:
+    """Activation mass and firing count per category and subcategory (``features``: records of 3.1 with
+    ``name``, ``activation_mass`` and ``firing_count``). Shares are over the categorised features; features
+    without a category are reported apart (``uncategorised``)."""
+    names = categories["categories"]
+    assigned = categories["features"]
+    out: dict[str, Any] = {"categories": {}, "uncategorised": {"n_features": 0, "mass": 0.0, "firing": 0}}
+    for c in names:
+        out["categories"][c] = {"n_features": 0, "mass": 0.0, "firing": 0, "subcategories": {}}
+    for f in features:
+        rec = assigned.get(f["name"])
+        if rec is None:
+            u = out["uncategorised"]
+        else:
+            cat = out["categories"][rec["category"]]
+            cat["n_features"] += 1
+            cat["mass"] += f["activation_mass"]
+            cat["firing"] += f["firing_count"]
+            u = cat["subcategories"].setdefault(rec.get("subcategory") or NO_SUBCATEGORY,
+                                                {"n_features": 0, "mass": 0.0, "firing": 0})
+        u["n_features"] += 1
+        u["mass"] += f["activation_mass"]
+        u["firing"] += f["firing_count"]
+    totals = {m: sum(c[m] for c in out["categories"].values()) for m in MEASURES}
+    if totals["mass"] <= 0:
+        raise CategoryError("the categorised features have no activation mass (no categorised feature fires)")
+    for c in out["categories"].values():
+        for m in MEASURES:
+            c[f"{m}_share"] = c[m] / totals[m] if totals[m] else 0.0
+            for s in c["subcategories"].values():
+                s[f"{m}_share_in_category"] = s[m] / c[m] if c[m] else 0.0
+    out["totals"] = totals
+    all_mass = totals["mass"] + out["uncategorised"]["mass"]
+    out["uncategorised"]["mass_share_of_all"] = out["uncategorised"]["mass"] / all_mass if all_mass else 0.0
+    out["definition"] = ("mass: sum over features of the category of each feature's activations over every token of "
+                         "the store, as a share of all categorised features' mass (the authors' 'activation "
+                         "density'); firing: the same with the number of tokens each feature fires on; subcategory "
+                         "shares are within their category")
+    return out
+
+
+def feature_table(res_features: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The fields of 3.1's feature records that the densities need."""
+    return [{k: f[k] for k in ("name", "latent", "activation_mass", "firing_count")} for f in res_features]
+
+
+def plot_donut(densities: dict[str, Any], measure: str, stem: str | Path, title: str = "") -> list[Path]:
+    """Figure 3: inner ring the categories' shares of ``measure`` (labels from 5%), outer ring each category's
+    subcategories (in the category's colour, lighter). Returns the PDF and PNG paths."""
+    import matplotlib.pyplot as plt
+
+    from rank1.plots import save_figure
+
+    if measure not in MEASURES:
+        raise ValueError(f"measure must be one of {MEASURES}, got {measure!r}")
+    cats = [(name, c) for name, c in densities["categories"].items() if c[f"{measure}_share"] > 0]
+    cmap = plt.get_cmap("tab10")
+    inner = [c[f"{measure}_share"] for _, c in cats]
+    colors = [cmap(i % 10) for i in range(len(cats))]
+    outer, outer_colors, outer_labels = [], [], []
+    for (_, c), color in zip(cats, colors, strict=True):
+        subs = sorted(c["subcategories"].items(), key=lambda kv: -kv[1][measure])
+        for j, (sname, s) in enumerate(subs):
+            share = c[f"{measure}_share"] * s[f"{measure}_share_in_category"]
+            if share <= 0:
+                continue
+            light = 0.25 + 0.6 * j / max(1, len(subs))
+            outer.append(share)
+            outer_colors.append(tuple(np.array(color[:3]) * (1 - light) + light))
+            shown = sname if len(sname) <= 28 else sname[:27] + "\u2026"
+            outer_labels.append(shown if share >= LABEL_MIN_SHARE / 2 and sname != NO_SUBCATEGORY else "")
+    fig, ax = plt.subplots(figsize=(8, 8))
+    ax.pie(outer, radius=1.0, colors=outer_colors, labels=outer_labels, labeldistance=1.05, textprops={"fontsize": 7},
+           wedgeprops={"width": 0.3, "edgecolor": "white", "linewidth": 0.5}, startangle=90, counterclock=False)
+    labels = [f"{share:.0%}" if share >= LABEL_MIN_SHARE else "" for share in inner]
+    ax.pie(inner, radius=0.7, colors=colors, labels=labels, labeldistance=0.72, textprops={"fontsize": 9},
+           wedgeprops={"width": 0.4, "edgecolor": "white", "linewidth": 1}, startangle=90, counterclock=False)
+    what = "activation mass" if measure == "mass" else "firing count"
+    ax.set_title(title or f"SAE features by category ({what} share)", fontsize=11)
+    ax.legend([plt.Rectangle((0, 0), 1, 1, color=c) for c in colors],
+              [f"{n.replace('_', ' ')} ({s:.1%})" for (n, _), s in zip(cats, inner, strict=True)],
+              loc="lower center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize=8, frameon=False)
+    ax.set_aspect("equal")
+    fig.tight_layout()
+    return save_figure(fig, stem)

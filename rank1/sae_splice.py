@@ -1,0 +1,122 @@
+"""The SAE spliced back into the model: how much of the adapter's effect on the next-token loss survives when
+every token's adapter scalars are replaced by the SAE's reconstruction of them (through
+:func:`rank1.hooks.replace_adapter_activations`).
+
+The measured tokens are the held-out documents of the SAE's split, tokenized again in the training format for
+their loss mask (assistant tokens, as in training and stage 1) and checked against the store's token ids.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from rank1.data import IGNORE_INDEX, load_reasoning_records, tokenize_record
+from rank1.sae import SaeError, Split
+from rank1.store import Store, batches
+
+
+def heldout_items(store: Store, split: Split, tokenizer, max_tokens: int) -> list[dict[str, Any]]:
+    """The first held-out documents (whole, until ``max_tokens``), tokenized again in the training format to get
+    their loss mask, each checked against the store's token ids (a corpus that changed since the extraction is
+    refused)."""
+    source = store.manifest.get("corpus", {}).get("source")
+    block_size = store.manifest.get("config", {}).get("block_size")
+    if not source or source == "in-memory" or block_size is None:
+        raise SaeError(f"the store {store.folder} does not record the corpus it was extracted from; the loss gap "
+                       f"needs it (pass --no-loss_gap)")
+    tokens: dict[int, list[int]] = {}
+    for i, count in enumerate(split.heldout_per_shard):
+        if count:
+            sh = store.shard(i)
+            keep = sh.doc_ids_T >= split.heldout_doc
+            for d in torch.unique(sh.doc_ids_T[keep]).tolist():
+                tokens[d] = sh.token_ids_T[sh.doc_ids_T == d].tolist()
+    records = load_reasoning_records(source)
+    items, n = [], 0
+    for d in sorted(tokens):
+        if n >= max_tokens:
+            break
+        item = tokenize_record(tokenizer, records[d], block_size) if d < len(records) else None
+        if item is None or item["input_ids"] != tokens[d]:
+            raise SaeError(f"document {d} of {source} no longer matches the store {store.folder}: the corpus "
+                           f"changed since the extraction; re-extract the store, or pass --no-loss_gap")
+        if any(t != IGNORE_INDEX for t in item["labels"][1:]):
+            items.append({**item, "doc": d})
+            n += len(item["input_ids"])
+    return items
+
+
+def _next_token_ce(model, h_BTD: torch.Tensor, labels_BT: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """Per row, the summed float64 cross-entropy of every labelled next token (positions t with labels[t+1])."""
+    head = (model.get_base_model() if hasattr(model, "get_base_model") else model).lm_head
+    b, t = torch.nonzero(labels_BT[:, 1:] != IGNORE_INDEX, as_tuple=True)
+    targets = labels_BT[b, t + 1]
+    out = torch.zeros(labels_BT.shape[0], dtype=torch.float64, device=h_BTD.device)
+    for c in range(0, len(b), chunk):
+        logits = head(h_BTD[b[c:c + chunk], t[c:c + chunk]]).double()
+        ce = torch.logsumexp(logits, -1) - logits.gather(1, targets[c:c + chunk, None])[:, 0]
+        out.index_add_(0, b[c:c + chunk], ce)
+    return out
+
+
+def _padded(items: list[dict[str, Any]], group: list[int], pad: int, device) -> tuple[torch.Tensor, ...]:
+    n = max(len(items[i]["input_ids"]) for i in group)
+    ids = torch.full((len(group), n), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    for r, i in enumerate(group):
+        m = len(items[i]["input_ids"])
+        ids[r, :m], labels[r, :m] = torch.tensor(items[i]["input_ids"]), torch.tensor(items[i]["labels"])
+        mask[r, :m] = 1
+    return ids.to(device), mask.to(device), labels.to(device)
+
+
+def _ce(loaded, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    from rank1.capture import backbone
+
+    with loaded.autocast():
+        h = backbone(loaded.model)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        return _next_token_ce(loaded.model, h, labels).cpu().numpy()
+
+
+@torch.no_grad()
+def loss_gap(loaded, sae, items: list[dict[str, Any]], batch_tokens: int, skip: int = 0) -> dict[str, Any]:
+    """Next-token cross-entropy (nats per assistant token) of the base model (adapter off), of the LoRA model, and
+    of the LoRA model whose adapter scalars at every token are replaced by the SAE reconstruction of that
+    token's adapter state (read from a clean forward pass first: all layers are replaced at once, so the
+    reconstruction cannot be recomputed layer by layer). share = (CE_base - CE_spliced) / (CE_base - CE_lora):
+    1 keeps the adapter's whole effect, 0 none of it. The first ``skip`` tokens of each document, which the SAE
+    did not learn, keep their own activations. CI: paired bootstrap over documents."""
+    from rank1.hooks import read_adapter_activations, replace_adapter_activations
+    from rank1.stats import paired_recovery
+
+    model, sites = loaded.model, loaded.sites
+    if len(sites) != sae.cfg.d_in:
+        raise SaeError(f"the model has {len(sites)} adapters, the SAE reads {sae.cfg.d_in}")
+    if not items:
+        raise SaeError("no held-out document has assistant tokens to measure the loss gap on")
+    pad = loaded.tokenizer.pad_token_id or 0
+    sums = {name: np.zeros(len(items)) for name in ("base", "lora", "spliced")}
+    groups = batches([len(it["input_ids"]) for it in items], batch_tokens)
+    for group in tqdm(groups, desc="loss gap", unit="batch", dynamic_ncols=True):
+        batch = _padded(items, group, pad, loaded.device)
+        with read_adapter_activations(sites) as acts:
+            sums["lora"][group] = _ce(loaded, *batch)
+            x_BTS = acts.scalars_BTS()
+        x_hat = sae(x_BTS.reshape(-1, x_BTS.shape[-1]).to(sae.device)).reshape(x_BTS.shape).to(loaded.device)
+        x_hat[:, :skip] = x_BTS[:, :skip].to(x_hat.device)
+        with replace_adapter_activations(sites, x_hat):
+            sums["spliced"][group] = _ce(loaded, *batch)
+        with model.disable_adapter():
+            sums["base"][group] = _ce(loaded, *batch)
+    total = float(sum(sum(t != IGNORE_INDEX for t in it["labels"][1:]) for it in items))
+    share = paired_recovery(sums["spliced"], sums["base"], sums["lora"])
+    return {"n_docs": len(items), "n_tokens": int(total),
+            **{f"ce_{name}": float(v.sum() / total) for name, v in sums.items()},
+            "share": share.to_dict(),
+            "meaning": "(CE_base - CE_spliced) / (CE_base - CE_lora), nats per assistant token; 95% CI over "
+                       "documents (paired bootstrap)"}

@@ -1,0 +1,544 @@
+"""Stage 3: the SAE's split and data stream, training and resume, normalisation folding, evaluation by hand, the
+splice into the model, feature collection, category densities, the dashboard in headless Chromium, bad input."""
+
+import importlib.util
+import json
+import os
+import shutil
+
+import pytest
+import torch
+from peft import get_peft_model
+
+from helpers import run_script, synthetic_store
+from rank1 import constants as K
+from rank1.config import REPO_ROOT, config_from_profile
+from rank1.sae import (
+    SaeConfig,
+    SaeError,
+    evaluate_sae,
+    heldout_split,
+    iter_batches,
+    load_sae,
+    make_training_sae,
+    save_inference_sae,
+    train_sae,
+    train_stage,
+)
+from rank1.sae_categories import CategoryError, category_densities, read_categories, read_explanations
+from rank1.sae_features import JumpReluColumns, SaeFeaturesConfig, annotate_features, collect_features, load_features
+from rank1.store import StoreError, write_store
+from rank1.topk import Columns, compute_topk, heapq_topk
+
+STAGE = REPO_ROOT / "3_lora_sae"
+CATS = ["computational_operations", "symbolic_manipulation", "variable_value_tracking", "reasoning_flow_control",
+        "domain_specific_patterns", "relational_logical_operators", "result_formulation"]
+
+
+def small_cfg(**kw):
+    values = dict(expansion=2, k=2, batch_size=16, epochs=2.0, heldout_frac=0.2, checkpoint_every=3, warmup_steps=2,
+                  dead_tokens=64, buffer_tokens=100, device="cpu", skip_first_tokens=1)
+    values.update(kw)
+    return config_from_profile(SaeConfig, "sae", "test", **values)
+
+
+def jumprelu(W_enc, W_dec, threshold, b_enc=None, b_dec=None):
+    """A SAELens JumpReLU SAE with the given weights."""
+    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
+
+    d_in, d_sae = W_enc.shape
+    sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae))
+    with torch.no_grad():
+        sae.W_enc.copy_(W_enc)
+        sae.W_dec.copy_(W_dec)
+        sae.threshold.copy_(torch.full((d_sae,), float(threshold)))
+        sae.b_enc.copy_(torch.zeros(d_sae) if b_enc is None else b_enc)
+        sae.b_dec.copy_(torch.zeros(d_in) if b_dec is None else b_dec)
+    return sae.eval()
+
+
+def identity_sae(d, threshold=0.0, scale=1.0):
+    """latents relu(x) and relu(-x), decoded back with +-scale: threshold 0 and scale 1 reconstruct x exactly."""
+    eye = torch.eye(d)
+    return jumprelu(torch.cat([eye, -eye], 1), torch.cat([eye, -eye], 0) * scale, threshold)
+
+
+# ---------------------------------------------------------------- split and stream
+
+
+def test_heldout_split_is_the_last_documents(tmp_path):
+    store, *_ = synthetic_store(tmp_path / "s", T=300)  # 12 documents of 25 tokens
+    split = heldout_split(store, 0.2, batch_size=16, skip=1)  # 24 counted per document: ceil(0.2 x 288) = 58 -> 3 docs
+    assert (split.heldout_doc, split.n_heldout, split.n_train) == (9, 72, 216)
+    split0 = heldout_split(store, 0.2, skip=0)  # ceil(0.2 x 300) = 60 -> 3 documents
+    assert (split0.heldout_doc, split0.n_heldout, split0.n_train) == (9, 75, 225)
+    assert split.describe(store)["heldout_docs"] == 3 and split.describe(store)["skip_first_tokens"] == 1
+    with pytest.raises(SaeError, match="cannot be empty"):
+        heldout_split(store, 0.0)
+    with pytest.raises(SaeError, match="leaves 0 training tokens, fewer than one batch of 16"):
+        heldout_split(store, 0.99, batch_size=16)
+    one = write_store(tmp_path / "one", [{"acts_TS": torch.ones(4, 3), "token_ids_T": torch.zeros(4, dtype=torch.int32),
+                                          "doc_ids_T": torch.arange(4, dtype=torch.int32),
+                                          "positions_T": torch.zeros(4, dtype=torch.int32)}],
+                      [{"layer": 0, "name": "q_proj"}] * 3, {"run": "r"})
+    with pytest.raises(SaeError, match="held-out slice .* is empty"):
+        heldout_split(one, 0.5, skip=1)
+
+
+def test_stream_is_every_training_row_once_per_epoch_and_resumes_anywhere(tmp_path):
+    store, acts, _, docs = synthetic_store(tmp_path / "s", T=300)
+    split = heldout_split(store, 0.2, skip=1)
+    pos = torch.arange(300) % 25
+    train_rows = acts[(docs < 9) & (pos >= 1)]
+    stream = iter_batches(store, split, 16, seed=3, buffer_tokens=100)
+    rows = torch.cat([next(stream) for _ in range(27)])  # 432 rows = 2 epochs of 216
+    assert rows.dtype == torch.float32 and rows.shape == (432, 3)
+
+    def multiset(x):
+        return sorted(map(tuple, x.tolist()))
+
+    assert multiset(rows[:216]) == multiset(train_rows) == multiset(rows[216:])
+    assert not torch.equal(rows[:216], rows[216:])  # each epoch has its own order
+    for start in (80, 216, 232, 300):  # a resumed stream goes on exactly where the first one was
+        later = iter_batches(store, split, 16, seed=3, buffer_tokens=100, start=start)
+        assert torch.equal(torch.cat([next(later) for _ in range(4)]), rows[start:start + 64])
+    assert not torch.equal(next(iter_batches(store, split, 16, seed=4, buffer_tokens=100)), rows[:16])
+
+
+# ---------------------------------------------------------------- training, resume, normalisation
+
+
+def test_killed_training_resumes_to_the_same_sae(tmp_path, monkeypatch):
+    import rank1.sae as sae_module
+
+    store, *_ = synthetic_store(tmp_path / "s", T=300)
+    cfg = small_cfg()
+    split = heldout_split(store, cfg.heldout_frac, cfg.batch_size, cfg.skip_first_tokens)
+    whole, report = train_sae(cfg, store, split, tmp_path / "a")
+    assert report["steps"] == 27 and report["normalization"]["kind"] == "scalar"
+
+    real = sae_module.iter_batches
+
+    def dies_after_10(*args, **kw):
+        for i, batch in enumerate(real(*args, **kw)):
+            if i == 10:
+                raise RuntimeError("killed")
+            yield batch
+
+    monkeypatch.setattr(sae_module, "iter_batches", dies_after_10)
+    with pytest.raises(RuntimeError, match="killed"):
+        train_sae(cfg, store, split, tmp_path / "b")
+    ckpts = tmp_path / "b" / K.CHECKPOINTS_DIR
+    assert [p.name for p in ckpts.iterdir() if p.is_dir()] == [str(9 * 16)]  # every 3 steps; the newest is kept
+    assert (ckpts / str(9 * 16) / K.CHECKPOINT_DONE).is_file()
+    monkeypatch.setattr(sae_module, "iter_batches", real)
+    resumed, _ = train_sae(cfg, store, split, tmp_path / "b")
+    for name, t in whole.state_dict().items():
+        assert torch.equal(t, resumed.state_dict()[name]), name
+    with pytest.raises(SaeError, match="checkpoints of other settings"):
+        train_sae(small_cfg(k=3), store, split, tmp_path / "b")
+
+
+def _float32_store(folder, x_TS, seed=0):
+    T = x_TS.shape[0]
+    part = {"acts_TS": x_TS, "token_ids_T": torch.zeros(T, dtype=torch.int32),
+            "doc_ids_T": (torch.arange(T) // 25).int(), "positions_T": (torch.arange(T) % 25).int()}
+    return write_store(folder, [part], [{"layer": 0, "name": p} for p in ("q_proj", "k_proj", "v_proj")],
+                       {"run": "r"}, dtype="float32")
+
+
+def test_saved_sae_takes_raw_activations_and_encodes_each_token_alone(tmp_path):
+    """Scalar normalisation makes training blind to the activations' scale (x and 64x train the same SAE) and
+    is folded into the saved weights exactly: the SAE saved from 64x reconstructs 64x what the other does."""
+    from sae_lens import SAE
+
+    x = torch.randn(300, 3, generator=torch.Generator().manual_seed(0))
+    out = {}
+    for scale in (1.0, 64.0):
+        store = _float32_store(tmp_path / f"s{scale}", x * scale)
+        cfg = small_cfg()
+        split = heldout_split(store, cfg.heldout_frac, cfg.batch_size, cfg.skip_first_tokens)
+        trained, _ = train_sae(cfg, store, split, tmp_path / f"t{scale}")
+        save_inference_sae(trained, tmp_path / f"sae{scale}")
+        out[scale] = SAE.load_from_disk(tmp_path / f"sae{scale}").eval()
+    assert out[1.0].cfg.architecture() == "jumprelu" and out[1.0].cfg.normalize_activations == "none"
+    with torch.no_grad():
+        torch.testing.assert_close(out[64.0](x * 64), out[1.0](x) * 64, rtol=1e-4, atol=1e-4)
+        acts = out[1.0].encode(x[:50])
+        alone = torch.cat([out[1.0].encode(x[i:i + 1]) for i in range(50)])
+    torch.testing.assert_close(alone, acts, rtol=1e-6, atol=1e-6)  # no batch dependence
+    cols = JumpReluColumns(out[1.0], [5, 0, 3], skip=1)
+    shard = next(_float32_store(tmp_path / "s3", x).shards())
+    got = cols(shard, slice(0, 3))
+    want = out[1.0].encode(x)[:, [5, 0, 3]].detach()
+    want[shard.positions_T < 1] = 0.0
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_k_larger_than_the_dictionary_and_matryoshka(tmp_path):
+    with pytest.raises(SaeError, match="k=7 is larger than the dictionary .*6 latents"):
+        make_training_sae(small_cfg(k=7), 3, torch.device("cpu"))
+    with pytest.raises(ValueError, match="strictly increasing"):
+        small_cfg(matryoshka_widths="4,2")
+    sae = make_training_sae(small_cfg(matryoshka_widths="2,4"), 3, torch.device("cpu"))
+    assert sae.cfg.architecture() == "matryoshka_batchtopk" and sae.cfg.matryoshka_widths == [2, 4, 6]
+    with pytest.raises(ValueError, match="heldout_frac must be in \\(0, 1\\)"):
+        small_cfg(heldout_frac=0.0)
+
+
+# ---------------------------------------------------------------- evaluation, by hand
+
+
+def test_evaluation_equals_a_hand_computation(tmp_path):
+    store, acts, _, docs = synthetic_store(tmp_path / "s", T=300)  # column 2 is never negative
+    split = heldout_split(store, 0.2, skip=1)
+    sae = identity_sae(3, threshold=0.5)  # x_hat = x where |x| > 0.5, else 0
+    got = evaluate_sae(sae, store, split)
+    pos = torch.arange(300) % 25
+    x = acts[(docs >= 9) & (pos >= 1)].double()
+    big = x.abs() > 0.5
+    fvu = (x * ~big).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+    assert got["n_tokens"] == 72 and got["fvu"] == pytest.approx(float(fvu), rel=1e-6)
+    assert got["l0"] == pytest.approx(float(big.sum(1).double().mean()))
+    fired = torch.cat([(x > 0.5).any(0), (x < -0.5).any(0)])
+    assert got["dead_frac"] == pytest.approx(1 - float(fired.double().mean())) and not fired[5]
+    assert evaluate_sae(identity_sae(3), store, split)["fvu"] == pytest.approx(0.0, abs=1e-12)
+
+
+# ---------------------------------------------------------------- a run, its store, the stage
+
+
+@pytest.fixture(scope="module")
+def lora_store(tmp_path_factory):
+    """A test-profile run whose adapters all contribute (random B), its training corpus and its LoRA store."""
+    from rank1.config import data_dir, run_dir
+    from rank1.interp import ExtractConfig, extract
+    from rank1.lora import adapter_sites, lora_config
+    from rank1.models import load_model
+    from rank1.synth import write_splits
+
+    root = tmp_path_factory.mktemp("root")
+    old = os.environ.get("RANK1_ROOT")
+    os.environ["RANK1_ROOT"] = str(root)
+    try:
+        write_splits(data_dir("test"), n_train=24, n_eval=2, seed=0)
+        torch.manual_seed(0)
+        model = get_peft_model(load_model("random-qwen2"), lora_config([0, 1]))
+        for s in adapter_sites(model):
+            torch.nn.init.normal_(s.module.lora_B["default"].weight, std=0.3)
+        folder = run_dir("a")
+        model.save_pretrained(folder / K.ADAPTER_DIR)
+        (folder / K.CONFIG_JSON).write_text(json.dumps({"profile": "test", "model_id": "random-qwen2"}))
+        corpus = root / "data" / "test" / K.TRAIN_JSONL
+        cfg = config_from_profile(ExtractConfig, "extract", "test", run=str(folder), corpus=str(corpus),
+                                  out=str(root / "store"))
+        extract(cfg, "lora")
+    finally:
+        os.environ["RANK1_ROOT"] = old or ""
+    return {"run": str(folder), "store": str(root / "store"), "corpus": str(corpus)}
+
+
+def test_loss_gap_of_an_exact_and_of_an_empty_reconstruction(lora_store):
+    from rank1.runs import resolve_run
+    from rank1.sae_splice import heldout_items, loss_gap
+    from rank1.store import Store
+
+    store = Store.open(lora_store["store"])
+    split = heldout_split(store, 0.3, skip=1)
+    loaded = resolve_run(lora_store["run"], "test").load("fp32")
+    items = heldout_items(store, split, loaded.tokenizer, 400)
+    assert items and all(it["doc"] >= split.heldout_doc for it in items)
+    exact = loss_gap(loaded, identity_sae(14), items, 1024, skip=1)
+    empty = loss_gap(loaded, identity_sae(14, scale=0.0), items, 1024, skip=0)
+    half = loss_gap(loaded, identity_sae(14, scale=0.5), items, 1024, skip=1)
+    assert exact["ce_spliced"] == exact["ce_lora"] and exact["share"]["value"] == 1.0
+    assert empty["ce_spliced"] == pytest.approx(empty["ce_base"], abs=1e-12) and empty["share"]["value"] == \
+        pytest.approx(0.0, abs=1e-9)
+    assert exact["ce_base"] > exact["ce_lora"] + 0.01 or exact["ce_base"] < exact["ce_lora"] - 0.01
+    assert half["ce_spliced"] not in (half["ce_lora"], half["ce_base"])
+    # independent: the model's own loss on one document (mean CE of its assistant tokens)
+    one = loss_gap(loaded, identity_sae(14), items[:1], 1024)
+    with torch.no_grad():
+        ids = torch.tensor([items[0]["input_ids"]])
+        ref = loaded.model(input_ids=ids, labels=torch.tensor([items[0]["labels"]])).loss
+        with loaded.model.disable_adapter():
+            ref_base = loaded.model(input_ids=ids, labels=torch.tensor([items[0]["labels"]])).loss
+    assert one["ce_lora"] == pytest.approx(float(ref), rel=1e-4)
+    assert one["ce_base"] == pytest.approx(float(ref_base), rel=1e-4)
+
+
+def test_stage_end_to_end_on_the_test_profile(lora_store, tmp_path):
+    from sae_lens import SAE
+
+    from rank1.store import Store
+
+    out = tmp_path / "sae"
+    cfg = config_from_profile(SaeConfig, "sae", "test", run=lora_store["run"], store=lora_store["store"],
+                              out=str(out))
+    folder = train_stage(cfg)
+    for name in ("cfg.json", "sae_weights.safetensors", K.SAE_METRICS_JSON, K.SAE_TRAIN_LOG_JSON, K.CONFIG_JSON,
+                 K.ARGV_JSON):
+        assert (folder / name).is_file(), name
+    assert not (folder / K.CHECKPOINTS_DIR).exists()
+    sae = SAE.load_from_disk(folder)
+    assert (sae.cfg.d_in, sae.cfg.d_sae) == (14, 28)
+    metrics = json.loads((folder / K.SAE_METRICS_JSON).read_text())
+    assert 0 <= metrics["heldout"]["dead_frac"] <= 1 and metrics["heldout"]["n_tokens"] > 0
+    assert metrics["loss_gap"]["n_tokens"] > 0 and "share" in metrics["loss_gap"]
+    stamp = (folder / K.CONFIG_JSON).stat().st_mtime_ns
+    assert train_stage(cfg) == folder and (folder / K.CONFIG_JSON).stat().st_mtime_ns == stamp  # skips
+    with pytest.raises(SaeError, match="holds an SAE of other settings"):
+        train_stage(config_from_profile(SaeConfig, "sae", "test", run=lora_store["run"], store=lora_store["store"],
+                                        out=str(out), k=3))
+
+    fcfg = config_from_profile(SaeFeaturesConfig, "sae_features", "test", run=lora_store["run"],
+                               store=lora_store["store"], sae=str(folder), out=str(tmp_path / "features"))
+    res, latents = load_features(collect_features(fcfg))
+    store = Store.open(lora_store["store"])
+    x = torch.cat([sh.acts_TS.float() for sh in store.shards()])
+    pos = torch.cat([sh.positions_T for sh in store.shards()])
+    with torch.no_grad():
+        enc = sae.encode(x)
+    enc[pos < 1] = 0.0
+    alive = (enc > 0).any(0).nonzero()[:, 0].tolist()
+    assert [f["latent"] for f in res.features] == alive and all(f["polarity"] == 1 for f in res.features)
+    assert latents["firing_count_L"].tolist() == (enc > 0).sum(0).tolist()
+    assert res.tensors["active_count_F"].tolist() == [(enc[:, i] > 0).sum().item() for i in alive]
+    ref = heapq_topk(enc[:, alive].numpy(), fcfg.k)
+    for f in range(len(alive)):
+        assert res.tensors["top_value_FK"][f, 0].item() == pytest.approx(ref[f][0][0], rel=1e-5)
+        assert res.features[f]["activation_mass"] == pytest.approx(float(enc[:, alive[f]].double().sum()), rel=1e-5)
+    assert int(latents["n_tokens"]) == int((pos >= 1).sum())
+
+    # 3.3.2 / 3.3.3 without categories, then with them
+    interp = tmp_path / "interp"
+    interp.mkdir()
+    densities = _script("3.3_autointerp/3.3.2_compute_activation_densities.py")
+    dcfg = config_from_profile(densities.DensitiesConfig, "sae_densities", "test", run=lora_store["run"],
+                               features=str(tmp_path / "features"), autointerp=str(interp))
+    with pytest.raises(CategoryError, match="categories.json is missing: .*3.3.1_categorize.py"):
+        densities.main(dcfg)
+    donut = _script("3.3_autointerp/3.3.3_create_donut_fig.py")
+    ncfg = config_from_profile(donut.DonutConfig, "sae_donut", "test", run=lora_store["run"], autointerp=str(interp))
+    with pytest.raises(CategoryError, match="category_densities.json is missing: .*3.3.2_compute_activation_densities"):
+        donut.main(ncfg)
+    names = [f["name"] for f in res.features]
+    (interp / K.CATEGORIES_JSON).write_text(json.dumps({"categories": CATS, "features": {
+        n: {"category": CATS[i % 3], "subcategory": None} for i, n in enumerate(names)}}))
+    densities.main(dcfg)
+    donut.main(ncfg)
+    d = json.loads((interp / K.CATEGORY_DENSITIES_JSON).read_text())
+    assert sum(c["mass_share"] for c in d["categories"].values()) == pytest.approx(1.0)
+    for ext in ("pdf", "png"):
+        assert (interp / f"{K.FIGURE3_STEM}.{ext}").stat().st_size > 1000
+
+
+def _script(rel):
+    spec = importlib.util.spec_from_file_location("stage_script", STAGE / rel)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bad_inputs_fail_before_writing(lora_store, tmp_path):
+    from rank1.store import Store
+
+    def cfg(**kw):
+        values = dict(run=lora_store["run"], store=lora_store["store"], out=str(tmp_path / "out"))
+        values.update(kw)
+        return config_from_profile(SaeConfig, "sae", "test", **values)
+
+    with pytest.raises(StoreError, match="holds no activation store"):
+        train_stage(cfg(store=str(tmp_path / "nowhere")))
+    with pytest.raises(SaeError, match="k=100 is larger than the dictionary"):
+        train_stage(cfg(k=100))
+    with pytest.raises(SaeError, match="fewer than one batch"):
+        train_stage(cfg(heldout_frac=0.999))
+    other = tmp_path / "other_run"
+    shutil.copytree(lora_store["run"], other)
+    from safetensors.torch import load_file, save_file
+    w = other / K.ADAPTER_DIR / "adapter_model.safetensors"
+    save_file({k: v * 2 for k, v in load_file(str(w)).items()}, str(w))
+    (other / K.ADAPTER_DIR / ".weights_sha256.json").unlink(missing_ok=True)
+    with pytest.raises(StoreError, match="made from run 'a'.*not from 'other_run'"):
+        train_stage(cfg(run=str(other)))
+    assert not (tmp_path / "out").exists()
+    # an SAE of another width: 3 inputs, the store has 14 adapters
+    small, *_ = synthetic_store(tmp_path / "small", T=300)
+    c = small_cfg()
+    trained, _ = train_sae(c, small, heldout_split(small, 0.2, 16, 1), tmp_path / "w")
+    save_inference_sae(trained, tmp_path / "w")
+    (tmp_path / "w" / K.CONFIG_JSON).write_text(json.dumps({"identity": Store.open(lora_store["store"]).identity,
+                                                            "settings_key": "x"}))
+    with pytest.raises(SaeError, match="reads 3 adapters, the store .* has 14"):
+        load_sae(tmp_path / "w", Store.open(lora_store["store"]))
+    with pytest.raises(SaeError, match="holds no finished SAE .*3.0_train_sae.py"):
+        load_sae(tmp_path / "nowhere")
+    proc = run_script([STAGE / "3.0_train_sae.py", "--profile", "test", "--run", lora_store["run"], "--store",
+                       lora_store["store"], "--out", tmp_path / "out", "--k", "100"], check=False)
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert proc.returncode == 2 and len(lines) == 1 and "larger than the dictionary" in lines[0], proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- categories
+
+
+def test_category_densities_by_hand(tmp_path):
+    feats = [{"name": "a", "activation_mass": 1.0, "firing_count": 10}, {"name": "b", "activation_mass": 3.0,
+                                                                          "firing_count": 10},
+             {"name": "c", "activation_mass": 4.0, "firing_count": 20}, {"name": "d", "activation_mass": 2.0,
+                                                                          "firing_count": 60}]
+    cats = {"categories": ["x", "y"], "features": {"a": {"category": "x", "subcategory": "s"},
+                                                   "b": {"category": "x", "subcategory": "t"},
+                                                   "c": {"category": "y", "subcategory": None}}}
+    d = category_densities(feats, cats)
+    assert d["categories"]["x"]["mass_share"] == pytest.approx(0.5) and d["categories"]["y"]["mass_share"] == 0.5
+    assert d["categories"]["x"]["firing_share"] == pytest.approx(0.5)
+    assert d["categories"]["x"]["subcategories"]["t"]["mass_share_in_category"] == pytest.approx(0.75)
+    assert d["uncategorised"]["n_features"] == 1 and d["uncategorised"]["mass_share_of_all"] == pytest.approx(0.2)
+    (tmp_path / K.CATEGORIES_JSON).write_text(json.dumps(cats))
+    assert read_categories(tmp_path, ["a", "b", "c", "d"]) == cats
+    with pytest.raises(CategoryError, match="feature 'c' is not among the SAE features"):
+        read_categories(tmp_path, ["a", "b"])
+    bad = {**cats, "features": {"a": {"category": "z"}}}
+    (tmp_path / K.CATEGORIES_JSON).write_text(json.dumps(bad))
+    with pytest.raises(CategoryError, match="feature 'a' has category 'z', not one of"):
+        read_categories(tmp_path)
+    (tmp_path / K.EXPLANATIONS_JSONL).write_text('{"feature": "a", "explanation": "e", "score": 0.7}\n\n{"feature"\n')
+    with pytest.raises(CategoryError, match="explanations.jsonl:3: not valid JSON"):
+        read_explanations(tmp_path)
+    assert read_explanations(tmp_path / "none") == {}
+
+
+# ---------------------------------------------------------------- dashboard
+
+
+EVIL = ("<script>window.__pwned = 1</script>", '<img src=x onerror="window.__pwned = 2">', "</script><!--", "a\u2028b")
+
+
+def _sae_dashboard(tmp_path, n_latents=70):
+    """Features of a relu-of-linear encoder over a synthetic store, with explanations and categories that try to
+    inject markup."""
+    from rank1.dashboard import write_dashboard
+    from rank1.dashboard.sae import build_payloads
+
+    sites = [{"layer": la, "name": p} for la in (0, 1) for p in K.PROJECTIONS]
+    store, *_ = synthetic_store(tmp_path / "store", T=400, sites=sites, shards=2)
+    W = torch.randn(14, n_latents, generator=torch.Generator().manual_seed(0))
+
+    def values(sh, cols):
+        return torch.relu(sh.acts_TS.float() @ W[:, cols] - 1.0)
+
+    names = [f"latent_{i:04d}" for i in range(n_latents)]
+    res = compute_topk(store, k=6, context=4, n_per_decile=1, n_random=2, active_frac=0.0, positive_only=True,
+                       columns=Columns(names, [{"latent": i} for i in range(n_latents)], values, 16))
+    x = torch.cat([sh.acts_TS.float() for sh in store.shards()])
+    enc = torch.relu(x @ W - 1.0)
+    latents = {"firing_count_L": (enc > 0).sum(0), "activation_mass_L": enc.double().sum(0), "max_L": enc.max(0).values,
+               "n_tokens": torch.tensor(400), "W_dec_LS": W.T.contiguous()}
+    annotate_features(res.features, latents, sites)
+    res.vocab = {i: f"t{i} " for i in range(50)}
+    res.vocab.update({i: s for i, s in enumerate(EVIL)})
+    res.meta.update({"identity": {"run": "demo <b>run</b>"}, "n_docs": 16, "d_sae": n_latents})
+    explanations = {n: {"feature": n, "explanation": EVIL[i % 4] + f" number {i}", "score": i / n_latents}
+                    for i, n in enumerate(names) if i % 5}
+    categories = {"categories": CATS + ["<b>evil</b>"], "features": {
+        n: {"category": (CATS + ["<b>evil</b>"])[i % 8], "subcategory": EVIL[0]} for i, n in enumerate(names) if i % 3}}
+    index, pages = build_payloads(res, latents, explanations, categories, "SAE <i>demo</i>", n_examples=6, context=3,
+                                  page_size=16)
+    return write_dashboard(tmp_path / "dash", index["title"], "sae.js", index, pages), index, pages, res, enc
+
+
+def test_sae_dashboard_payloads(tmp_path):
+    folder, index, pages, res, enc = _sae_dashboard(tmp_path)
+    n = len(res.features)
+    assert sorted(pages) == [f"feat_{i:04d}" for i in range((n + 15) // 16)] and index["n_features"] == n
+    f = 5
+    feat = pages["feat_0000"]["features"][str(f)]
+    latent = res.features[f]["latent"]
+    fired = enc[:, latent][enc[:, latent] > 0]
+    assert sum(feat["hist"]["counts"]) == len(fired)  # zeros removed from the histogram
+    assert feat["top"][0]["v"] == pytest.approx(float(fired.max()), rel=1e-3)
+    assert feat["top"][0]["a"][feat["top"][0]["c"]] == pytest.approx(feat["top"][0]["v"], rel=1e-3)
+    assert len(feat["loadings"]) == 7 and len(feat["loadings"][0]) == 2  # projections x layers
+    assert index["features"]["score"][0] is None and index["features"]["category"][0] is None
+    assert (folder / "index.html").read_text().count("<i>") == 0
+
+
+def test_sae_dashboard_in_headless_chromium(tmp_path):
+    from test_dashboard import CHROMIUM_ARGS, _browser
+
+    found, reason = _browser()
+    if not found:
+        pytest.skip(reason)
+    sync_playwright, path = found
+    folder, index, *_ = _sae_dashboard(tmp_path)
+    n = index["n_features"]
+    problems = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.goto((folder / "index.html").as_uri())
+            page.wait_for_selector('main#feature[data-feature="0"]')
+            assert page.locator("table.flist tr[data-feature]").count() == n
+            assert page.locator('script[src^="data/feat_"]').count() == 1  # pages load on demand
+            page.fill("#search", index["features"]["name"][3])
+            assert page.locator("table.flist tr[data-feature]").count() == 1
+            page.fill("#search", "number 1")  # explanations are searched
+            assert page.locator("table.flist tr[data-feature]").count() == sum(
+                "number 1" in e for e in index["features"]["explanation"])
+            page.fill("#search", "")
+            page.select_option("#sort", "density")
+            first = int(page.locator("table.flist tr[data-feature]").first.get_attribute("data-feature"))
+            assert index["features"]["density"][first] == max(index["features"]["density"])
+            page.select_option("#category", "<b>evil</b>")
+            shown = page.locator("table.flist tr[data-feature]").count()
+            assert shown == sum(c == "<b>evil</b>" for c in index["features"]["category"]) > 0
+            page.select_option("#category", "")
+            last = n - 1
+            page.locator(f'table.flist tr[data-feature="{last}"]').click()
+            page.wait_for_selector(f'main#feature[data-feature="{last}"] .tokens')
+            assert page.locator('script[src^="data/feat_"]').count() == 2
+            assert page.evaluate("window.__pwned") is None  # nothing injected ran
+            tokens = page.locator(".tok").all_text_contents()
+            assert any(t.startswith("<img src=x onerror=") for t in tokens) or "<script>" in " ".join(tokens)
+            assert page.locator(".tokens img, .tokens script, .explanation script, td script, td b").count() == 0
+            assert "demo <b>run</b>" in page.locator("header").inner_text()
+            text = page.locator("main#feature").inner_text()
+            assert "<script>window.__pwned = 1</script>" in text or "onerror" in text
+            shot = tmp_path / "sae_dashboard.png"
+            page.screenshot(path=str(shot), full_page=False)
+            if os.environ.get("RANK1_SCREENSHOT"):
+                shutil.copyfile(shot, os.environ["RANK1_SCREENSHOT"])
+        finally:
+            browser.close()
+    assert problems == []
+
+
+@pytest.mark.parametrize("script", ["3.0_train_sae.py", "3.1_collect_sae_features.py", "3.2_generate_sae_dashboard.py",
+                                    "3.3_autointerp/3.3.2_compute_activation_densities.py",
+                                    "3.3_autointerp/3.3.3_create_donut_fig.py"])
+def test_help_lists_every_flag(script, capsys):
+    import dataclasses
+    import re
+
+    from rank1.config import parse_config
+
+    module = _script(script)
+    name, section = re.search(r'parse_config\((\w+), "(\w+)"', (STAGE / script).read_text()).groups()
+    cls = getattr(module, name)
+    with pytest.raises(SystemExit):
+        parse_config(cls, section, module.__doc__, ["--help"])
+    out = capsys.readouterr().out
+    assert "Usage:" in out and all(f"--{f.name}" in out for f in dataclasses.fields(cls) if f.name != "profile")
+
+
+@pytest.mark.parametrize("profile", ["tiny", "test", "paper"])
+def test_profiles_give_valid_stage3_configs(profile):
+    cfg = config_from_profile(SaeConfig, "sae", profile)
+    assert cfg.settings()["k"] <= cfg.expansion * 7  # at least one layer of 7 adapters
+    assert config_from_profile(SaeFeaturesConfig, "sae_features", profile).k >= 1
