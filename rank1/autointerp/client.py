@@ -66,9 +66,9 @@ class LLMSettings:
     max_tokens: int = 300
 
     def describe(self) -> dict[str, Any]:
-        """What artifacts record about the endpoint (never the key)."""
-        return {"base_url": self.base_url, "model": self.model, "auth_env": self.auth_env,
-                "temperature": self.temperature, "max_tokens": self.max_tokens}
+        """What decides the answers (part of a run's settings): the model and the sampling, not where it is
+        served (a run resumes against the same model at another address) and never the key."""
+        return {"model": self.model, "temperature": self.temperature, "max_tokens": self.max_tokens}
 
 
 @dataclass
