@@ -229,11 +229,11 @@ def _answer(text: str) -> bytes:
 @pytest.fixture
 def fake_server():
     """Answers with the (status, headers, body) the test queues; records the Authorization headers."""
-    state = {"queue": [], "auth": []}
+    state = {"queue": [], "auth": [], "bodies": []}
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            state["bodies"].append(json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0)))))
             state["auth"].append(self.headers.get("Authorization"))
             status, headers, body = state["queue"].pop(0) if state["queue"] else (500, {}, b"{}")
             self.send_response(status)
@@ -274,8 +274,12 @@ def test_rate_limit_is_retried_and_a_valid_answer_parsed(fake_server, tmp_path, 
     ok = '{"explanation": "the word Wait", "classification": 0, "reasoning": "all peaks are Wait"}'
     limited = (429, {"Retry-After": "0"}, b'{"error": {"message": "slow down"}}')
     fake_server["queue"] = [limited, limited, (200, {}, _answer(ok)), (200, {}, _answer("not json at all"))]
-    cfg = _config(fake_server["url"], "m", scorer="none", categoriser="lexicon", llm_concurrency=1)
+    cfg = _config(fake_server["url"], "m", scorer="none", categoriser="lexicon", llm_concurrency=1,
+                  llm_temperature=-1, llm_token_limit_field="max_completion_tokens")  # as gpt-5-mini needs
     out = _run(cfg, tmp_path / "x")
+    body = fake_server["bodies"][0]
+    assert body["model"] == "m" and body["max_completion_tokens"] == 32
+    assert "temperature" not in body and "max_tokens" not in body
     recs = [json.loads(x) for x in (out / K.AUTOINTERP_RESULTS).read_text().splitlines()]
     assert (recs[0]["status"], recs[0]["explanation"], recs[0]["classification"]) == ("ok", "the word Wait", 0)
     assert recs[1]["status"] == "error" and recs[1]["raw_answer"] == "not json at all"

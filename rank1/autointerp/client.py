@@ -62,13 +62,15 @@ class LLMSettings:
     max_retries: int = 5
     retry_backoff: float = 1.0  # seconds before the first retry; doubles each time (capped at 60 s)
     timeout: float = 120.0
-    temperature: float = 0.0
+    temperature: float = 0.0  # negative: not sent (reasoning models such as gpt-5-mini accept only their default)
     max_tokens: int = 300
+    token_limit_field: str = "max_tokens"  # or max_completion_tokens (what OpenAI's reasoning models require)
 
     def describe(self) -> dict[str, Any]:
         """What decides the answers (part of a run's settings): the model and the sampling, not where it is
         served (a run resumes against the same model at another address) and never the key."""
-        return {"model": self.model, "temperature": self.temperature, "max_tokens": self.max_tokens}
+        return {"model": self.model, "temperature": self.temperature, "max_tokens": self.max_tokens,
+                "token_limit_field": self.token_limit_field}
 
 
 @dataclass
@@ -122,7 +124,9 @@ class ChatClient:
 
     def complete(self, messages: list[dict[str, str]]) -> Completion:
         s = self.settings
-        request = {"messages": messages, "temperature": s.temperature, "max_tokens": s.max_tokens}
+        request: dict[str, Any] = {"messages": messages, s.token_limit_field: s.max_tokens}
+        if s.temperature >= 0:
+            request["temperature"] = s.temperature
         key = request_key(s.model, request)
         path = self.cache_dir / key[:2] / f"{key}.json" if self.cache_dir else None
         if path is not None and path.is_file():

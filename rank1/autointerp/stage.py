@@ -56,8 +56,10 @@ class AutointerpConfig(RunOptions):
     llm_max_retries: int = option("retries of a request (connection errors, 429, 5xx) before the run stops", 5)
     llm_retry_backoff: float = option("seconds before the first retry (doubles each time)", 1.0)
     llm_timeout: float = option("seconds per request", 120.0)
-    llm_temperature: float = option("sampling temperature", 0.0)
+    llm_temperature: float = option("sampling temperature (negative: not sent, the model's default)", 0.0)
     llm_max_tokens: int = option("answer tokens per request", 300)
+    llm_token_limit_field: str = option("request field of --llm_max_tokens: max_tokens | max_completion_tokens "
+                                        "(OpenAI's reasoning models)", "max_tokens")
     llm_cache: bool = option("cache answers under <cache>/autointerp (a rerun sends no request)", True)
     overwrite: bool = option("recompute even if finished results exist", False)
 
@@ -67,6 +69,9 @@ class AutointerpConfig(RunOptions):
                                      ("categories", self.categories, tuple(SCHEMES))):
             if value not in allowed:
                 raise ValueError(f"--{name} must be one of {list(allowed)}, got {value!r}")
+        if self.llm_token_limit_field not in ("max_tokens", "max_completion_tokens"):
+            raise ValueError(f"--llm_token_limit_field must be max_tokens or max_completion_tokens, got "
+                             f"{self.llm_token_limit_field!r}")
         if self.score_batch < 1 or self.llm_concurrency < 1 or self.llm_max_retries < 0:
             raise ValueError("need --score_batch >= 1, --llm_concurrency >= 1 and --llm_max_retries >= 0")
         AutointerpOptions(**self._option_values(1))  # the same checks as the library
@@ -88,7 +93,8 @@ class AutointerpConfig(RunOptions):
                            model=self.llm_model or os.environ.get(K.ENV_LLM_MODEL, ""),
                            auth_env=self.llm_auth_env, concurrency=self.llm_concurrency,
                            max_retries=self.llm_max_retries, retry_backoff=self.llm_retry_backoff,
-                           timeout=self.llm_timeout, temperature=self.llm_temperature, max_tokens=self.llm_max_tokens)
+                           timeout=self.llm_timeout, temperature=self.llm_temperature, max_tokens=self.llm_max_tokens,
+                           token_limit_field=self.llm_token_limit_field)
 
 
 def build_components(cfg: AutointerpConfig):
