@@ -92,14 +92,19 @@ def served(tmp_path_factory):
 
 
 def _features(n=2):
-    """Hand-made features: a "Wait" detector and a digit feature, with held-out examples."""
-    wait = {"top": [([" So", " 3", " +", " 4", " Wait", ",", " let"], [0, 0, 0, 0, 4.0, 0, 0], 4)] * 3,
-            "decile": [([" a", " Wait", " b"], [0, 3.0, 0], 1)] * 2, "random": [([" c", " d", " e"], [0, 0, 0], 1)] * 2,
-            "threshold": 1.0}
-    digits = {"top": [([" I", " need", f" {d}", "."], [0, 0, 3.0, 0], 2) for d in (3, 7, 9)],
-              "decile": [([" is", " 5", "."], [0, 2.0, 0], 1)] * 2,
-              "random": [([" the", " cat", "."], [0, 0, 0], 1)] * 2, "polarity": -1, "threshold": 1.0}
-    return hand_topk([wait, digits] * (n // 2) + [wait] * (n % 2), context=4)
+    """Hand-made features, alternately a "Wait" detector and a digit feature (negative polarity), each with
+    held-out examples; every feature's prompt differs (no two share a cached answer)."""
+    specs = []
+    for i in range(n):
+        if i % 2 == 0:
+            specs.append({"top": [([" So", f" {i}", " +", " 4", " Wait", ",", " let"], [0, 0, 0, 0, 4.0, 0, 0], 4)] * 3,
+                          "decile": [([" a", " Wait", " b"], [0, 3.0, 0], 1)] * 2,
+                          "random": [([" c", " d", " e"], [0, 0, 0], 1)] * 2, "threshold": 1.0})
+        else:
+            specs.append({"top": [([" I", f" need{i}", f" {d}", "."], [0, 0, 3.0, 0], 2) for d in (3, 7, 9)],
+                          "decile": [([" is", " 5", "."], [0, 2.0, 0], 1)] * 2,
+                          "random": [([" the", " cat", "."], [0, 0, 0], 1)] * 2, "polarity": -1, "threshold": 1.0})
+    return hand_topk(specs, context=4)
 
 
 def _config(url, model, **kw):

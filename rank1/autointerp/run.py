@@ -193,9 +193,9 @@ def run_autointerp(topk: TopKResult | str | Path, out: str | Path, explainer: Ex
     features = select_features(res, opt.max_features, opt.seed)
     parts = {"explainer": explainer.describe(), "scorer": scorer.describe() if scorer else None,
              "categoriser": categoriser.describe() if categoriser else None}
-    settings = {"options": asdict(opt), **parts, "features": features,
-                "topk": {**{k: res.meta.get(k) for k in ("store_key", "settings", "identity", "n_tokens")},
-                         "n_features": len(res.features)}}
+    topk_id = {k: res.meta.get(k) for k in ("store_key", "settings", "n_tokens")}  # not paths: folders can move
+    topk_id.update(weights_sha256=(res.meta.get("identity") or {}).get("weights_sha256"), n_features=len(res.features))
+    settings = {"options": asdict(opt), **parts, "features": features, "topk": topk_id}
     key = settings_key(settings)
     done_marker, journal = out / K.CONFIG_JSON, out / K.AUTOINTERP_JOURNAL
     if done_marker.is_file() and not overwrite:
