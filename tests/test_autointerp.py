@@ -119,6 +119,18 @@ def test_lexicon_explainer_rules_on_hand_made_features():
     assert ex[4].top == []
 
 
+def test_a_token_in_two_categories():
+    # "\n" closes a template line three times (format) and ends a text line twice (punctuation)
+    nl_format = [_ex(["<|im_end|>", "\n", "<|im_start|>"], 1) for _ in range(3)]
+    nl_text = [_ex([" 5", ".", "\n"], 2) for _ in range(2)]
+    words = [_ex([" a", w, " b"], 1) for w in (" the", " the", " cat", " cat", " dog")]
+    res = hand_topk([{"top": nl_text + nl_format + words}])
+    e = LexiconExplainer().explain(build_examples(res, 0))
+    # tokens: "\n" 5/10 (no 60%); categories: other 5, format 3, punctuation 2 (no 60%)
+    assert e.classification == 2 and e.predicate["categories"] == ["other", "format"]
+    assert e.text == 'mixed: other words ("the"), chat format tokens ("\\n")'
+
+
 def test_lexicon_categoriser_and_top_level_mapping():
     res = hand_topk(_features())
     ex = build_examples(res, 0)
@@ -188,6 +200,7 @@ def test_offline_scorer_hand_computed():
 
 def test_parse_predicate_and_fuzzing_marks():
     assert parse_predicate('"=" signs') == {"tokens": ["="], "categories": []}
+    assert parse_predicate('"\\n" after a step') == {"tokens": ["\n"], "categories": []}
     assert parse_predicate("digits in arithmetic") == {"tokens": [], "categories": ["operators", "numbers"]}
     tokens = [" a", " b", " c", " d", " e"]
     res = hand_topk([{"top": [_ex(tokens, 2)], "decile": [_ex(tokens, 2, extra={1: 3.0}),

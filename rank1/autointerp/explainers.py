@@ -60,12 +60,21 @@ class Explainer(Protocol):
 
 @dataclass
 class TokenStats:
-    """The strong tokens of the shown examples: counts of each token (normalised) and of each category."""
+    """The strong tokens of the shown examples: counts per token (normalised), per category and per (token,
+    category) pair (one token string can sit in two categories: a newline of the template vs. of the text)."""
 
     n: int = 0
     tokens: Counter = field(default_factory=Counter)
     categories: Counter = field(default_factory=Counter)
-    category_of: dict[str, str] = field(default_factory=dict)  # token -> its category where first seen
+    pairs: Counter = field(default_factory=Counter)
+
+    def category_of(self, token: str) -> str:
+        """The category ``token`` has most often (the first seen on a tie)."""
+        return max((c for t, c in self.pairs if t == token), key=lambda c: self.pairs[(token, c)])
+
+    def tokens_of(self, category: str) -> list[str]:
+        """Tokens seen in ``category``, most frequent there first."""
+        return [t for (t, c), _ in self.pairs.most_common() if c == category]
 
 
 def strong_token_stats(ex: FeatureExamples, level: int = STRONG_LEVEL) -> TokenStats:
@@ -81,7 +90,7 @@ def strong_token_stats(ex: FeatureExamples, level: int = STRONG_LEVEL) -> TokenS
                 stats.n += 1
                 stats.tokens[tok] += 1
                 stats.categories[cats[i]] += 1
-                stats.category_of.setdefault(tok, cats[i])
+                stats.pairs[(tok, cats[i])] += 1
     return stats
 
 
@@ -105,20 +114,17 @@ def lexicon_explanation(stats: TokenStats) -> Explanation:
     shares = ", ".join(f"{c} {k}/{stats.n}" for c, k in stats.categories.most_common())
     reasoning = f"strong tokens: {_quote(top_tok)} {n_tok}/{stats.n}; categories: {shares}"
     if n_tok >= MONO_SHARE * stats.n:
-        cat = stats.category_of[top_tok]
+        cat = stats.category_of(top_tok)
         text = _fit([f"{_quote(top_tok)} token", f"({BY_KEY[cat].short})"])
         return Explanation(text, 0, reasoning, predicate={"tokens": [top_tok], "categories": []},
                            lexicon_category=cat)
     if n_cat >= BROAD_SHARE * stats.n and top_cat != "other":
-        examples = [t for t, _ in stats.tokens.most_common() if stats.category_of[t] == top_cat][:3]
+        examples = stats.tokens_of(top_cat)[:3]
         text = _fit([f"{BY_KEY[top_cat].short}:", *[_quote(t) + "," for t in examples[:-1]], _quote(examples[-1])])
         return Explanation(text, 1, reasoning, predicate={"tokens": [], "categories": [top_cat]},
                            lexicon_category=top_cat)
     cats = [c for c, _ in stats.categories.most_common(2)]
-    parts = []
-    for c in cats:
-        tok = next(t for t, _ in stats.tokens.most_common() if stats.category_of[t] == c)
-        parts.append(f"{BY_KEY[c].short} ({_quote(tok)})")
+    parts = [f"{BY_KEY[c].short} ({_quote(stats.tokens_of(c)[0])})" for c in cats]
     text = _fit(["mixed:", *[p + "," for p in parts[:-1]], parts[-1]])
     return Explanation(text, 2, reasoning, predicate={"tokens": [], "categories": cats}, lexicon_category=top_cat)
 

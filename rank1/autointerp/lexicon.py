@@ -203,9 +203,8 @@ def token_categories(tokens: list[str]) -> list[str]:
 
 
 def normalise_token(token: str) -> str:
-    """How explanations show and compare tokens: stripped, newlines visible; a blank token is shown as is."""
-    s = token.strip()
-    return s if s else token.replace("\n", "\\n")
+    """How explanations name and compare tokens: without surrounding whitespace; a blank token as it is."""
+    return token.strip() or token
 
 
 # Words that name a category in free text (an LLM's explanation scored offline).

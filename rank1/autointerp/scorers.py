@@ -24,6 +24,7 @@ of the marked tokens match. An explanation that names nothing predicts "no" ever
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Protocol
 
@@ -87,10 +88,18 @@ def _result(y_true: list[int], y_pred: list[int], **extra: Any) -> dict[str, Any
 
 def parse_predicate(text: str) -> dict[str, list[str]]:
     """Tokens (double-quoted strings) and categories (cue words) an explanation's text names."""
-    tokens = [a or b for a, b in QUOTED_RE.findall(text)]
+    tokens = [_unescape(a or b) for a, b in QUOTED_RE.findall(text)]
     low = text.lower()
     cats = [k for k, cues in CATEGORY_CUES.items() if any(c in low for c in cues)]
     return {"tokens": [normalise_token(t) for t in tokens], "categories": cats}
+
+
+def _unescape(quoted: str) -> str:
+    """A quoted token as the text it names (the prompts show a newline as \\n)."""
+    try:
+        return json.loads(f'"{quoted}"')
+    except json.JSONDecodeError:
+        return quoted
 
 
 class OfflineScorer:
