@@ -58,6 +58,22 @@ ITERATIVE_STEM = "iterative_mlp_ablation_by_matrix"
 TOKEN_KL_JSON = "layer_ablation_token_kl.json"  # mean KL by class of predicted token
 TOKEN_KL_STEM = "lora_layer_ablation_kl_visualization"
 
+# Stage 2 part 2 (autointerp): results/<profile>/{lora,mlp}_autointerp/<run>/ (explanations and held-out scores),
+# {lora,mlp}_interpretability/<run>/ (2.3's class shares), lora_vs_mlp/<run>/ (2.8, Figure 2).
+AUTOINTERP_STAGE = "{kind}_autointerp"  # kind: lora | mlp (stage 3 adds its own)
+INTERPRETABILITY_STAGE = "{kind}_interpretability"
+COMPARE_STAGE = "lora_vs_mlp"
+AUTOINTERP_RESULTS = "explanations.jsonl"  # one record per feature, in feature order (finished runs only)
+AUTOINTERP_JOURNAL = "explanations.partial.jsonl"  # settings key, then features as they finish (resume)
+AUTOINTERP_SUMMARY = "summary.json"  # counts, mean scores, requests and tokens
+AUTOINTERP_CACHE = "autointerp"  # under the cache root: one JSON per (model, request)
+INTERPRETABILITY_JSON = "interpretability.json"  # class shares with CIs by layer bin and projection, scores
+INTERPRETABILITY_STEM = "interpretability"
+COMPARE_JSON = "lora_vs_mlp.json"  # shares, chi-square, rank tests, category enrichment, the paper's numbers
+FIGURE2_STEM = "lora_vs_mlp_interpretability"  # Figure 2 (.pdf and .png)
+ENV_LLM_BASE_URL = "OPENAI_BASE_URL"  # the LLM endpoint when the profile leaves llm_base_url empty
+ENV_LLM_MODEL = "RANK1_LLM_MODEL"  # the LLM model when the profile leaves llm_model empty
+
 # Stage 3 (SAE on the adapter state): results/<profile>/<stage>/<run>/
 SAE_STAGE = "sae"  # 3.0: the SAELens folder (cfg.json + sae_weights.safetensors) + our metadata
 SAE_FEATURES_STAGE = "sae_features"  # 3.1: top-k folder (TOPK_* files) of the alive latents + SAE_LATENTS

@@ -4,6 +4,10 @@ A "unit" is what was sampled (a problem, a sequence): resampling units with repl
 recomputing the statistic gives its sampling spread. :func:`paired_bootstrap` resamples the same
 units for every array, which is what a difference or a ratio of two variants measured on the same
 problems needs (e.g. recovery = (lora - base) / (full - base)).
+
+Class shares, the chi-square test of a contingency table, category enrichment (a ratio of shares of two
+independent groups) and the Mann-Whitney rank test serve the autointerp comparison; the tests themselves
+come from ``scipy.stats``.
 """
 
 from __future__ import annotations
@@ -118,3 +122,92 @@ def paired_recovery(variant_N: np.ndarray, base_N: np.ndarray, full_N: np.ndarra
     """Recovery of the full finetune's gain per problem-paired bootstrap (units: problems)."""
     return paired_bootstrap({"variant": variant_N, "base": base_N, "full": full_N}, recovery_statistic,
                             n_resamples, level, seed)
+
+
+# ---------------------------------------------------------------- shares, contingency tables, enrichment
+
+
+def class_shares(labels_N, classes, n_resamples: int = DEFAULT_RESAMPLES, level: float = 0.95,
+                 seed: int = 0) -> dict:
+    """Share of each class among ``labels_N`` with percentile bootstrap CIs (units: the labelled items,
+    resampled jointly for all classes). Returns {class: Estimate}."""
+    labels_N = np.asarray(labels_N, dtype=object)
+    if len(labels_N) == 0:
+        return {c: Estimate(None, None, None, level, 0, 1.0) for c in classes}
+    onehot_NC = np.stack([labels_N == c for c in classes], axis=1).astype(np.float64)
+    mean_C, lo_C, hi_C = bootstrap_means(onehot_NC, n_resamples, level, seed)
+    return {c: Estimate(float(m), float(lo), float(hi), level, len(labels_N))
+            for c, m, lo, hi in zip(classes, mean_C, lo_C, hi_C, strict=True)}
+
+
+def chi_square(table_RC) -> dict:
+    """Pearson chi-square test of independence on a contingency table (rows: groups, columns: classes), via
+    ``scipy.stats.chi2_contingency`` without continuity correction. Columns that are empty in every row are
+    dropped first (they have no expected count) and listed in ``dropped_columns``."""
+    from scipy.stats import chi2_contingency
+
+    table_RC = np.asarray(table_RC, dtype=np.float64)
+    keep = table_RC.sum(axis=0) > 0
+    kept = table_RC[:, keep]
+    dropped = [int(i) for i in np.flatnonzero(~keep)]
+    if kept.shape[1] < 2 or (kept.sum(axis=1) == 0).any():
+        return {"statistic": None, "p_value": None, "dof": 0, "expected": None, "dropped_columns": dropped}
+    res = chi2_contingency(kept, correction=False)
+    return {"statistic": float(res.statistic), "p_value": float(res.pvalue), "dof": int(res.dof),
+            "expected": res.expected_freq.tolist(), "dropped_columns": dropped}
+
+
+def enrichment(a_N, b_M, categories, n_resamples: int = DEFAULT_RESAMPLES, level: float = 0.95,
+               seed: int = 0) -> dict:
+    """Enrichment of each category in group a over group b: (share of the category among a) / (share among
+    b), with a percentile CI from resampling each group independently (two unpaired samples). The ratio is
+    undefined (None) where b has none of the category; resamples where it is undefined are left out of the
+    CI and counted in ``undefined_share``. Returns {category: Estimate}."""
+    a_N, b_M = np.asarray(a_N, dtype=object), np.asarray(b_M, dtype=object)
+    if len(a_N) == 0 or len(b_M) == 0:
+        raise ValueError(f"enrichment needs two non-empty groups, got {len(a_N)} and {len(b_M)} items")
+    rng = np.random.default_rng(seed)
+    codes = {c: i for i, c in enumerate(categories)}
+    a_code = np.array([codes.get(x, -1) for x in a_N])
+    b_code = np.array([codes.get(x, -1) for x in b_M])
+    C = len(categories)
+    share_a_RC, share_b_RC = np.empty((n_resamples, C)), np.empty((n_resamples, C))
+    chunk = max(1, 2**22 // max(len(a_N), len(b_M)))
+    for start in range(0, n_resamples, chunk):
+        stop = min(n_resamples, start + chunk)
+        ra = a_code[rng.integers(0, len(a_N), size=(stop - start, len(a_N)))]
+        rb = b_code[rng.integers(0, len(b_M), size=(stop - start, len(b_M)))]
+        for c in range(C):
+            share_a_RC[start:stop, c] = (ra == c).mean(axis=1)
+            share_b_RC[start:stop, c] = (rb == c).mean(axis=1)
+    out = {}
+    for c, name in enumerate(categories):
+        pa, pb = float((a_code == c).mean()), float((b_code == c).mean())
+        with np.errstate(divide="ignore", invalid="ignore"):
+            reps = share_a_RC[:, c] / share_b_RC[:, c]
+        defined = reps[np.isfinite(reps)]
+        undefined = 1.0 - len(defined) / n_resamples
+        if pb == 0:
+            out[name] = Estimate(None, None, None, level, len(a_N) + len(b_M), undefined)
+            continue
+        lo, hi = np.quantile(defined, [(1 - level) / 2, (1 + level) / 2]) if len(defined) else (None, None)
+        out[name] = Estimate(pa / pb, None if lo is None else float(lo), None if hi is None else float(hi), level,
+                             len(a_N) + len(b_M), undefined)
+    return out
+
+
+def rank_test(a_N, b_M) -> dict:
+    """Two-sided Mann-Whitney U test of a vs b (``scipy.stats.mannwhitneyu``) with the common-language
+    effect size P(a > b) + P(a = b) / 2 = U_a / (n_a n_b), and both medians. NaNs are dropped."""
+    from scipy.stats import mannwhitneyu
+
+    a_N = np.asarray(a_N, dtype=np.float64)
+    b_M = np.asarray(b_M, dtype=np.float64)
+    a_N, b_M = a_N[np.isfinite(a_N)], b_M[np.isfinite(b_M)]
+    if len(a_N) == 0 or len(b_M) == 0:
+        return {"u": None, "p_value": None, "effect": None, "n_a": len(a_N), "n_b": len(b_M),
+                "median_a": None, "median_b": None}
+    res = mannwhitneyu(a_N, b_M, alternative="two-sided")
+    return {"u": float(res.statistic), "p_value": float(res.pvalue),
+            "effect": float(res.statistic / (len(a_N) * len(b_M))), "n_a": len(a_N), "n_b": len(b_M),
+            "median_a": float(np.median(a_N)), "median_b": float(np.median(b_M))}

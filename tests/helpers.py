@@ -38,3 +38,55 @@ def synthetic_store(folder, T=300, sites=None, shards=3, seed=0):
     from rank1.store import write_store
 
     return write_store(folder, parts, sites, ident), acts, ids, docs
+
+
+def hand_topk(features, context=8):
+    """A TopKResult written by hand, for explainer and scorer tests. ``features``: dicts with ``top``,
+    ``decile`` and ``random`` lists of examples ``(tokens, acts, center[, doc])`` (tokens as strings, acts the
+    feature's values), and optionally ``name``, ``layer``, ``site_name``, ``polarity``, ``threshold``."""
+    from rank1.topk import TopKResult
+
+    W = 2 * context + 1
+    vocab: dict[str, int] = {}
+    F = len(features)
+    K = max(1, max(len(f.get("top", [])) for f in features))
+    ND = max(1, max((len(f.get("decile", [])) + 9) // 10 for f in features))
+    NR = max(1, max(len(f.get("random", [])) for f in features))
+    t = {"top_tokens_FKW": torch.full((F, K, W), -1, dtype=torch.int32), "top_acts_FKW": torch.zeros(F, K, W),
+         "top_index_FK": torch.full((F, K), -1, dtype=torch.int64),
+         "top_doc_FK": torch.full((F, K), -1, dtype=torch.int32),
+         "decile_tokens_FDNW": torch.full((F, 10, ND, W), -1, dtype=torch.int32),
+         "decile_acts_FDNW": torch.zeros(F, 10, ND, W),
+         "decile_index_FDN": torch.full((F, 10, ND), -1, dtype=torch.int64),
+         "decile_doc_FDN": torch.full((F, 10, ND), -1, dtype=torch.int32),
+         "random_tokens_FNW": torch.full((F, NR, W), -1, dtype=torch.int32), "random_acts_FNW": torch.zeros(F, NR, W),
+         "random_index_FN": torch.full((F, NR), -1, dtype=torch.int64),
+         "random_doc_FN": torch.full((F, NR), -1, dtype=torch.int32),
+         "threshold_F": torch.zeros(F)}
+    counter = iter(range(10**9))
+
+    def put(kind, idx, example):
+        tokens, acts, center, *doc = example
+        assert center <= context and len(tokens) - center - 1 <= context and len(tokens) == len(acts)
+        start = context - center
+        ids = [vocab.setdefault(s, len(vocab)) for s in tokens]
+        suffix = {"top": "FK", "decile": "FDN", "random": "FN"}[kind]
+        t[f"{kind}_tokens_{suffix}W"][idx][start:start + len(ids)] = torch.tensor(ids, dtype=torch.int32)
+        t[f"{kind}_acts_{suffix}W"][idx][start:start + len(ids)] = torch.tensor(acts, dtype=torch.float32)
+        t[f"{kind}_index_{suffix}"][idx] = next(counter)
+        t[f"{kind}_doc_{suffix}"][idx] = doc[0] if doc else next(counter)
+
+    records = []
+    for f, spec in enumerate(features):
+        for k, ex in enumerate(spec.get("top", [])):
+            put("top", (f, k), ex)
+        for i, ex in enumerate(spec.get("decile", [])):
+            put("decile", (f, 9 - i % 10, i // 10), ex)
+        for j, ex in enumerate(spec.get("random", [])):
+            put("random", (f, j), ex)
+        thr = spec.get("threshold", 0.5)
+        t["threshold_F"][f] = thr
+        records.append({"feature": f, "name": spec.get("name", f"L0_q_proj_{f}"), "layer": spec.get("layer", 0),
+                        "site_name": spec.get("site_name", "q_proj"), "polarity": spec.get("polarity", 1),
+                        "n_top": len(spec.get("top", [])), "threshold": thr})
+    return TopKResult(t, records, {"n_random": NR}, {i: s for s, i in vocab.items()})

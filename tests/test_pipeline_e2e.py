@@ -39,7 +39,10 @@ def test_tiny_stage2_short(isolated_root):
                           ("2.1_precompute_lora_topk.py", ["--k", "10"]),
                           ("2.3_lora_activation_dashboard.py", []),
                           ("2.4_extract_mlp_activations.py", ["--max_tokens", "1500"]),
-                          ("2.5_precompute_mlp_topk.py", ["--k", "10"])):
+                          ("2.5_precompute_mlp_topk.py", ["--k", "10"]),
+                          ("2.2_run_lora_autointerp.py", []), ("2.7_run_mlp_autointerp.py", []),
+                          ("2.3_analyze_lora_interpretability.py", ["--n_resamples", "500"]),
+                          ("2.8_compare_lora_mlp.py", ["--n_resamples", "500"])):
         subprocess.run([sys.executable, f"{stage}/{script}", "--profile", "tiny", *extra], cwd=REPO_ROOT, check=True)
     lora = Store.open(results_dir("tiny", "lora_activations", "tiny-r1-all"))
     mlp = Store.open(results_dir("tiny", "mlp_activations", "tiny-r1-all"))
@@ -48,6 +51,12 @@ def test_tiny_stage2_short(isolated_root):
         res = TopKResult.load(results_dir("tiny", f"{kind}_topk", "tiny-r1-all"))
         assert len(res.features) == 420 and res.tensors["top_index_FK"].shape == (420, 10)
     assert (results_dir("tiny", "lora_dashboard", "tiny-r1-all") / "data" / "layer_029.js").is_file()
+    for kind in ("lora", "mlp"):
+        lines = (results_dir("tiny", f"{kind}_autointerp", "tiny-r1-all") / K.AUTOINTERP_RESULTS).read_text()
+        assert len(lines.splitlines()) == 420
+    comp = read_json(results_dir("tiny", K.COMPARE_STAGE, "tiny-r1-all") / K.COMPARE_JSON)
+    assert comp["classes"]["lora"]["n"] > 0 and comp["chi_square"]["dof"] >= 1
+    assert (results_dir("tiny", K.COMPARE_STAGE, "tiny-r1-all") / f"{K.FIGURE2_STEM}.pdf").is_file()
 
 
 @pytest.mark.slow

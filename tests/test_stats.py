@@ -53,3 +53,84 @@ def test_recovery_undefined_when_full_equals_base():
 def test_paired_bootstrap_rejects_unequal_lengths():
     with pytest.raises(ValueError, match="one length"):
         paired_bootstrap({"a": np.zeros(3), "b": np.zeros(4)}, lambda a, b: 0.0)
+
+
+# ---------------------------------------------------------------- shares, chi-square, enrichment, rank test
+
+
+def test_class_shares_hand_computed():
+    from rank1.stats import class_shares
+
+    est = class_shares([0, 0, 1, 2], [0, 1, 2], n_resamples=500)
+    assert [est[c].value for c in (0, 1, 2)] == [0.5, 0.25, 0.25] and est[0].n == 4
+    const = class_shares(["a"] * 9, ["a", "b"], n_resamples=200)
+    assert (const["a"].value, const["a"].lo, const["a"].hi) == (1.0, 1.0, 1.0)
+    assert (const["b"].value, const["b"].lo, const["b"].hi) == (0.0, 0.0, 0.0)
+    # share 0.3 of 500: 95% interval about +-1.96 sqrt(0.3 * 0.7 / 500) = +-0.040
+    wide = class_shares([1] * 150 + [0] * 350, [1], n_resamples=4000, seed=3)[1]
+    assert wide.hi - wide.value == pytest.approx(0.040, abs=0.006)
+    assert wide.value - wide.lo == pytest.approx(0.040, abs=0.006)
+
+
+def test_chi_square_hand_computed():
+    from rank1.stats import chi_square
+
+    # rows 10 / 10, columns 8 / 6 / 6: expected [4, 3, 3] per row;
+    # chi2 = 2 * ((6-4)^2/4 + (2-3)^2/3 + (2-3)^2/3) = 2 + 4/3; with 2 dof, p = exp(-chi2 / 2)
+    res = chi_square([[6, 2, 2], [2, 4, 4]])
+    assert res["statistic"] == pytest.approx(2 + 4 / 3) and res["dof"] == 2
+    assert res["p_value"] == pytest.approx(np.exp(-(2 + 4 / 3) / 2))
+    assert res["expected"] == [[4, 3, 3], [4, 3, 3]]
+    # the authors' committed table (LoRA 367 / MLP 376 features): about 20.3
+    lora = np.round(np.array([0.161, 0.398, 0.441]) * 367)
+    mlp = np.round(np.array([0.130, 0.266, 0.604]) * 376)
+    assert chi_square([lora, mlp])["statistic"] == pytest.approx(20.3, abs=0.3)
+    # an empty class is dropped (2 x 2 left, no continuity correction): chi2 = N (ad - bc)^2 / (row and column sums)
+    res = chi_square([[6, 4, 0], [2, 8, 0]])
+    assert res["dropped_columns"] == [2] and res["dof"] == 1
+    assert res["statistic"] == pytest.approx(20 * (6 * 8 - 4 * 2) ** 2 / (10 * 10 * 8 * 12))
+    assert chi_square([[0, 0, 3], [0, 0, 4]])["statistic"] is None
+
+
+def test_enrichment_hand_computed():
+    from rank1.stats import enrichment
+
+    a = ["op", "op", "num", "other"]  # op 1/2, num 1/4
+    b = ["op", "num", "num", "num"]  # op 1/4, num 3/4, other 0
+    est = enrichment(a, b, ["op", "num", "other", "none"], n_resamples=2000)
+    assert est["op"].value == pytest.approx(2.0) and est["num"].value == pytest.approx(1 / 3)
+    assert est["other"].value is None and est["other"].undefined_share == 1.0  # b never has it
+    assert est["none"].value is None
+    assert est["op"].lo <= 2.0 <= est["op"].hi
+    # b draws no "op" in (3/4)^4 of its resamples: those ratios are undefined
+    assert est["op"].undefined_share == pytest.approx(0.75 ** 4, abs=0.03)
+    same = enrichment(["x"] * 5, ["x"] * 7, ["x"], n_resamples=100)["x"]
+    assert (same.value, same.lo, same.hi) == (1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="two non-empty groups"):
+        enrichment([], ["x"], ["x"])
+
+
+def test_enrichment_ci_matches_the_delta_method():
+    from rank1.stats import enrichment
+
+    # shares 0.4 (n=1000) and 0.2 (n=1000): log ratio se = sqrt(0.6/(1000*0.4) + 0.8/(1000*0.2)) = 0.0742
+    a = ["c"] * 400 + ["d"] * 600
+    b = ["c"] * 200 + ["d"] * 800
+    e = enrichment(a, b, ["c"], n_resamples=4000, seed=1)["c"]
+    se = np.sqrt(0.6 / 400 + 0.8 / 200)
+    assert e.value == pytest.approx(2.0)
+    assert np.log(e.hi / e.value) == pytest.approx(1.96 * se, rel=0.1)
+    assert np.log(e.value / e.lo) == pytest.approx(1.96 * se, rel=0.1)
+
+
+def test_rank_test_hand_computed():
+    from rank1.stats import rank_test
+
+    # no overlap: U_a = 0; exact two-sided p = 2 / C(6, 3) = 0.1
+    res = rank_test([1, 2, 3], [4, 5, 6])
+    assert (res["u"], res["effect"], res["median_a"], res["median_b"]) == (0.0, 0.0, 2.0, 5.0)
+    assert res["p_value"] == pytest.approx(0.1)
+    # one tie (3 vs 3 counts 1/2): U_a = 0.5 + 1 (4 > 3) = 1.5 of 4 pairs
+    res = rank_test([3, 4], [3, 5])
+    assert res["u"] == 1.5 and res["effect"] == pytest.approx(1.5 / 4)
+    assert rank_test([float("nan")], [1.0])["p_value"] is None

@@ -319,7 +319,9 @@ def test_killed_extraction_resumes(trained, tmp_path):
 
 @pytest.mark.parametrize("script", ["2.0_extract_lora_activations.py", "2.1_precompute_lora_topk.py",
                                     "2.3_lora_activation_dashboard.py", "2.4_extract_mlp_activations.py",
-                                    "2.5_precompute_mlp_topk.py"])
+                                    "2.5_precompute_mlp_topk.py", "2.2_run_lora_autointerp.py",
+                                    "2.3_analyze_lora_interpretability.py", "2.7_run_mlp_autointerp.py",
+                                    "2.8_compare_lora_mlp.py"])
 def test_help_lists_every_flag(script, capsys):
     import dataclasses
     import importlib.util
