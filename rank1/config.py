@@ -129,16 +129,18 @@ def _field_type(tp: Any) -> type:
     return tp
 
 
-def profile_defaults(cls: type[C], profile: Profile, section: str) -> dict[str, Any]:
-    """Values the profile gives for ``cls``: common keys it has as fields, then its own table."""
+def profile_defaults(cls: type[C], profile: Profile, section: str | tuple[str, ...]) -> dict[str, Any]:
+    """Values the profile gives for ``cls``: common keys it has as fields, then its own table (several
+    tables: each overrides the ones before, e.g. ``("autointerp", "sae_autointerp")``)."""
     names = {f.name for f in dataclasses.fields(cls)}
     values = {k: v for k, v in profile.values.items() if k in COMMON_KEYS and k in names}
-    table = profile.section(section)
-    unknown = sorted(set(table) - names)
-    if unknown:
-        raise ValueError(f"profile {profile.path}: [{section}] has unknown keys {unknown}; "
-                         f"known: {sorted(names)}")
-    values.update(table)
+    for sec in (section,) if isinstance(section, str) else section:
+        table = profile.section(sec)
+        unknown = sorted(set(table) - names)
+        if unknown:
+            raise ValueError(f"profile {profile.path}: [{sec}] has unknown keys {unknown}; "
+                             f"known: {sorted(names)}")
+        values.update(table)
     return values
 
 
@@ -167,7 +169,7 @@ def build_parser(cls: type[C], description: str, defaults: dict[str, Any]) -> ar
     return parser
 
 
-def parse_config(cls: type[C], section: str, description: str,
+def parse_config(cls: type[C], section: str | tuple[str, ...], description: str,
                  argv: list[str] | None = None) -> C:
     """Build ``cls`` from dataclass defaults < profile < command line. ``--help`` lists every field."""
     argv = sys.argv[1:] if argv is None else argv
@@ -188,7 +190,8 @@ def parse_config(cls: type[C], section: str, description: str,
         raise  # unreachable: parser.error exits
 
 
-def config_from_profile(cls: type[C], section: str, profile: str | None = None, **overrides) -> C:
+def config_from_profile(cls: type[C], section: str | tuple[str, ...], profile: str | None = None,
+                        **overrides) -> C:
     """Programmatic twin of :func:`parse_config`, for tests and notebooks."""
     prof = load_profile(profile)
     values = profile_defaults(cls, prof, section)

@@ -82,7 +82,6 @@ SAE_AUTOINTERP_STAGE = "sae_autointerp"  # 3.3: explanations, categories, catego
 SAE_METRICS_JSON = "sae_metrics.json"  # held-out FVU, L0, dead/alive fractions, loss-gap share
 SAE_TRAIN_LOG_JSON = "sae_train_log.json"  # losses every few steps
 SAE_LATENTS = "latents.safetensors"  # per latent: firing count, activation mass, max, decoder row (all latents)
-EXPLANATIONS_JSONL = "explanations.jsonl"  # one object per feature: feature, explanation, score (or null)
 CATEGORIES_JSON = "categories.json"  # {"categories": [...], "features": {name: {category, subcategory}}}
 CATEGORY_DENSITIES_JSON = "category_densities.json"  # activation mass and firing shares per (sub)category
 FIGURE3_STEM = "sae_feature_categories_donut"  # Figure 3 (.pdf and .png)

@@ -2,8 +2,8 @@
 
 The explanations and categories come from 3.3.0 / 3.3.1 (the autointerp package); this module reads them:
 
-- ``explanations.jsonl``: one object per feature with at least ``feature`` (its name), ``explanation`` and
-  ``score`` (held-out detection balanced accuracy, or null);
+- ``explanations.jsonl`` (written by :func:`rank1.autointerp.run.run_autointerp`): one record per feature
+  with its ``name``, ``status``, ``explanation`` and held-out ``detection`` (balanced accuracy, or null);
 - ``categories.json``: ``{"categories": [the top-level names], "features": {name: {"category": str,
   "subcategory": str | null}}}``.
 
@@ -38,8 +38,9 @@ class CategoryError(ValueError):
 
 
 def read_explanations(folder: str | Path, required: bool = False) -> dict[str, dict[str, Any]]:
-    """{feature name: record} from ``explanations.jsonl``; {} when absent (an error if ``required``)."""
-    path = Path(folder) / K.EXPLANATIONS_JSONL
+    """{feature name: {feature, explanation, score, status}} from ``explanations.jsonl``, ``score`` being the
+    held-out detection balanced accuracy (None when unscored); {} when absent (an error if ``required``)."""
+    path = Path(folder) / K.AUTOINTERP_RESULTS
     if not path.is_file():
         if required:
             raise CategoryError(f"{path} is missing: explain the features first with {EXPLAINER}")
@@ -52,12 +53,14 @@ def read_explanations(folder: str | Path, required: bool = False) -> dict[str, d
             rec = json.loads(line)
         except json.JSONDecodeError as e:
             raise CategoryError(f"{path}:{n}: not valid JSON ({e.msg}); rerun {EXPLAINER}") from None
-        if not isinstance(rec, dict) or not isinstance(rec.get("feature"), str):
-            raise CategoryError(f"{path}:{n}: each line must be an object with a string 'feature'")
-        score = rec.get("score")
+        if not isinstance(rec, dict) or not isinstance(rec.get("name"), str):
+            raise CategoryError(f"{path}:{n}: each line must be an autointerp record with a string 'name'; "
+                                f"rerun {EXPLAINER}")
+        score = (rec.get("detection") or {}).get("balanced_accuracy")
         if score is not None and not isinstance(score, int | float):
-            raise CategoryError(f"{path}:{n}: 'score' must be a number or null, got {score!r}")
-        out[rec["feature"]] = rec
+            raise CategoryError(f"{path}:{n}: detection balanced_accuracy must be a number or null, got {score!r}")
+        out[rec["name"]] = {"feature": rec["name"], "explanation": rec.get("explanation"), "score": score,
+                            "status": rec.get("status")}
     return out
 
 
@@ -177,3 +180,47 @@ def plot_donut(densities: dict[str, Any], measure: str, stem: str | Path, title:
     ax.set_aspect("equal")
     fig.tight_layout()
     return save_figure(fig, stem)
+
+
+def categorize(res, explanations_path: Path, categoriser, opt, concurrency: int = 1) -> dict[str, Any]:
+    """The categories file of the explained features of ``res`` (3.1's top-k result): each feature whose
+    explanation succeeded gets one of the paper's top-level categories from ``categoriser`` (lexicon or LLM,
+    with :data:`rank1.autointerp.categories.PAPER_TOP_LEVEL_SCHEME`) and, as its subcategory, the lexicon
+    category of its strong tokens (display name) when that lexicon category lies inside the chosen top-level
+    category (always so for the lexicon categoriser; an LLM may pick a top-level category the lexicon would
+    not, then the subcategory is null). ``opt`` (:class:`rank1.autointerp.run.AutointerpOptions`) rebuilds
+    the examples 3.3.0 showed. Features whose categoriser failed are listed under ``errors``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    from rank1.autointerp.categories import LEXICON_SCHEME, LexiconCategoriser
+    from rank1.autointerp.examples import build_examples
+    from rank1.autointerp.explainers import Explanation
+
+    scheme = categoriser.scheme
+    lexicon = LexiconCategoriser(LEXICON_SCHEME)
+    index = {f["name"]: i for i, f in enumerate(res.features)}
+    records = [json.loads(line) for line in explanations_path.read_text().splitlines() if line.strip()]
+    unknown = [r.get("name") for r in records if r.get("name") not in index]
+    if unknown:
+        raise CategoryError(f"{explanations_path} explains features that 3.1 did not collect ({unknown[:3]}...): it "
+                            f"belongs to another SAE; rerun {EXPLAINER}")
+    todo = [r for r in records if r.get("status") == "ok" and r.get("explanation")]
+
+    def one(rec: dict[str, Any]) -> tuple[str, str | None, str | None, str | None]:
+        ex = build_examples(res, index[rec["name"]], opt.n_examples, opt.window, opt.per_doc_cap, seed=opt.seed)
+        expl = Explanation(rec["explanation"], rec.get("classification"), rec.get("reasoning") or "")
+        top, err = categoriser.categorise(ex, expl)
+        sub, _ = lexicon.categorise(ex, expl)
+        inside = sub is not None and top is not None and scheme.from_lexicon.get(sub) == top
+        return rec["name"], top, LEXICON_SCHEME.names[sub] if inside else None, err
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        done = list(tqdm(pool.map(one, todo), total=len(todo), desc="categorise", unit="feature"))
+    features = {name: {"category": top, "subcategory": sub} for name, top, sub, err in done if top is not None}
+    errors = {name: err or "no category" for name, top, _, err in done if top is None}
+    return {"categories": scheme.keys, "scheme": scheme.name,
+            "subcategories": "the lexicon category of the feature's strong tokens (rank1/autointerp/lexicon.py), "
+                             "kept when it lies inside the top-level category",
+            "categoriser": categoriser.describe(), "n_explained": len(todo), "features": features, "errors": errors}

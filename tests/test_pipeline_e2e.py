@@ -92,11 +92,11 @@ def test_tiny_stage3_short_with_a_killed_sae_training(isolated_root):
         subprocess.run([sys.executable, f"{stage}/{script}", "--profile", "tiny"], cwd=REPO_ROOT, check=True)
     res, _ = load_features(results_dir("tiny", K.SAE_FEATURES_STAGE, "tiny-r1-all"))
     interp = results_dir("tiny", K.SAE_AUTOINTERP_STAGE, "tiny-r1-all")
-    interp.mkdir(parents=True)
-    cats = ["computational_operations", "symbolic_manipulation", "variable_value_tracking", "reasoning_flow_control",
-            "domain_specific_patterns", "relational_logical_operators", "result_formulation"]
-    (interp / K.CATEGORIES_JSON).write_text(json.dumps({"categories": cats, "features": {
-        f["name"]: {"category": cats[i % 7], "subcategory": None} for i, f in enumerate(res.features)}}))
+    for script in ("3.3.0_autointerp.py", "3.3.1_categorize.py"):
+        subprocess.run([sys.executable, f"{stage}/3.3_autointerp/{script}", "--profile", "tiny"], cwd=REPO_ROOT,
+                       check=True)
+    assert len((interp / K.AUTOINTERP_RESULTS).read_text().splitlines()) == len(res.features)
+    assert json.loads((interp / K.CATEGORIES_JSON).read_text())["features"]
     for script in ("3.3.2_compute_activation_densities.py", "3.3.3_create_donut_fig.py"):
         subprocess.run([sys.executable, f"{stage}/3.3_autointerp/{script}", "--profile", "tiny"], cwd=REPO_ROOT,
                        check=True)

@@ -1,6 +1,7 @@
 """Stage 3: the SAE's split and data stream, training and resume, normalisation folding, evaluation by hand, the
 splice into the model, feature collection, category densities, the dashboard in headless Chromium, bad input."""
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -323,8 +324,41 @@ def test_stage_end_to_end_on_the_test_profile(lora_store, tmp_path):
     with pytest.raises(CategoryError, match="category_densities.json is missing: .*3.3.2_compute_activation_densities"):
         donut.main(ncfg)
     names = [f["name"] for f in res.features]
-    (interp / K.CATEGORIES_JSON).write_text(json.dumps({"categories": CATS, "features": {
-        n: {"category": CATS[i % 3], "subcategory": None} for i, n in enumerate(names)}}))
+
+    # 3.3.0 explains (lexicon, offline scorer on the test profile), 3.3.1 sorts into the paper's 7 categories
+    from rank1.autointerp.categories import LEXICON_SCHEME, PAPER_TOP_LEVEL_SCHEME
+    from rank1.autointerp.examples import build_examples
+    from rank1.autointerp.explainers import strong_token_stats
+    from rank1.autointerp.stage import AutointerpConfig
+
+    explain, categorize = _script("3.3_autointerp/3.3.0_autointerp.py"), _script("3.3_autointerp/3.3.1_categorize.py")
+    acfg = config_from_profile(AutointerpConfig, explain.SECTIONS, "test", run=lora_store["run"],
+                               topk=str(tmp_path / "features"), out=str(interp))
+    assert (acfg.n_examples, acfg.per_doc_cap) == (4, 2)  # [sae_autointerp] over [autointerp]
+    with pytest.raises(CategoryError, match="explanations.jsonl is missing: .*3.3.0_autointerp.py"):
+        categorize.main(acfg)
+    explain.main(acfg)
+    records = [json.loads(line) for line in (interp / K.AUTOINTERP_RESULTS).read_text().splitlines()]
+    assert [r["name"] for r in records] == names
+    categorize.main(acfg)
+    cats = json.loads((interp / K.CATEGORIES_JSON).read_text())
+    assert cats["categories"] == PAPER_TOP_LEVEL_SCHEME.keys
+    ok = [r["name"] for r in records if r["status"] == "ok"]
+    assert ok and sorted(cats["features"]) == sorted(ok) and cats["errors"] == {}
+    opt = acfg.options()
+    for f, name in enumerate(names):  # recomputed: the dominant lexicon category of the strong tokens, mapped
+        if name in cats["features"]:
+            ex = build_examples(res, f, opt.n_examples, opt.window, opt.per_doc_cap, seed=opt.seed)
+            lex = strong_token_stats(ex).categories.most_common(1)[0][0]
+            assert cats["features"][name] == {"category": PAPER_TOP_LEVEL_SCHEME.from_lexicon[lex],
+                                              "subcategory": LEXICON_SCHEME.names[lex]}
+    stray = interp / "stray"
+    stray.mkdir()
+    (stray / K.AUTOINTERP_RESULTS).write_text(json.dumps({"name": "latent_9999", "status": "ok",
+                                                          "explanation": "x"}) + "\n")
+    with pytest.raises(CategoryError, match="explains features that 3.1 did not collect"):
+        categorize.main(dataclasses.replace(acfg, out=str(stray)))
+    assert not (stray / K.CATEGORIES_JSON).exists()
     densities.main(dcfg)
     donut.main(ncfg)
     d = json.loads((interp / K.CATEGORY_DENSITIES_JSON).read_text())
@@ -405,7 +439,13 @@ def test_category_densities_by_hand(tmp_path):
     (tmp_path / K.CATEGORIES_JSON).write_text(json.dumps(bad))
     with pytest.raises(CategoryError, match="feature 'a' has category 'z', not one of"):
         read_categories(tmp_path)
-    (tmp_path / K.EXPLANATIONS_JSONL).write_text('{"feature": "a", "explanation": "e", "score": 0.7}\n\n{"feature"\n')
+    (tmp_path / K.AUTOINTERP_RESULTS).write_text(
+        '{"name": "a", "status": "ok", "explanation": "e", "detection": {"balanced_accuracy": 0.7}}\n'
+        '{"name": "b", "status": "error", "explanation": null, "detection": null}\n')
+    assert read_explanations(tmp_path) == {
+        "a": {"feature": "a", "explanation": "e", "score": 0.7, "status": "ok"},
+        "b": {"feature": "b", "explanation": None, "score": None, "status": "error"}}
+    (tmp_path / K.AUTOINTERP_RESULTS).write_text('{"name": "a", "explanation": "e"}\n\n{"name"\n')
     with pytest.raises(CategoryError, match="explanations.jsonl:3: not valid JSON"):
         read_explanations(tmp_path)
     assert read_explanations(tmp_path / "none") == {}
@@ -520,6 +560,7 @@ def test_sae_dashboard_in_headless_chromium(tmp_path):
 
 
 @pytest.mark.parametrize("script", ["3.0_train_sae.py", "3.1_collect_sae_features.py", "3.2_generate_sae_dashboard.py",
+                                    "3.3_autointerp/3.3.0_autointerp.py", "3.3_autointerp/3.3.1_categorize.py",
                                     "3.3_autointerp/3.3.2_compute_activation_densities.py",
                                     "3.3_autointerp/3.3.3_create_donut_fig.py"])
 def test_help_lists_every_flag(script, capsys):
@@ -529,8 +570,9 @@ def test_help_lists_every_flag(script, capsys):
     from rank1.config import parse_config
 
     module = _script(script)
-    name, section = re.search(r'parse_config\((\w+), "(\w+)"', (STAGE / script).read_text()).groups()
+    name, section = re.search(r'parse_config\((\w+), "?(\w+)"?', (STAGE / script).read_text()).groups()
     cls = getattr(module, name)
+    section = getattr(module, section, section)  # a tuple of profile tables, named in the script
     with pytest.raises(SystemExit):
         parse_config(cls, section, module.__doc__, ["--help"])
     out = capsys.readouterr().out

@@ -109,12 +109,16 @@ def build_components(cfg: AutointerpConfig):
     return explainer, scorer, categoriser
 
 
-def run_stage(cfg: AutointerpConfig, kind: str) -> Path:
-    """Explain the ``kind`` ('lora' | 'mlp') features of the run; returns the output folder."""
+def run_stage(cfg: AutointerpConfig, kind: str, topk_stage: str | None = None, out_stage: str | None = None,
+              made_by: str | None = None) -> Path:
+    """Explain the ``kind`` ('lora' | 'mlp' | 'sae') features of the run; returns the output folder. The
+    features are read from ``results/<profile>/<topk_stage>/<run>`` (default ``<kind>_topk``, made by
+    ``made_by``) and the results written to ``<out_stage>`` (default ``<kind>_autointerp``)."""
     run = cfg.resolve_run()
-    src = Path(cfg.topk) if cfg.topk else results_dir(cfg.profile, f"{kind}_topk", run.name)
-    out = Path(cfg.out) if cfg.out else results_dir(cfg.profile, K.AUTOINTERP_STAGE.format(kind=kind), run.name)
-    res = TopKResult.load(src)
+    src = Path(cfg.topk) if cfg.topk else results_dir(cfg.profile, topk_stage or f"{kind}_topk", run.name)
+    out = Path(cfg.out) if cfg.out else results_dir(cfg.profile, out_stage or K.AUTOINTERP_STAGE.format(kind=kind),
+                                                    run.name)
+    res = TopKResult.load(src, made_by=made_by) if made_by else TopKResult.load(src)
     check_same_identity(run.identity(), res.meta.get("identity") or {}, f"top-k examples {src}")
     if res.meta.get("kind", kind) != kind:
         raise AutointerpError(f"{src} holds top-k examples of {res.meta['kind']!r} features; this step explains "
