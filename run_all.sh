@@ -54,3 +54,25 @@ stage "2.3_lora_activation_dashboard" "$PY" "$REPO/2_lora_activation_interp/2.3_
 # 2.4-2.5 The MLP-neuron baseline: base-model neurons, same corpus, same count per layer, same top-k
 stage "2.4_extract_mlp_activations" "$PY" "$REPO/2_lora_activation_interp/2.4_extract_mlp_activations.py" --profile "$PROFILE"
 stage "2.5_precompute_mlp_topk" "$PY" "$REPO/2_lora_activation_interp/2.5_precompute_mlp_topk.py" --profile "$PROFILE"
+
+# 2.2, 2.7 Autointerp: explain, rate, categorise and score (held out) every LoRA feature and MLP neuron
+stage "2.2_run_lora_autointerp" "$PY" "$REPO/2_lora_activation_interp/2.2_run_lora_autointerp.py" --profile "$PROFILE"
+stage "2.7_run_mlp_autointerp" "$PY" "$REPO/2_lora_activation_interp/2.7_run_mlp_autointerp.py" --profile "$PROFILE"
+# 2.3 Class shares with bootstrap CIs by layer bin and projection, both sides
+stage "2.3_analyze_lora_interpretability" "$PY" "$REPO/2_lora_activation_interp/2.3_analyze_lora_interpretability.py" --profile "$PROFILE"
+stage "2.3_analyze_mlp_interpretability" "$PY" "$REPO/2_lora_activation_interp/2.3_analyze_lora_interpretability.py" --profile "$PROFILE" --kind mlp
+# 2.8 LoRA directions vs. MLP neurons: Figure 2 (results/<profile>/lora_vs_mlp/<run>/)
+stage "2.8_compare_lora_mlp" "$PY" "$REPO/2_lora_activation_interp/2.8_compare_lora_mlp.py" --profile "$PROFILE"
+
+# 3.0 BatchTopK SAE (SAELens) on the adapter state; held-out FVU, L0, dead fraction, loss-gap share (results/<profile>/sae/<run>/)
+stage "3.0_train_sae" "$PY" "$REPO/3_lora_sae/3.0_train_sae.py" --profile "$PROFILE"
+# 3.1 Top examples, densities and decoder loadings of the alive SAE features (.../sae_features/<run>/)
+stage "3.1_collect_sae_features" "$PY" "$REPO/3_lora_sae/3.1_collect_sae_features.py" --profile "$PROFILE"
+# 3.3.0-3.3.1 Explanations with held-out scores, then the paper's 7 categories (.../sae_autointerp/<run>/)
+stage "3.3.0_autointerp" "$PY" "$REPO/3_lora_sae/3.3_autointerp/3.3.0_autointerp.py" --profile "$PROFILE"
+stage "3.3.1_categorize" "$PY" "$REPO/3_lora_sae/3.3_autointerp/3.3.1_categorize.py" --profile "$PROFILE"
+# 3.2 Static SAE feature dashboard with explanations and categories (.../sae_dashboard/<run>/index.html)
+stage "3.2_generate_sae_dashboard" "$PY" "$REPO/3_lora_sae/3.2_generate_sae_dashboard.py" --profile "$PROFILE"
+# 3.3.2 Activation mass per category; 3.3.3 Figure 3 donut (.../sae_autointerp/<run>/)
+stage "3.3.2_compute_activation_densities" "$PY" "$REPO/3_lora_sae/3.3_autointerp/3.3.2_compute_activation_densities.py" --profile "$PROFILE"
+stage "3.3.3_create_donut_fig" "$PY" "$REPO/3_lora_sae/3.3_autointerp/3.3.3_create_donut_fig.py" --profile "$PROFILE"
