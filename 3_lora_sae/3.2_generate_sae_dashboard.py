@@ -23,9 +23,9 @@ from rank1.config import option, parse_config, results_dir
 from rank1.dashboard import write_dashboard
 from rank1.dashboard.sae import build_payloads
 from rank1.logs import run_main
-from rank1.runs import RunOptions, check_same_identity
+from rank1.runs import RunOptions
 from rank1.sae_categories import read_categories, read_explanations
-from rank1.sae_features import load_features
+from rank1.sae_features import load_run_features
 from rank1.store import check_writable
 
 
@@ -45,12 +45,9 @@ class SaeDashboardConfig(RunOptions):
 
 
 def main(cfg: SaeDashboardConfig) -> None:
-    run = cfg.resolve_run()
-    src = Path(cfg.features) if cfg.features else results_dir(cfg.profile, K.SAE_FEATURES_STAGE, run.name)
+    run, src, res, latents = load_run_features(cfg, cfg.features)
     interp = Path(cfg.autointerp) if cfg.autointerp else results_dir(cfg.profile, K.SAE_AUTOINTERP_STAGE, run.name)
     out = Path(cfg.out) if cfg.out else results_dir(cfg.profile, K.SAE_DASHBOARD_STAGE, run.name)
-    res, latents = load_features(src)
-    check_same_identity(run.identity(), res.meta["identity"], f"SAE features {src}")
     names = [f["name"] for f in res.features]
     explanations = read_explanations(interp)
     categories = read_categories(interp, names, required=False)

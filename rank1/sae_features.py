@@ -190,3 +190,17 @@ def load_features(folder: str | Path) -> tuple[TopKResult, dict[str, torch.Tenso
         raise StoreError(f"{folder} holds no SAE features ({K.SAE_LATENTS} missing or not an SAE folder); make them "
                          f"with {COLLECTOR}")
     return res, load_file(str(folder / K.SAE_LATENTS))
+
+
+def load_run_features(opts, folder: str | None = None):
+    """(run, features folder, top-k result, per-latent tensors) of the run ``opts`` names (any
+    :class:`rank1.runs.RunOptions`): ``folder``, else ``results/<profile>/sae_features/<run>``; features made from
+    another checkpoint are refused."""
+    from rank1.config import results_dir
+    from rank1.runs import check_same_identity
+
+    run = opts.resolve_run()
+    src = Path(folder) if folder else results_dir(opts.profile, K.SAE_FEATURES_STAGE, run.name)
+    res, latents = load_features(src)
+    check_same_identity(run.identity(), res.meta["identity"], f"SAE features {src}")
+    return run, src, res, latents

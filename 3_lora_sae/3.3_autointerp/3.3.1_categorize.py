@@ -28,20 +28,16 @@ from rank1.autointerp.categories import PAPER_TOP_LEVEL_SCHEME
 from rank1.autointerp.stage import AutointerpConfig, build_components
 from rank1.config import parse_config, results_dir
 from rank1.logs import run_main
-from rank1.runs import check_same_identity
 from rank1.sae_categories import EXPLAINER, CategoryError, categorize
-from rank1.sae_features import load_features
+from rank1.sae_features import load_run_features
 
 log = logging.getLogger("3.3.1")
 SECTIONS = ("autointerp", "sae_autointerp")
 
 
 def main(cfg: AutointerpConfig) -> None:
-    run = cfg.resolve_run()
-    src = Path(cfg.topk) if cfg.topk else results_dir(cfg.profile, K.SAE_FEATURES_STAGE, run.name)
+    run, src, res, _ = load_run_features(cfg, cfg.topk)
     folder = Path(cfg.out) if cfg.out else results_dir(cfg.profile, K.SAE_AUTOINTERP_STAGE, run.name)
-    res, _ = load_features(src)
-    check_same_identity(run.identity(), res.meta["identity"], f"SAE features {src}")
     explanations = folder / K.AUTOINTERP_RESULTS
     if not explanations.is_file():
         raise CategoryError(f"{explanations} is missing: explain the features first with {EXPLAINER}")

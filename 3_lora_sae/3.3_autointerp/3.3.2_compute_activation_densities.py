@@ -22,9 +22,9 @@ from rank1 import constants as K
 from rank1.artifacts import public_config, read_json, write_json
 from rank1.config import option, parse_config, results_dir
 from rank1.logs import run_main
-from rank1.runs import RunOptions, check_same_identity
+from rank1.runs import RunOptions
 from rank1.sae_categories import category_densities, feature_table, read_categories
-from rank1.sae_features import load_features
+from rank1.sae_features import load_run_features
 
 log = logging.getLogger("3.3.2")
 
@@ -37,11 +37,8 @@ class DensitiesConfig(RunOptions):
 
 
 def main(cfg: DensitiesConfig) -> None:
-    run = cfg.resolve_run()
-    src = Path(cfg.features) if cfg.features else results_dir(cfg.profile, K.SAE_FEATURES_STAGE, run.name)
+    run, src, res, _ = load_run_features(cfg, cfg.features)
     folder = Path(cfg.autointerp) if cfg.autointerp else results_dir(cfg.profile, K.SAE_AUTOINTERP_STAGE, run.name)
-    res, _ = load_features(src)
-    check_same_identity(run.identity(), res.meta["identity"], f"SAE features {src}")
     categories = read_categories(folder, [f["name"] for f in res.features])
     inputs = {"features": str(src), "store_key": res.meta["store_key"],
               "sae_settings_key": res.meta["sae_settings_key"],
