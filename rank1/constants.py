@@ -57,3 +57,25 @@ ITERATIVE_JSON = "iterative_mlp_ablation.json"
 ITERATIVE_STEM = "iterative_mlp_ablation_by_matrix"
 TOKEN_KL_JSON = "layer_ablation_token_kl.json"  # mean KL by class of predicted token
 TOKEN_KL_STEM = "lora_layer_ablation_kl_visualization"
+
+# Stage 4 (interventions): results/<profile>/<stage>/<run>/
+GEOMETRY_STAGE = "weight_geometry"
+GEOMETRY_JSON = "weight_geometry.json"  # norms, layer x layer and cross-projection cosines, chance levels
+GEOMETRY_STEM = "weight_geometry"  # weight_geometry_<figure>.{pdf,png}
+STEERING_STAGE = "steering"
+STEERING_JSON = "steering.json"  # per setting: KL, marker rates, accuracy, length, repetition
+STEERING_GENERATIONS = "steering_generations.jsonl"  # a few generations per setting
+STEERING_PARTIAL_DIR = ".partial"  # finished settings of an interrupted sweep
+STEERING_STEM = "steering_curves"
+ATTRIBUTION_STAGE = "attribution"
+ATTRIBUTION_JSON = "attribution.json"  # top adapters per problem, agreement with zeroing
+ATTRIBUTION_TENSORS = "attribution.safetensors"  # adapters x positions attribution per problem
+ATTRIBUTION_STEM = "attribution_by_adapter"
+ROLLOUTS_STAGE = "rollouts"
+ROLLOUTS_JSONL = "rollouts.jsonl"  # every sampled rollout with its grade
+ROLLOUTS_ACTS = "rollout_activations.safetensors"  # per rollout: mean adapter activations (trace, last tokens)
+ROLLOUTS_JSON = "counterfactual.json"  # paired correct vs incorrect differences per adapter, tests
+ROLLOUTS_STEM = "counterfactual_differences"
+PROBES_STAGE = "probes"
+PROBES_JSON = "probes.json"  # ROC-AUC with CIs of each probe and baseline
+PROBES_STEM = "probe_auc"
