@@ -101,3 +101,123 @@ def test_missing_run_is_one_error_line(isolated_root):
     assert proc.stderr.strip().splitlines()[-1].startswith("error: run 'nope' not found")
     assert "Traceback" not in proc.stderr
     assert not results_dir("test", K.GEOMETRY_STAGE).exists()
+
+
+# ---------------------------------------------------------------- 4.1 attribution
+
+
+@pytest.fixture
+def small_peft():
+    """The 2-layer test model with all 14 adapters contributing a little (B small: near-linear regime)."""
+    from peft import get_peft_model
+
+    from rank1.lora import adapter_sites, lora_config
+    from rank1.models import load_model
+
+    model = get_peft_model(load_model("random-qwen2"), lora_config([0, 1]))
+    for s in adapter_sites(model):
+        torch.nn.init.normal_(s.module.lora_B["default"].weight, std=1e-3)
+    return model.eval(), adapter_sites(model)
+
+
+def _target(pos=-1, token=7, kind="logprob"):
+    from rank1.attribution import target_value
+    return lambda logits_TV: target_value(logits_TV[pos], token, kind)
+
+
+def test_attribution_predicts_zeroing_to_first_order(small_peft):
+    from rank1.attribution import attribute, zeroing_effect
+    from rank1.hooks import count_hooks
+
+    model, sites = small_peft
+    ids_T = torch.randint(0, 200, (6,))
+    before = count_hooks(model)
+    res = attribute(model, sites, ids_T, _target(), freeze=False)
+    assert count_hooks(model) == before
+    assert res.attr_ST.shape == (14, 6)
+    assert torch.all(res.attr_ST[:, :] == res.acts_ST * res.grads_ST)
+    predicted, actual = [], []
+    for s in range(14):
+        for t in range(6):
+            mask = torch.zeros(14, 6, dtype=torch.bool)
+            mask[s, t] = True
+            actual.append(zeroing_effect(model, sites, ids_T, _target(), mask))
+            predicted.append(-float(res.attr_ST[s, t]))
+    assert count_hooks(model) == before
+    predicted, actual = np.array(predicted), np.array(actual)
+    assert np.abs(actual).max() > 1e-4  # the adapters do something
+    assert np.corrcoef(predicted, actual)[0, 1] > 0.99
+    assert np.abs(predicted - actual).max() < 0.05 * np.abs(actual).max()
+    # causality: nothing after the target position matters
+    res_mid = attribute(model, sites, ids_T, _target(pos=2), freeze=False)
+    assert torch.all(res_mid.attr_ST[:, 3:] == 0) and res_mid.attr_ST[:, :3].abs().sum() > 0
+
+
+def test_linearisation_keeps_values_and_freezes_attention(small_peft):
+    from rank1.attribution import attribute, linearised
+    from rank1.hooks import count_hooks
+
+    model, sites = small_peft
+    ids_T = torch.randint(0, 200, (5,))
+    frozen = attribute(model, sites, ids_T, _target(token=3, kind="logit_diff"), freeze=True)
+    plain = attribute(model, sites, ids_T, _target(token=3, kind="logit_diff"), freeze=False)
+    assert frozen.target == pytest.approx(plain.target, abs=1e-5)  # same forward value
+    torch.testing.assert_close(frozen.acts_ST, plain.acts_ST)
+    qk = [i for i, s in enumerate(sites) if s.proj in ("q_proj", "k_proj")]
+    assert torch.all(frozen.grads_ST[qk] == 0) and plain.grads_ST[qk].abs().sum() > 0
+    assert not torch.allclose(frozen.grads_ST, plain.grads_ST)
+    # the last position's own down_proj: between it and the logits only the final norm (frozen or not)
+    before = count_hooks(model)
+    with pytest.raises(RuntimeError, match="boom"), linearised(model):
+        raise RuntimeError("boom")
+    assert count_hooks(model) == before
+
+
+def test_frozen_norm_gradient_by_hand():
+    from rank1.attribution import linearised
+
+    class ToyRMSNorm(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight, self.variance_epsilon = torch.nn.Parameter(torch.tensor([1.0, 2.0])), 0.0
+
+        def forward(self, x):
+            return self.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+
+    norm = ToyRMSNorm()
+    x = torch.tensor([3.0, 4.0], requires_grad=True)  # rms = sqrt(12.5)
+    with linearised(norm, freeze_attention=False):
+        y = norm(x)
+    (gx,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(y.detach(), torch.tensor([3.0, 8.0]) / math.sqrt(12.5))
+    torch.testing.assert_close(gx, torch.tensor([1.0, 2.0]) / math.sqrt(12.5))  # weight / rms, rms held fixed
+
+
+def test_attribution_script_writes_resumes_and_escapes(isolated_root, monkeypatch):
+    from rank1.config import data_dir
+    from rank1.synth import write_splits
+
+    write_splits(data_dir("test"), n_train=8, n_eval=4, seed=0)
+    make_run(layers=(0, 1))
+    script = load_script("4_lora_interventions/4.1_attribution.py")
+    cfg = config_from_profile(script.AttributionConfig, "attribution", "test", run="t", n_problems=2, n_check=2)
+    script.main(cfg)
+    out = results_dir("test", K.ATTRIBUTION_STAGE, "t")
+    report = read_json(out / K.ATTRIBUTION_JSON)
+    assert len(report["problems"]) == 2 and len(report["sites"]) == 14
+    assert report["agreement"]["top_pairs"]["n"] == 4 and len(report["problems"][0]["top_adapters"]) == 10
+    from safetensors.torch import load_file
+    tensors = load_file(str(out / K.ATTRIBUTION_TENSORS))
+    assert tensors["attr_ST_1"].shape == (14, report["problems"][1]["n_tokens"])
+    html = (out / K.ATTRIBUTION_HTML_DIR / "data" / "problem_0000.js").read_text()
+    assert "<" not in html and ">" not in html  # tokens such as <|im_start|> travel escaped
+    for ext in ("pdf", "png"):
+        assert (out / f"{K.ATTRIBUTION_STEM}.{ext}").is_file() and (out / f"{K.ATTRIBUTION_CHECK_STEM}.{ext}").is_file()
+    # resume: finished problems are read back, not recomputed
+    (out / K.ATTRIBUTION_JSON).unlink()
+    monkeypatch.setattr(script, "attribute", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
+    script.main(cfg)
+    assert read_json(out / K.ATTRIBUTION_JSON)["problems"] == report["problems"]
+    with pytest.raises(ValueError, match="other settings \\(n_problems\\)"):
+        script.main(config_from_profile(script.AttributionConfig, "attribution", "test", run="t", n_problems=3,
+                                        n_check=2))
