@@ -79,6 +79,7 @@ ROLLOUTS_JSONL = "rollouts.jsonl"  # every sampled rollout with its grade
 ROLLOUTS_ACTS = "rollout_activations.safetensors"  # per rollout: mean adapter activations (trace, last tokens)
 ROLLOUTS_JSON = "counterfactual.json"  # paired correct vs incorrect differences per adapter, tests
 ROLLOUTS_STEM = "counterfactual_differences"
+ROLLOUTS_PARTIAL_DIR = ".partial"  # finished groups of problems of an interrupted run
 PROBES_STAGE = "probes"
 PROBES_JSON = "probes.json"  # ROC-AUC with CIs of each probe and baseline
 PROBES_STEM = "probe_auc"

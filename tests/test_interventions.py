@@ -221,3 +221,270 @@ def test_attribution_script_writes_resumes_and_escapes(isolated_root, monkeypatc
     with pytest.raises(ValueError, match="other settings \\(n_problems\\)"):
         script.main(config_from_profile(script.AttributionConfig, "attribution", "test", run="t", n_problems=3,
                                         n_check=2))
+
+
+# ---------------------------------------------------------------- 4.0 steering
+
+
+def test_steering_acts_from_the_first_generated_token_on(small_peft, tiny_tok):
+    from rank1.capture import decoder_layers
+    from rank1.generate import Budget, StopTokens, _decode_batch
+    from rank1.hooks import count_hooks, read_adapter_activations
+    from rank1.steering import Steer, residual_norms, steering
+
+    model, sites = small_peft
+    for s in sites:  # strong enough to change greedy choices
+        torch.nn.init.normal_(s.module.lora_B["default"].weight, std=0.5)
+    layers = decoder_layers(model)
+    assert len(layers) == 2
+    std_S = torch.ones(14)
+    prompts = ["<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", "<|im_start|>user\n12+3?<|im_end|>\n"]
+    budget = Budget(6, 0)
+    before = count_hooks(model)
+    encoded = [tiny_tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    norm_L, _ = residual_norms(model, encoded)
+    stops = StopTokens.of(tiny_tok)
+    for st in (Steer(13, "vector", 5.0), Steer(6, "offset", 200.0)):  # layer 1 down B; layer 0 down scalar
+        plain = [r.think for r in _decode_batch(model, tiny_tok, encoded, stops, budget)]
+        with steering(sites, st, std_S, norm_L, layers):
+            steered = [r.think for r in _decode_batch(model, tiny_tok, encoded, stops, budget)]
+        assert count_hooks(model) == before
+        assert steered != plain and all(steered)
+        for ids, gen in zip(encoded, steered, strict=True):  # teacher forcing from position P-1 reproduces them
+            with torch.no_grad(), steering(sites, st, std_S, norm_L, layers, torch.tensor([len(ids) - 1])):
+                logits = model(input_ids=torch.tensor([ids + gen])).logits[0]
+            assert logits[len(ids) - 1:-1].argmax(-1).tolist() == gen
+    # the scalar moves by exactly m * std, at the steered positions only
+    ids_BT = torch.randint(0, 200, (1, 7))
+    with torch.no_grad(), read_adapter_activations(sites) as rec:
+        model(ids_BT)
+        ref = rec.scalars_BTS()
+    with torch.no_grad(), steering(sites, Steer(2, "offset", 3.0), torch.full((14,), 0.5), norm_L, layers,
+                                   torch.tensor([4])), read_adapter_activations(sites) as rec:
+        model(ids_BT)  # the reader hooks after the steering edit, so it sees the steered scalar
+        moved = rec.scalars_BTS()
+    torch.testing.assert_close(moved[0, 4:, 2] - ref[0, 4:, 2], torch.full((3,), 1.5))
+    torch.testing.assert_close(moved[0, :4], ref[0, :4])  # causal: nothing before position 4 moves
+    with pytest.raises(ValueError, match="does not write to the residual stream"), \
+            steering(sites, Steer(0, "vector", 1.0), std_S, norm_L, layers):
+        pass
+    assert count_hooks(model) == before
+
+
+def test_behaviour_measures_by_hand():
+    from rank1.steering import kl_rows, marker_rate, onset, repetition
+
+    assert marker_rate("Wait, let me verify. Check: ok. waiter", 20) == pytest.approx(15.0)
+    assert repetition([1, 2, 3, 4, 1, 2, 3, 4, 1]) == pytest.approx(1 - 4 / 6)
+    assert repetition([1, 2, 3]) == 0.0
+    p = torch.tensor([[0.0, math.log(3.0)]])  # P_ref = (1/4, 3/4)
+    q = torch.tensor([[0.0, 0.0]])
+    assert float(kl_rows(p, q)[0]) == pytest.approx(0.25 * math.log(0.5) + 0.75 * math.log(1.5))
+    assert onset([-30, 3, 10, 100], [0.5, 0.0, 0.2, 0.9], 0.1) == 10
+    assert onset([1, 2], [0.0, 0.0], 0.1) is None
+
+
+def fake_topk(run_name="t", std=1.0):
+    """The two things 4.0 reads from 2.1's top-k artifact: per-site moments and the run identity."""
+    from safetensors.torch import save_file
+
+    from rank1.artifacts import write_json
+    from rank1.runs import resolve_run
+
+    run = resolve_run(run_name, "test")
+    folder = results_dir("test", "lora_topk", run_name)
+    folder.mkdir(parents=True)
+    sites = [{"layer": la, "name": p} for la in (0, 1) for p in K.PROJECTIONS]
+    save_file({"mean_S": torch.zeros(14), "std_S": torch.full((14,), std)}, str(folder / K.TOPK_TENSORS))
+    write_json(folder / K.CONFIG_JSON, {"sites": sites, "identity": run.identity()})
+    return folder
+
+
+def test_steering_script_writes_and_resumes_to_the_same_result(isolated_root, monkeypatch):
+    from rank1.config import data_dir
+    from rank1.synth import write_splits
+
+    write_splits(data_dir("test"), n_train=8, n_eval=4, seed=0)
+    make_run()
+    fake_topk()
+    script = load_script("4_lora_interventions/4.0_steering.py")
+    kw = dict(run="t", n_problems=2, n_layers=1, scalar_magnitudes="1,50", vector_magnitudes="1")
+    cfg = config_from_profile(script.SteeringConfig, "steering", "test", **kw)
+    calls = []
+
+    def crash_on_third(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    real = script.teacher_forced_kl
+    monkeypatch.setattr(script, "teacher_forced_kl", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        script.main(cfg)
+    out = results_dir("test", K.STEERING_STAGE, "t")
+    assert len(list((out / K.STEERING_PARTIAL_DIR).glob("*_*.json"))) == 2 and not (out / K.STEERING_JSON).exists()
+    script.main(cfg)  # resumes: two settings from disk, one computed
+    assert len(calls) == 4
+    resumed = read_json(out / K.STEERING_JSON)
+    monkeypatch.setattr(script, "teacher_forced_kl", real)
+    script.main(config_from_profile(script.SteeringConfig, "steering", "test", overwrite=True, **kw))
+    fresh = read_json(out / K.STEERING_JSON)
+    assert resumed["settings"] == fresh["settings"] and len(fresh["settings"]) == 3
+    assert [(r["mode"], r["m"]) for r in fresh["settings"]] == [("offset", 1.0), ("offset", 50.0), ("vector", 1.0)]
+    assert {o["mode"] for o in fresh["onsets"]} == {"offset", "vector"}
+    assert fresh["unsteered"]["kl"] == 0.0 and all(r["kl"] >= 0 for r in fresh["settings"])
+    assert len((out / K.STEERING_GENERATIONS).read_text().splitlines()) == 3 * 2
+    assert (out / f"{K.STEERING_STEM}.png").is_file() and not (out / K.STEERING_PARTIAL_DIR).exists()
+    with pytest.raises(ValueError, match="only \\('o_proj', 'down_proj'\\) write to the residual"):
+        config_from_profile(script.SteeringConfig, "steering", "test", vector_projections="up_proj")
+
+
+# ---------------------------------------------------------------- 4.2 rollouts and the statistics
+
+
+def _rec(pid, correct, complete=True):
+    return {"id": pid, "correct": correct, "complete": complete}
+
+
+def test_mixed_problems_and_paired_differences_by_hand():
+    from rank1.rollouts import mixed_problems, paired_differences
+
+    records = [_rec("a", True), _rec("a", False), _rec("a", False), _rec("b", True), _rec("b", True),
+               _rec("c", True), _rec("c", False, complete=False), _rec("d", False), _rec("d", True)]
+    assert mixed_problems(records) == ["a", "d"]  # c's incorrect rollout hit the budget
+    assert mixed_problems(records, require_complete=False) == ["a", "c", "d"]
+    acts = np.arange(len(records) * 2, dtype=float).reshape(-1, 2)  # rollout i: [2i, 2i + 1]
+    d = paired_differences(acts, records, ["a", "d"])
+    assert np.allclose(d, [[0 - (2 + 4) / 2] * 2, [16 - 14] * 2])
+
+
+def test_sign_flip_test_is_exact_on_small_samples():
+    import itertools
+
+    from rank1.stats import fdr_bh, sign_flip_test
+
+    d = np.array([[1.0, 0.3], [2.0, -0.2], [0.5, 0.1], [1.5, -0.4], [0.7, 0.25]])
+    p = sign_flip_test(d)
+    for k in range(2):
+        obs = abs(d[:, k].mean())
+        flips = [abs((d[:, k] * s).mean()) >= obs - 1e-12 for s in itertools.product([-1, 1], repeat=5)]
+        assert p[k] == pytest.approx(np.mean(flips))
+    assert p[0] == pytest.approx(2 / 32)
+    assert np.allclose(fdr_bh([0.01, 0.02, 0.04, 0.5]), [0.04, 0.04, 0.0533333, 0.5])
+
+
+def test_compare_reports_untestable_and_sorted_features():
+    from rank1.rollouts import compare
+
+    assert compare(np.ones((1, 3)), ["x", "y", "z"], 100)["tested"] is False
+    d = np.array([[1.0, 0.1], [1.2, -0.1], [0.9, 0.2], [1.1, -0.3]])
+    res = compare(d, ["x", "y"], 1000)
+    assert [r["feature"] for r in res["features"]] == ["x", "y"]
+    assert res["features"][0]["p"] == pytest.approx(2 / 16) and res["min_p_possible"] == pytest.approx(2 / 16)
+    assert res["significant"] == []  # four problems can never reach q < 0.05
+
+
+def test_grouped_auc():
+    from rank1.stats import grouped_auc
+
+    y = np.array([0, 1, 0, 1, 0, 1])
+    est = grouped_auc(y, np.array([0.1, 0.9, 0.2, 0.8, 0.3, 0.7]), np.array([0, 0, 1, 1, 2, 2]), 200)
+    assert est.value == 1.0 and est.lo == 1.0 and est.n == 3
+    flipped = grouped_auc(y, -np.array([0.1, 0.9, 0.2, 0.8, 0.3, 0.7]), np.array([0, 0, 1, 1, 2, 2]), 200)
+    assert flipped.value == 0.0
+    assert grouped_auc(np.zeros(4), np.arange(4), np.arange(4)).value is None
+
+
+def test_rollouts_resume_to_the_same_records(isolated_root, tiny_tok):
+    from peft import get_peft_model
+
+    from rank1.benchmarks import Benchmark, Item, grade_integer
+    from rank1.generate import Budget, HFBackend, Sampling
+    from rank1.lora import lora_config
+    from rank1.models import load_model
+    from rank1.rollouts import sample_rollouts
+
+    model = get_peft_model(load_model("random-qwen2"), lora_config([0, 1])).eval()
+    bench = Benchmark("heldout", "x", [Item(str(i), f"What is {i}+1?", str(i + 1)) for i in range(3)], grade_integer)
+    backend = HFBackend(model, tiny_tok, batch_size=4)
+    args = (backend.generate, tiny_tok, bench, 3, Budget(5, 2), Sampling(1.0, 3))
+    first = sample_rollouts(*args, isolated_root / "p1", problems_per_call=2)
+    assert len(first) == 9 and [r["sample"] for r in first[:3]] == [0, 1, 2]
+    assert all(set(r) >= {"id", "correct", "complete", "thinking", "answer", "pred"} for r in first)
+    assert len({r["thinking"] for r in first if r["id"] == "0"}) > 1  # samples differ
+    files = sorted((isolated_root / "p1").glob("*.jsonl"))
+    assert len(files) == 2
+    files[1].unlink()  # as if killed before the second group finished
+    assert sample_rollouts(*args, isolated_root / "p1", problems_per_call=2) == first
+    assert sample_rollouts(*args, isolated_root / "p2", problems_per_call=3) == first  # grouping does not matter
+
+
+def _alternating_bench(script, monkeypatch):
+    """Held-out problems whose grader alternates correct / incorrect, so every problem is mixed."""
+    from rank1.benchmarks import Benchmark
+
+    real = script.heldout_problems
+    calls = []
+
+    def grade(answer, gold):
+        calls.append(1)
+        return None, len(calls) % 2 == 0
+
+    def problems(*a, **k):
+        b = real(*a, **k)
+        return Benchmark(b.name, b.source, b.items, grade)
+
+    monkeypatch.setattr(script, "heldout_problems", problems)
+
+
+def test_rollouts_and_probes_scripts(isolated_root, monkeypatch):
+    from safetensors.torch import load_file
+
+    from rank1.config import data_dir
+    from rank1.synth import write_splits
+
+    write_splits(data_dir("test"), n_train=8, n_eval=6, seed=0)
+    make_run()
+    probes = load_script("4_lora_interventions/4.3_correctness_probes.py")
+    with pytest.raises(FileNotFoundError, match="run 4_lora_interventions/4.2_counterfactual_rollouts.py first"):
+        probes.main(config_from_profile(probes.ProbeConfig, "probes", "test", run="t"))
+    rollouts = load_script("4_lora_interventions/4.2_counterfactual_rollouts.py")
+    _alternating_bench(rollouts, monkeypatch)
+    rollouts.main(config_from_profile(rollouts.RolloutConfig, "rollouts", "test", run="t", require_complete=False))
+    out = results_dir("test", K.ROLLOUTS_STAGE, "t")
+    report = read_json(out / K.ROLLOUTS_JSON)
+    lines = (out / K.ROLLOUTS_JSONL).read_text().splitlines()
+    assert report["n_rollouts"] == len(lines) == 6 * 3
+    assert report["mixed_problems"] == [str(i) for i in range(6)]
+    t = load_file(str(out / K.ROLLOUTS_ACTS))
+    assert t["lora_trace_RS"].shape == (18, 14) and t["mlp_last_RS"].shape[0] == 18
+    assert t["correct_R"].tolist() == [i % 2 == 1 for i in range(18)]
+    assert set(report["tests"]) == {"lora_trace", "lora_last", "mlp_trace", "mlp_last"}
+    res = report["tests"]["lora_trace"]
+    assert res["tested"] and len(res["p"]) == 14 and all(q >= p for p, q in zip(res["p"], res["q_bh"], strict=True))
+    assert (out / f"{K.ROLLOUTS_STEM}.png").is_file() and not (out / K.ROLLOUTS_PARTIAL_DIR).exists()
+    probes.main(config_from_profile(probes.ProbeConfig, "probes", "test", run="t", n_resamples=50))
+    rep = read_json(results_dir("test", K.PROBES_STAGE, "t") / K.PROBES_JSON)
+    assert rep["auc"]["majority class"]["value"] == 0.5 and rep["n_problems"] == 6
+    assert {"thinking length", "MLP neurons (trace + last)", "adapters (trace + last)"} <= set(rep["auc"])
+    assert rep["verdict"].startswith("probe AUC")
+    assert (results_dir("test", K.PROBES_STAGE, "t") / f"{K.PROBES_STEM}.pdf").is_file()
+
+
+def test_probe_finds_a_planted_signal_and_not_a_missing_one():
+    from rank1.probes import out_of_fold_scores
+    from rank1.stats import grouped_auc
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(20), 6)
+    y = rng.integers(0, 2, len(groups))
+    X = rng.normal(size=(len(y), 10))
+    X[:, 3] += 2.5 * y  # one informative feature
+    scores, chosen = out_of_fold_scores(X, y, groups, n_splits=5)
+    assert grouped_auc(y, scores, groups, 200).lo > 0.7 and len(chosen) == 5
+    noise, _ = out_of_fold_scores(rng.normal(size=X.shape), y, groups, n_splits=5)
+    est = grouped_auc(y, noise, groups, 200)
+    assert est.lo < 0.5 and est.value < 0.6  # not above chance (out-of-fold AUC on noise can sit below 0.5)
+    with pytest.raises(ValueError, match="at least 2 problems"):
+        out_of_fold_scores(X[:6], y[:6], groups[:6])
