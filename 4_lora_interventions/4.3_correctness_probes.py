@@ -32,7 +32,7 @@ from rank1.runs import check_same_identity
 from rank1.stats import grouped_auc
 
 log = logging.getLogger("4.3_correctness_probes")
-SETTINGS = ("n_splits", "inner_splits", "n_resamples", "rollouts")
+SETTINGS = ("n_splits", "inner_splits", "n_resamples", "rollouts", "cs")
 PROBE = "adapters (trace + last)"
 
 
@@ -42,10 +42,16 @@ class ProbeConfig(StageOptions):
     n_splits: int = option("outer folds, grouped by problem", 5)
     inner_splits: int = option("inner folds that choose the regularisation", 3)
     n_resamples: int = option("bootstrap resamples of problems for the AUC CIs", 2000)
+    cs: str = option("inverse L2 strengths C the inner folds choose from", "0.01,0.1,1,10")
 
     def __post_init__(self):
         if self.n_splits < 2 or self.inner_splits < 2 or self.n_resamples < 1:
             raise ValueError("--n_splits and --inner_splits must be >= 2, --n_resamples >= 1")
+        try:
+            if not all(float(c) > 0 for c in self.cs.split(",")):
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"--cs must be comma-separated positive numbers, got {self.cs!r}") from None
 
 
 def feature_sets(t: dict) -> dict:
@@ -76,7 +82,8 @@ def main(cfg: ProbeConfig) -> None:
         scores = {"majority class": np.full(len(y), float(y.mean() >= 0.5))}
         chosen = {}
         for name, X in feature_sets(t).items():
-            scores[name], chosen[name] = out_of_fold_scores(X, y, groups, cfg.n_splits, inner_splits=cfg.inner_splits)
+            scores[name], chosen[name] = out_of_fold_scores(X, y, groups, cfg.n_splits,
+                                                            [float(c) for c in cfg.cs.split(",")], cfg.inner_splits)
         auc = {n: grouped_auc(y, s, groups, cfg.n_resamples).to_dict() for n, s in scores.items()}
         vs = {n: grouped_auc(y, scores[PROBE], groups, cfg.n_resamples, baseline_N=s).to_dict()
               for n, s in scores.items() if n in ("thinking length", "MLP neurons (trace + last)")}
@@ -99,7 +106,9 @@ def verdict(auc: dict, vs: dict) -> str:
     worse_or_same = [n for n in vs if n not in better]
     p = auc[PROBE]
     head = f"probe AUC {p['value']:.3f}" if p["value"] is not None else "probe AUC undefined"
-    if p["lo"] is not None and p["lo"] <= 0.5:
+    if p["lo"] is not None and p["hi"] < 0.5:
+        head += " (below chance out of fold: its CI lies under 0.5)"
+    elif p["lo"] is not None and p["lo"] <= 0.5:
         head += " (its CI includes chance)"
     if worse_or_same:
         return f"{head}: no better than {', '.join(worse_or_same)} (the CI of the difference includes 0)"

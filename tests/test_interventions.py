@@ -485,6 +485,6 @@ def test_probe_finds_a_planted_signal_and_not_a_missing_one():
     assert grouped_auc(y, scores, groups, 200).lo > 0.7 and len(chosen) == 5
     noise, _ = out_of_fold_scores(rng.normal(size=X.shape), y, groups, n_splits=5)
     est = grouped_auc(y, noise, groups, 200)
-    assert est.lo < 0.5 and est.value < 0.6  # not above chance (out-of-fold AUC on noise can sit below 0.5)
+    assert est.lo < 0.5 < est.hi  # pooled out-of-fold scores are not biased below chance
     with pytest.raises(ValueError, match="at least 2 problems"):
         out_of_fold_scores(X[:6], y[:6], groups[:6])
