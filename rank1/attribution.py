@@ -142,8 +142,9 @@ def zeroing_effect(model: torch.nn.Module, sites: list[AdapterSite], ids_T: torc
 
 
 def answer_target(tokenizer, question: str, trace: str, gold: str) -> tuple[torch.Tensor, int, int]:
-    """(ids_T, position, token): the s1 turn with the gold trace up to ``Answer:``; the target is the
-    first token of `` <gold>`` predicted at the last position."""
+    """(ids_T, position, token): the s1 turn with the gold trace up to ``Answer:`` (and any whitespace
+    tokens that follow it); the target is the first non-blank token of `` <gold>``, predicted at the
+    last position."""
     from rank1.constants import ANSWER_PREFIX, ANSWER_TAG, THINK_TAG
     from rank1.data import prompt_text
 
@@ -152,7 +153,10 @@ def answer_target(tokenizer, question: str, trace: str, gold: str) -> tuple[torc
     full = tokenizer(f"{prefix} {gold}", add_special_tokens=False)["input_ids"]
     if full[:len(ids)] != ids or len(full) == len(ids):
         raise ValueError(f"the gold answer {gold!r} does not tokenize as a continuation of 'Answer:'")
-    return torch.tensor(ids), len(ids) - 1, full[len(ids)]
+    k = len(ids)
+    while k < len(full) - 1 and not tokenizer.decode([full[k]]).strip():
+        k += 1
+    return torch.tensor(full[:k]), k - 1, full[k]
 
 
 def _pearson(x: list[float], y: list[float]) -> float | None:

@@ -78,12 +78,17 @@ def plot_steering(report: dict, stem: Path) -> list[Path]:
             for ax, (key, _) in zip(row, STEERING_PANELS, strict=True):
                 ax.plot([r["m"] for r in mine], [r[key] for r in mine], marker=".", lw=1,
                         label=f"L{adapter[0]} {adapter[1].removesuffix('_proj')}")
+        for k, o in enumerate(o for o in report["onsets"] if o["mode"] == mode and o["paper_m"] is not None):
+            row[0].axvline(o["paper_m"], color=f"C{k}", ls=":", lw=0.8)
         for ax, (key, label) in zip(row, STEERING_PANELS, strict=True):
             ax.axhline(report["unsteered"][key], color="gray", ls="--", lw=0.8)
-            ax.set_xscale("symlog", linthresh=min(abs(r["m"]) for r in rows if r["m"]) or 1.0)
+            if all(r["m"] > 0 for r in rows):
+                ax.set_xscale("log")
+            else:
+                ax.set_xscale("symlog", linthresh=min(abs(r["m"]) for r in rows if r["m"]) or 1.0)
             ax.set_xlabel(unit[mode], fontsize=8)
             ax.set_ylabel(label, fontsize=8)
-        row[0].set_title(f"{mode} steering", fontsize=9, loc="left")
+        row[0].set_title(f"{mode} steering (dotted: the authors' 50x recipe)", fontsize=9, loc="left")
         row[0].legend(fontsize=6)
     fig.tight_layout()
     return save_figure(fig, stem)

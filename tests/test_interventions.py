@@ -488,3 +488,36 @@ def test_probe_finds_a_planted_signal_and_not_a_missing_one():
     assert est.lo < 0.5 < est.hi  # pooled out-of-fold scores are not biased below chance
     with pytest.raises(ValueError, match="at least 2 problems"):
         out_of_fold_scores(X[:6], y[:6], groups[:6])
+
+
+def test_answer_target_is_the_first_digit_of_the_gold_answer(tiny_tok):
+    from rank1.attribution import answer_target
+
+    ids_T, pos, token = answer_target(tiny_tok, "What is 40+2?", "40+2=42", "42")
+    assert pos == len(ids_T) - 1 and tiny_tok.decode([token]) == "4"
+    assert tiny_tok.decode(ids_T.tolist()).endswith("<|im_start|>answer\nAnswer: ")
+
+
+@pytest.mark.slow
+def test_all_stage4_scripts_end_to_end_on_the_test_profile(isolated_root):
+    from rank1.config import data_dir
+    from rank1.synth import write_splits
+    from tests.helpers import run_script
+
+    write_splits(data_dir("test"), n_train=8, n_eval=6, seed=0)
+    make_run()
+    fake_topk()
+    for script in ("4.4_weight_geometry", "4.1_attribution", "4.0_steering", "4.2_counterfactual_rollouts",
+                   "4.3_correctness_probes"):
+        assert "--overwrite" in run_script([f"4_lora_interventions/{script}.py", "--help"]).stdout
+        args = ["--no-require_complete"] if script.startswith("4.2") else []
+        proc = run_script([f"4_lora_interventions/{script}.py", "--profile", "test", *args], check=False)
+        if script.startswith("4.3"):  # the random model answers nothing right: one clear error, no artifact
+            assert proc.returncode == 2 and "nothing to predict" in proc.stderr.strip().splitlines()[-1]
+            assert not (results_dir("test", K.PROBES_STAGE, "t") / K.PROBES_JSON).exists()
+        else:
+            assert proc.returncode == 0, proc.stderr[-2000:]
+    for stage, name in ((K.GEOMETRY_STAGE, K.GEOMETRY_JSON), (K.ATTRIBUTION_STAGE, K.ATTRIBUTION_JSON),
+                        (K.STEERING_STAGE, K.STEERING_JSON), (K.ROLLOUTS_STAGE, K.ROLLOUTS_JSON)):
+        out = results_dir("test", stage, "t")
+        assert (out / name).is_file() and (out / K.CONFIG_JSON).is_file() and (out / K.ARGV_JSON).is_file()
