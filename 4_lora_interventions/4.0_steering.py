@@ -20,7 +20,6 @@ setting), steering_curves.{pdf,png}. Resumes per setting.
 import contextlib
 import json
 import logging
-import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +40,7 @@ from rank1.steering import (
     RESIDUAL_WRITERS,
     Steer,
     behaviour,
-    onset,
+    onset_table,
     residual_norms,
     site_moments,
     steering,
@@ -184,18 +183,7 @@ def sweep(cfg: SteeringConfig, run, folder: Path, config: dict) -> dict:
         records.append(rec)
     unsteered = {"kl": 0.0, **behaviour(base, golds, bench.grade, tok)}
     scale = rslora_scale(run.rank or 1)
-    onsets = []
-    for (layer, proj, mode) in dict.fromkeys((r["layer"], r["proj"], r["mode"]) for r in records):
-        rows = sorted((r for r in records if (r["layer"], r["proj"], r["mode"]) == (layer, proj, mode)),
-                      key=lambda r: abs(r["m"]))
-        s = next(i for i, x in enumerate(sites) if (x.layer, x.proj) == (layer, proj))
-        b_norm = float(sites[s].module.lora_B["default"].weight.norm())
-        paper = 50 * math.sqrt(float(mlp_norm_L[layer]))
-        paper_m = (paper / (scale * float(std_S[s])) if mode == "offset" else
-                   paper * b_norm / float(norm_L[layer]) if mode == "vector" else None)
-        onsets.append({"adapter": f"L{layer}.{proj}", "layer": layer, "proj": proj, "mode": mode,
-                       "kl_onset": onset([r["m"] for r in rows], [r["kl"] for r in rows], cfg.kl_threshold),
-                       "paper_m": paper_m, "std": float(std_S[s]), "b_norm": b_norm})
+    onsets = onset_table(records, sites, std_S, norm_L, mlp_norm_L, scale, cfg.kl_threshold)
     report = {"identity": run.identity(), "config": config, "unsteered": unsteered, "settings": records,
               "onsets": onsets, "residual_norm_by_layer": norm_L.tolist(),
               "mlp_output_norm_by_layer": mlp_norm_L.tolist(), "rslora_scale": scale,

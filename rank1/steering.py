@@ -19,6 +19,7 @@ position per row (``start_B``). ``tests/test_interventions.py`` checks both agre
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -194,3 +195,24 @@ def behaviour(gens, golds: list[str], grade, tokenizer) -> dict:
                      "has_marker": bool(MARKER_RE.search(g.thinking)), "think_tokens": g.think_tokens,
                      "repetition": repetition(ids)})
     return {k: summarise([float(r[k]) for r in rows]) for k in rows[0]}
+
+
+def onset_table(records: list[dict], sites: list[AdapterSite], std_S: torch.Tensor, norm_L: torch.Tensor,
+                mlp_norm_L: torch.Tensor, rslora: float, threshold: float) -> list[dict]:
+    """Per (adapter, mode): the KL onset (smallest |m| with mean KL > ``threshold``) and ``paper_m``, the
+    authors' recipe (raw B x 50 x sqrt(mean MLP-output norm of the layer)) in the same units: for an
+    offset, ``50 sqrt(n) / (rslora x std)`` natural std (the offset adds ``m std rslora B``); for the unit
+    vector, ``50 sqrt(n) ||B|| / residual norm``. None for ``scale``, which has no additive size."""
+    out = []
+    for layer, proj, mode in dict.fromkeys((r["layer"], r["proj"], r["mode"]) for r in records):
+        rows = sorted((r for r in records if (r["layer"], r["proj"], r["mode"]) == (layer, proj, mode)),
+                      key=lambda r: abs(r["m"]))
+        s = next(i for i, x in enumerate(sites) if (x.layer, x.proj) == (layer, proj))
+        b_norm = float(sites[s].module.lora_B["default"].weight.norm())
+        paper = 50 * math.sqrt(float(mlp_norm_L[layer]))
+        paper_m = (paper / (rslora * float(std_S[s])) if mode == "offset" else
+                   paper * b_norm / float(norm_L[layer]) if mode == "vector" else None)
+        out.append({"adapter": f"L{layer}.{proj}", "layer": layer, "proj": proj, "mode": mode,
+                    "kl_onset": onset([r["m"] for r in rows], [r["kl"] for r in rows], threshold),
+                    "paper_m": paper_m, "std": float(std_S[s]), "b_norm": b_norm})
+    return out

@@ -521,3 +521,18 @@ def test_all_stage4_scripts_end_to_end_on_the_test_profile(isolated_root):
                         (K.STEERING_STAGE, K.STEERING_JSON), (K.ROLLOUTS_STAGE, K.ROLLOUTS_JSON)):
         out = results_dir("test", stage, "t")
         assert (out / name).is_file() and (out / K.CONFIG_JSON).is_file() and (out / K.ARGV_JSON).is_file()
+
+
+def test_onset_table_puts_the_authors_recipe_in_natural_units(small_peft):
+    from rank1.steering import onset_table
+
+    _, sites = small_peft
+    down0 = next(i for i, s in enumerate(sites) if (s.layer, s.proj) == (0, "down_proj"))
+    records = [{"layer": 0, "proj": "down_proj", "mode": mode, "m": m, "kl": kl}
+               for mode in ("offset", "vector") for m, kl in ((1.0, 0.01), (10.0, 0.5))]
+    std_S = torch.full((14,), 2.0)
+    rows = onset_table(records, sites, std_S, torch.tensor([5.0, 6.0]), torch.tensor([4.0, 9.0]), 16.0, 0.1)
+    b_norm = float(sites[down0].module.lora_B["default"].weight.norm())
+    assert [r["kl_onset"] for r in rows] == [10.0, 10.0]
+    assert rows[0]["paper_m"] == pytest.approx(50 * 2 / (16 * 2))  # 50 sqrt(4) = 16 x 2 std x m
+    assert rows[1]["paper_m"] == pytest.approx(50 * 2 * b_norm / 5.0)
