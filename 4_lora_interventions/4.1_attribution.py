@@ -130,8 +130,9 @@ def main(cfg: AttributionConfig) -> None:
         save_metadata(folder, cfg, run)
         write_with(folder / K.ATTRIBUTION_TENSORS, lambda p: save_file(tensors, str(p)))
         write_json(folder / K.ATTRIBUTION_JSON, report)
+    name = "linearised" if report["config"]["freeze"] else "plain gradient"
     for kind, row in report["agreement"].items():
-        log.info("zeroing %-14s n=%-4d r(linearised)=%s r(gradient)=%s sign agreement %s / %s", kind, row["n"],
+        log.info("zeroing %-14s n=%-4d r(%s)=%s r(plain gradient)=%s, sign agreement %s / %s", kind, row["n"], name,
                  *(f"{row[k]:.3f}" if row[k] is not None else "-" for k in
                    ("pearson_predicted", "pearson_predicted_exact", "sign_agreement_predicted",
                     "sign_agreement_predicted_exact")))
