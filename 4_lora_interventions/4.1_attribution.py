@@ -111,8 +111,8 @@ def main(cfg: AttributionConfig) -> None:
         problems = problem_records(cfg)
         loaded = run.load(cfg.precision)
         partial = folder / K.ATTRIBUTION_PARTIAL_DIR
-        if cfg.overwrite and partial.exists():
-            shutil.rmtree(partial)
+        if cfg.overwrite:
+            shutil.rmtree(partial, ignore_errors=True)
         marker = partial / "settings.json"
         if marker.is_file() and read_json(marker) != {k: config[k] for k in SETTINGS} | run.identity():
             raise ValueError(f"{partial} holds an interrupted run with other settings or weights; pass --overwrite")
@@ -130,6 +130,7 @@ def main(cfg: AttributionConfig) -> None:
         save_metadata(folder, cfg, run)
         write_with(folder / K.ATTRIBUTION_TENSORS, lambda p: save_file(tensors, str(p)))
         write_json(folder / K.ATTRIBUTION_JSON, report)
+        shutil.rmtree(partial, ignore_errors=True)
     name = "linearised" if report["config"]["freeze"] else "plain gradient"
     for kind, row in report["agreement"].items():
         log.info("zeroing %-14s n=%-4d r(%s)=%s r(plain gradient)=%s, sign agreement %s / %s", kind, row["n"], name,

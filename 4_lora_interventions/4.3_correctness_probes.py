@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from safetensors.torch import load_file
+from tqdm.auto import tqdm
 
 from rank1 import constants as K
 from rank1.artifacts import public_config, read_json, write_json
@@ -81,7 +82,7 @@ def main(cfg: ProbeConfig) -> None:
                              f"to predict; rerun 4.2 with more problems or samples")
         scores = {"majority class": np.full(len(y), float(y.mean() >= 0.5))}
         chosen = {}
-        for name, X in feature_sets(t).items():
+        for name, X in tqdm(feature_sets(t).items(), desc="probes", unit="feature set"):
             scores[name], chosen[name] = out_of_fold_scores(X, y, groups, cfg.n_splits,
                                                             [float(c) for c in cfg.cs.split(",")], cfg.inner_splits)
         auc = {n: grouped_auc(y, s, groups, cfg.n_resamples).to_dict() for n, s in scores.items()}
