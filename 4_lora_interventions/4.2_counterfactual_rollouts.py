@@ -16,6 +16,8 @@ rollout_activations.safetensors (per-rollout means, read by 4.3), counterfactual
 counterfactual_differences.{pdf,png}. Resumes per group of problems.
 """
 
+import gc
+import importlib.util
 import json
 import logging
 import shutil
@@ -29,15 +31,24 @@ from rank1 import constants as K
 from rank1.artifacts import public_config, read_json, write_json, write_text, write_with
 from rank1.capture import Capture, CaptureSpec
 from rank1.config import option, parse_config, results_dir
-from rank1.generate import Budget, HFBackend, Sampling, VLLMBackend
+from rank1.generate import (
+    Budget,
+    FixedLogprobs,
+    HFBackend,
+    Sampling,
+    VLLMBackend,
+    check_logprob_parity,
+    think_prompt,
+)
 from rank1.intervention_plots import plot_counterfactual
 from rank1.interventions import StageOptions, finished, heldout_problems, output_folder, save_metadata
 from rank1.logs import run_main
+from rank1.models import resolve_model_source
 from rank1.rollouts import compare, mixed_problems, paired_differences, rollout_ids, sample_rollouts, trace_means
 
 log = logging.getLogger("4.2_counterfactual_rollouts")
 SETTINGS = ("n_problems", "offset", "n_samples", "temperature", "seed", "think_tokens", "answer_tokens",
-            "last_tokens", "mlp_baseline", "require_complete")
+            "last_tokens", "mlp_baseline", "require_complete", "backend")
 
 
 @dataclass
@@ -61,6 +72,9 @@ class RolloutConfig(StageOptions):
     def __post_init__(self):
         if self.backend not in ("hf", "vllm"):
             raise ValueError(f"--backend must be hf or vllm, got {self.backend!r}")
+        if self.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+            raise ValueError("--backend vllm asked for, but vllm is not installed (it needs a CUDA torch): "
+                             "pip install vllm on a GPU machine, or use --backend hf")
         if self.n_samples < 2:
             raise ValueError(f"--n_samples must be >= 2 to compare attempts of one problem, got {self.n_samples}")
         if min(self.n_problems, self.last_tokens, self.batch_size) < 1 or self.temperature <= 0:
@@ -76,6 +90,21 @@ def mlp_spec(cfg: RolloutConfig, run, n_adapters_per_layer: int) -> tuple[dict, 
     m = read_json(manifest)
     per_layer = sum(1 for s in m["sites"] if s["layer"] == m["sites"][0]["layer"])
     return {"neurons_per_layer": per_layer, "seed": m["config"].get("neuron_seed", 0)}, m["sites"]
+
+
+def vllm_backend(cfg: RolloutConfig, run, bench):
+    """vLLM serving the adapter, checked first against the PEFT model's first-token log-probs (computed
+    and freed before vLLM takes the GPU), as the evaluation stage does."""
+    loaded = run.load(cfg.precision, device_map="auto")
+    prompts = [think_prompt(loaded.tokenizer, it.question) for it in bench.items[:4]]
+    reference = FixedLogprobs(HFBackend(loaded.model, loaded.tokenizer).first_token_logprobs(prompts, 5))
+    tokenizer = loaded.tokenizer
+    del loaded
+    gc.collect()
+    torch.cuda.empty_cache()
+    backend = VLLMBackend(resolve_model_source(run.model_id), tokenizer, str(run.weights_dir))
+    check_logprob_parity(reference, backend, prompts, k=5, atol=0.1, what="vllm rollouts")
+    return backend, tokenizer
 
 
 def main(cfg: RolloutConfig) -> None:
@@ -98,7 +127,6 @@ def main(cfg: RolloutConfig) -> None:
 
 def compute(cfg: RolloutConfig, run, folder, config) -> dict:
     bench = heldout_problems(cfg.profile, cfg.n_problems, cfg.offset)
-    loaded = run.load(cfg.precision)
     partial = folder / K.ROLLOUTS_PARTIAL_DIR
     if cfg.overwrite:
         shutil.rmtree(partial, ignore_errors=True)
@@ -106,13 +134,18 @@ def compute(cfg: RolloutConfig, run, folder, config) -> dict:
     if (partial / "settings.json").is_file() and read_json(partial / "settings.json") != stamp:
         raise ValueError(f"{partial} holds interrupted rollouts with other settings or weights; pass --overwrite")
     write_json(partial / "settings.json", stamp)
+    budget, sampling = Budget(cfg.think_tokens, cfg.answer_tokens), Sampling(cfg.temperature, cfg.seed)
     if cfg.backend == "vllm":
-        from rank1.models import resolve_model_source
-        backend = VLLMBackend(resolve_model_source(run.model_id), loaded.tokenizer, str(run.weights_dir))
+        backend, tokenizer = vllm_backend(cfg, run, bench)
+        records = sample_rollouts(backend.generate, tokenizer, bench, cfg.n_samples, budget, sampling, partial)
+        del backend
+        gc.collect()
+        loaded = run.load(cfg.precision)
     else:
+        loaded = run.load(cfg.precision)
         backend = HFBackend(loaded.model, loaded.tokenizer, cfg.batch_size, loaded.autocast)
-    records = sample_rollouts(backend.generate, loaded.tokenizer, bench, cfg.n_samples,
-                              Budget(cfg.think_tokens, cfg.answer_tokens), Sampling(cfg.temperature, cfg.seed), partial)
+        records = sample_rollouts(backend.generate, loaded.tokenizer, bench, cfg.n_samples, budget, sampling,
+                                  partial)
     question = {it.id: it.question for it in bench.items}
     seqs = [rollout_ids(loaded.tokenizer, question[r["id"]], r["thinking"]) for r in records]
     kinds = ["lora"] + (["mlp"] if cfg.mlp_baseline else [])
