@@ -11,8 +11,9 @@ Why a hand-written greedy loop (:func:`budget_forced_greedy`) instead of ``model
 row into the answer phase in place, so forcing would need a second call that re-reads (prefills) the
 whole prompt and thinking of every row. The loop here keeps one KV cache per batch, feeds the forced
 tokens through it, drops finished rows from the cache, and sorts prompts by length so a batch holds
-similar lengths. It is greedy decoding only; ``tests/test_generate.py`` checks it equals HF greedy
-output, phase by phase.
+similar lengths. It decodes greedily (``tests/test_generate.py`` checks it equals HF greedy output,
+phase by phase), or samples at a temperature with one seeded generator per item (:class:`Sampling`,
+for rollouts), so an item's sample does not depend on what else is in its batch.
 """
 
 from __future__ import annotations
@@ -65,8 +66,10 @@ class Generation:
 class Backend(Protocol):
     """What the evaluation needs from a generation engine."""
 
-    def generate(self, prompts: Sequence[str], budget: Budget, desc: str = "generate") -> list[Generation]:
-        """Greedy budget-forced generations of chat-formatted prompts (see :func:`think_prompt`)."""
+    def generate(self, prompts: Sequence[str], budget: Budget, desc: str = "generate",
+                 sampling: Sampling | None = None) -> list[Generation]:
+        """Budget-forced generations of chat-formatted prompts (see :func:`think_prompt`), greedy unless
+        ``sampling`` is given."""
 
     def first_token_logprobs(self, prompts: Sequence[str], k: int) -> list[dict[int, float]]:
         """Top-``k`` log-probabilities of the first generated token of each prompt."""
@@ -155,10 +158,38 @@ def _left_pad(ids: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
     return ids_BT.to(device), mask_BT.to(device)
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """Temperature sampling instead of greedy choice. Item ``i`` of a call draws from its own generator
+    seeded with ``(seed, first_item + i)``, so its tokens do not depend on the batch size or the other
+    items (``first_item`` lets a long job be split into calls without changing any item's draws)."""
+
+    temperature: float
+    seed: int = 0
+    first_item: int = 0
+
+    def __post_init__(self):
+        if self.temperature <= 0:
+            raise ValueError(f"sampling needs a temperature > 0, got {self.temperature} (greedy: no sampling)")
+
+    def generators(self, items: list[int]) -> list[torch.Generator]:
+        return [torch.Generator().manual_seed(self.seed * 1_000_003 + self.first_item + i) for i in items]
+
+
+def _choose(logits_BV: torch.Tensor, sampling: Sampling | None, gens: list[torch.Generator]) -> list[int]:
+    """Greedy argmax, or one draw per row from softmax(logits / temperature) with the row's generator."""
+    if sampling is None:
+        return logits_BV.argmax(-1).tolist()
+    probs_BV = torch.softmax(logits_BV.float().cpu() / sampling.temperature, dim=-1)
+    return [int(torch.multinomial(p_V, 1, generator=g)) for p_V, g in zip(probs_BV, gens, strict=True)]
+
+
 @torch.inference_mode()
 def _decode_batch(model: PreTrainedModel, tokenizer, prompt_ids: list[list[int]], stops: StopTokens,
-                  budget: Budget) -> list[_Row]:
-    """Budget-forced greedy decoding of one left-padded batch, dropping rows as they finish."""
+                  budget: Budget, sampling: Sampling | None = None,
+                  generators: list[torch.Generator] | None = None) -> list[_Row]:
+    """Budget-forced decoding (greedy, or sampled with one generator per row) of one left-padded batch,
+    dropping rows as they finish."""
     device = next(model.parameters()).device
     inputs_BT, mask_BT = _left_pad(prompt_ids, tokenizer.pad_token_id, device)
     positions_BT = (mask_BT.cumsum(-1) - 1).clamp(min=0)
@@ -167,7 +198,7 @@ def _decode_batch(model: PreTrainedModel, tokenizer, prompt_ids: list[list[int]]
     while True:
         logits = model(input_ids=inputs_BT, attention_mask=mask_BT, position_ids=positions_BT,
                        past_key_values=cache, use_cache=True, logits_to_keep=1).logits
-        argmax_B = logits[:, -1].argmax(-1).tolist()
+        argmax_B = _choose(logits[:, -1], sampling, [generators[i] for i in active] if sampling else [])
         feed = [_next_input(rows[i], a, tokenizer, stops, budget) for i, a in zip(active, argmax_B, strict=True)]
         last_B1 = positions_BT[:, -1:]
         keep = [j for j, i in enumerate(active) if not rows[i].done]
@@ -186,9 +217,11 @@ def _decode_batch(model: PreTrainedModel, tokenizer, prompt_ids: list[list[int]]
 def budget_forced_greedy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
                          budget: Budget, batch_size: int = 32, desc: str = "generate",
                          autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-                         ) -> list[Generation]:
+                         sampling: Sampling | None = None) -> list[Generation]:
     """Greedy s1 generations for ``prompts`` (already formatted, see :func:`think_prompt`), in the
-    order given. Prompts are sorted by token length into batches of ``batch_size``."""
+    order given. Prompts are sorted by token length into batches of ``batch_size``. With ``sampling``
+    every token (thinking and answer) is drawn at its temperature instead, item ``i`` with seed
+    ``(sampling.seed, i)``."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     stops = StopTokens.of(tokenizer)
@@ -200,7 +233,8 @@ def budget_forced_greedy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         with autocast():
-            rows = _decode_batch(model, tokenizer, [encoded[i] for i in chunk], stops, budget)
+            rows = _decode_batch(model, tokenizer, [encoded[i] for i in chunk], stops, budget, sampling,
+                                 sampling.generators(chunk) if sampling else None)
         for r in rows:
             out[chunk[r.index]] = Generation(
                 thinking=tokenizer.decode(r.think, skip_special_tokens=False),
@@ -235,9 +269,10 @@ class HFBackend:
                  autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
         self.model, self.tokenizer, self.batch_size, self.autocast = model, tokenizer, batch_size, autocast
 
-    def generate(self, prompts: Sequence[str], budget: Budget, desc: str = "generate") -> list[Generation]:
+    def generate(self, prompts: Sequence[str], budget: Budget, desc: str = "generate",
+                 sampling: Sampling | None = None) -> list[Generation]:
         return budget_forced_greedy(self.model, self.tokenizer, prompts, budget, self.batch_size, desc,
-                                    self.autocast)
+                                    self.autocast, sampling)
 
     def first_token_logprobs(self, prompts: Sequence[str], k: int) -> list[dict[int, float]]:
         with self.autocast():
@@ -295,26 +330,33 @@ class VLLMBackend:
                        max_lora_rank=8 if adapter_dir else None)
         self.lora = LoRARequest("adapter", 1, adapter_dir) if adapter_dir else None
 
-    def _run(self, ids: list[list[int]], max_tokens: int, stops: frozenset[int], logprobs: int | None = None):
+    def _run(self, ids: list[list[int]], max_tokens: int, stops: frozenset[int], logprobs: int | None = None,
+             sampling: Sampling | None = None):
         from vllm import SamplingParams
 
-        params = SamplingParams(temperature=0.0, max_tokens=max_tokens, stop_token_ids=sorted(stops),
-                                skip_special_tokens=False, logprobs=logprobs)
+        def params_of(i: int | None):
+            temp, seed = (0.0, None) if sampling is None else (
+                sampling.temperature, sampling.seed * 1_000_003 + sampling.first_item + i)
+            return SamplingParams(temperature=temp, seed=seed, max_tokens=max_tokens, stop_token_ids=sorted(stops),
+                                  skip_special_tokens=False, logprobs=logprobs)
+
+        params = params_of(None) if sampling is None else [params_of(i) for i in range(len(ids))]
         outs = self.llm.generate([{"prompt_token_ids": x} for x in ids], params, lora_request=self.lora)
         return [o.outputs[0] for o in outs]
 
-    def generate(self, prompts: Sequence[str], budget: Budget, desc: str = "generate") -> list[Generation]:
+    def generate(self, prompts: Sequence[str], budget: Budget, desc: str = "generate",
+                 sampling: Sampling | None = None) -> list[Generation]:
         tok = self.tokenizer
         ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
         think = [(list(o.token_ids), o.finish_reason == "length")
-                 for o in self._run(ids, budget.think_tokens, self.stops.think)]
+                 for o in self._run(ids, budget.think_tokens, self.stops.think, sampling=sampling)]
         think = [([t for t in x if t not in self.stops.think], hit) for x, hit in think]
         texts = [tok.decode(x, skip_special_tokens=False) for x, _ in think]
         answers: list[tuple[list[int], bool]] = [([], False)] * len(prompts)
         if budget.answer_tokens:
             forced = [p + t + forced_answer_ids(tok, s) for p, (t, _), s in zip(ids, think, texts, strict=True)]
             answers = [([t for t in o.token_ids if t not in self.stops.answer], o.finish_reason == "length")
-                       for o in self._run(forced, budget.answer_tokens, self.stops.answer)]
+                       for o in self._run(forced, budget.answer_tokens, self.stops.answer, sampling=sampling)]
         return [Generation(s, tok.decode(a, skip_special_tokens=False), len(t), len(a), th, ah)
                 for (t, th), s, (a, ah) in zip(think, texts, answers, strict=True)]
 

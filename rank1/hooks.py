@@ -105,3 +105,39 @@ def replace_adapter_activations(sites: list[AdapterSite], values_BTS: torch.Tens
 def count_hooks(model: torch.nn.Module) -> int:
     """Number of forward and pre-forward hooks registered anywhere in ``model``."""
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+ActivationEdit = Callable[[int, torch.Tensor], torch.Tensor]
+
+
+@contextmanager
+def edit_adapter_activations(sites: list[AdapterSite], edit: ActivationEdit,
+                             adapter: str = "default") -> Iterator[None]:
+    """Within the block, adapter ``i``'s scalar activation ``a`` ([B, T, r], the ``lora_A`` output) is
+    replaced by ``edit(i, a)`` before B reads it: scaling, offsetting or zeroing it at chosen positions."""
+    def hook(i: int) -> ForwardHook:
+        def fn(_module, _inputs, output):
+            return edit(i, output)
+        return fn
+
+    with add_hooks([(s.module.lora_A[adapter], hook(i)) for i, s in enumerate(sites)]):
+        yield
+
+
+def _layer_output(output) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+@contextmanager
+def add_to_outputs(edits: Iterable[tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]]) -> Iterator[None]:
+    """Within the block, each module's output hidden states ``h`` ([B, T, d]) become ``h + fn(h)``
+    (a decoder layer's output is the residual stream after that layer; tuple outputs keep their tail)."""
+    def hook(fn):
+        def wrapped(_module, _inputs, output):
+            h = _layer_output(output)
+            new = h + fn(h)
+            return (new, *output[1:]) if isinstance(output, tuple) else new
+        return wrapped
+
+    with add_hooks([(module, hook(fn)) for module, fn in edits]):
+        yield

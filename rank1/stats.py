@@ -211,3 +211,57 @@ def rank_test(a_N, b_M) -> dict:
     return {"u": float(res.statistic), "p_value": float(res.pvalue),
             "effect": float(res.statistic / (len(a_N) * len(b_M))), "n_a": len(a_N), "n_b": len(b_M),
             "median_a": float(np.median(a_N)), "median_b": float(np.median(b_M))}
+
+# ---------------------------------------------------------------- tests across many quantities
+
+
+def sign_flip_test(d_NK: np.ndarray, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> np.ndarray:
+    """Two-sided p-value per column of paired differences ``d_NK`` (N units x K quantities) that their
+    mean is 0: the null makes each unit's difference symmetric about 0, so signs are flipped per unit
+    (``scipy.stats.permutation_test`` with one sample; exact when 2^N <= ``n_resamples``)."""
+    from scipy.stats import permutation_test
+
+    d_NK = np.asarray(d_NK, dtype=np.float64)
+    if d_NK.ndim != 2 or len(d_NK) < 2:
+        raise ValueError(f"sign_flip_test needs at least 2 units x K quantities, got shape {d_NK.shape}")
+    res = permutation_test((d_NK,), lambda x, axis: np.mean(x, axis=axis), permutation_type="samples",
+                           vectorized=True, n_resamples=n_resamples, alternative="two-sided", axis=0,
+                           rng=np.random.default_rng(seed))
+    return np.atleast_1d(res.pvalue)
+
+
+def fdr_bh(p_K: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (``scipy.stats.false_discovery_control``)."""
+    from scipy.stats import false_discovery_control
+
+    return false_discovery_control(np.asarray(p_K, dtype=np.float64), method="bh")
+
+
+def grouped_auc(y_N: np.ndarray, score_N: np.ndarray, groups_N: np.ndarray, n_resamples: int = 2000,
+                level: float = 0.95, seed: int = 0, baseline_N: np.ndarray | None = None) -> Estimate:
+    """ROC-AUC of ``score_N`` for labels ``y_N`` (minus the AUC of ``baseline_N`` on the same rows, if
+    given) with a percentile CI from resampling groups (problems) with replacement; a resample with one
+    class only is undefined (its share is reported)."""
+    from sklearn.metrics import roc_auc_score
+
+    y_N, score_N, groups_N = map(np.asarray, (y_N, score_N, groups_N))
+
+    def stat(idx):
+        if len(set(y_N[idx].tolist())) < 2:
+            return np.nan
+        auc = roc_auc_score(y_N[idx], score_N[idx])
+        return auc - roc_auc_score(y_N[idx], np.asarray(baseline_N)[idx]) if baseline_N is not None else auc
+
+    uniq = np.unique(groups_N)
+    rows = [np.flatnonzero(groups_N == g) for g in uniq]
+    point = stat(np.arange(len(y_N)))
+    if not np.isfinite(point):
+        return Estimate(None, None, None, level, len(uniq), 1.0)
+    rng = np.random.default_rng(seed)
+    reps = np.array([stat(np.concatenate([rows[i] for i in rng.integers(0, len(uniq), len(uniq))]))
+                     for _ in range(n_resamples)])
+    defined = reps[np.isfinite(reps)]
+    if not len(defined):
+        return Estimate(float(point), None, None, level, len(uniq), 1.0)
+    lo, hi = np.quantile(defined, [(1 - level) / 2, (1 + level) / 2])
+    return Estimate(float(point), float(lo), float(hi), level, len(uniq), 1.0 - len(defined) / n_resamples)

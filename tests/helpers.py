@@ -1,13 +1,19 @@
-"""Helpers for tests that run repository scripts in subprocesses."""
+"""Helpers for tests: run repository scripts (in subprocesses or in-process), make test-profile runs and stores."""
 
+import importlib.util
+import json
 import os
 import subprocess
 import sys
 
 import numpy as np
 import torch
+from peft import get_peft_model
 
-from rank1.config import REPO_ROOT
+from rank1 import constants as K
+from rank1.config import REPO_ROOT, run_dir
+from rank1.lora import adapter_sites, lora_config
+from rank1.models import load_model
 
 
 def run_script(args, env=None, check=True, **kw):
@@ -17,6 +23,25 @@ def run_script(args, env=None, check=True, **kw):
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+def make_run(name="t", layers=(0, 1), projections=K.PROJECTIONS, rank=1):
+    """A finished test-profile run folder whose adapters all contribute (random B)."""
+    model = get_peft_model(load_model("random-qwen2"), lora_config(list(layers), rank, projections=projections))
+    for s in adapter_sites(model):
+        torch.nn.init.normal_(s.module.lora_B["default"].weight, std=0.3)
+    folder = run_dir(name)
+    model.save_pretrained(folder / K.ADAPTER_DIR)
+    (folder / K.CONFIG_JSON).write_text(json.dumps({"profile": "test", "model_id": "random-qwen2"}))
+    return folder
+
+
+def load_script(path):
+    """Import a numbered script (its file name is not a module name) to call its ``main`` in-process."""
+    spec = importlib.util.spec_from_file_location(f"script_{abs(hash(str(path)))}", REPO_ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def synthetic_store(folder, T=300, sites=None, shards=3, seed=0):

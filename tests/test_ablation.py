@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from peft import get_peft_model
 from safetensors.torch import load_file, save_file
 
 from rank1 import constants as K
@@ -25,24 +24,11 @@ from rank1.ablation import (
 )
 from rank1.ablation_greedy import carry_fraction, greedy_removal
 from rank1.ablation_plots import figure1
-from rank1.config import config_from_profile, data_dir, results_dir, run_dir
+from rank1.config import config_from_profile, data_dir, results_dir
 from rank1.decoder import LayerRunner
 from rank1.hooks import ablate_adapters, count_hooks
-from rank1.lora import adapter_sites, lora_config
-from rank1.models import load_model
 from rank1.synth import write_splits
-from tests.helpers import run_script
-
-
-def make_run(name="t", layers=(0, 1), projections=K.PROJECTIONS, rank=1):
-    """A finished test-profile run folder whose adapters all contribute (random B)."""
-    model = get_peft_model(load_model("random-qwen2"), lora_config(list(layers), rank, projections=projections))
-    for s in adapter_sites(model):
-        torch.nn.init.normal_(s.module.lora_B["default"].weight, std=0.3)
-    folder = run_dir(name)
-    model.save_pretrained(folder / K.ADAPTER_DIR)
-    (folder / K.CONFIG_JSON).write_text(json.dumps({"profile": "test", "model_id": "random-qwen2"}))
-    return folder
+from tests.helpers import make_run, run_script
 
 
 @pytest.fixture

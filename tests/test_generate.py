@@ -91,3 +91,20 @@ def test_logprob_parity_passes_on_itself_and_fails_on_a_perturbed_model(model, t
 def test_budget_rejects_bad_values():
     with pytest.raises(ValueError, match="think_tokens >= 1"):
         Budget(0, 4)
+
+
+def test_sampling_is_seeded_per_item_and_greedy_is_unchanged(model, tiny_tok):
+    from rank1.generate import Sampling
+
+    prompts = [think_prompt(tiny_tok, q) for q in ("What is 2+2?", "Name a color.", "Count to three.")]
+    budget = Budget(10, 3)
+    greedy = budget_forced_greedy(model, tiny_tok, prompts, budget, batch_size=2)
+    assert budget_forced_greedy(model, tiny_tok, prompts, budget, batch_size=3, sampling=None) == greedy
+    s = Sampling(temperature=1.0, seed=7)
+    a = budget_forced_greedy(model, tiny_tok, prompts * 2, budget, batch_size=6, sampling=s)
+    b = budget_forced_greedy(model, tiny_tok, prompts * 2, budget, batch_size=1, sampling=s)
+    assert a == b  # an item's sample does not depend on its batch
+    assert a[:3] != a[3:] and a != greedy  # repeats of a prompt are different draws
+    assert budget_forced_greedy(model, tiny_tok, prompts, budget, sampling=Sampling(1.0, seed=8)) != a[:3]
+    with pytest.raises(ValueError, match="temperature > 0"):
+        Sampling(0.0)

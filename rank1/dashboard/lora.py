@@ -3,7 +3,7 @@
 Index: the store summary, activation std per (layer, adapter), norms of A and B by layer, and |cos| across
 layers for each vector that lives in a shared space. Per layer: each adapter's statistics, histogram,
 quantiles and top examples of both polarities, with the token strings they use, and the cosines between
-the layer's vectors that share a space:
+the layer's vectors that share a space (norms and across-layer cosines: :mod:`rank1.weight_geometry`):
 
 - residual side (d_model): A of q, k, v, gate, up (they read the normed residual stream) and B of o, down
   (they write to it);
@@ -20,6 +20,7 @@ import torch
 from rank1.constants import PROJECTIONS
 from rank1.lora import cosine_matrix
 from rank1.topk import TopKResult
+from rank1.weight_geometry import across_layers, factor_norms
 
 RESIDUAL = (("q_proj", "A"), ("k_proj", "A"), ("v_proj", "A"), ("gate_proj", "A"), ("up_proj", "A"),
             ("o_proj", "B"), ("down_proj", "B"))
@@ -92,14 +93,13 @@ def build_payloads(res: TopKResult, vectors: dict, title: str, n_examples: int) 
         pages[key] = {"layer": layer, "adapters": adapters, "vocab": vocab,
                       "cos_residual": _space(vectors, layer, RESIDUAL), "cos_hidden": _space(vectors, layer, HIDDEN)}
     std = [[float(t["std_S"][site_of[(la, p)]]) if (la, p) in site_of else None for p in projs] for la in layers]
-    norms = {ab: [{"name": p.removesuffix("_proj"),
-                   "values": [float(vectors[(la, p)][i].norm()) if (la, p) in vectors else None for la in layers]}
-                  for p in projs] for i, ab in enumerate("AB")}
+    norms = {ab: [{"name": p.removesuffix("_proj"), "values": values} for p, values in by_proj.items()]
+             for ab, by_proj in factor_norms(vectors, layers, projs).items()}
     cross = {}
     for p, ab in RESIDUAL + HIDDEN:
-        if all((la, p) in vectors for la in layers) and len(layers) > 1:
-            rows = torch.stack([vectors[(la, p)][0 if ab == "A" else 1] for la in layers])
-            cross[f"{p.removesuffix('_proj')} {ab}"] = [_round(r.abs(), 3) for r in cosine_matrix(rows)]
+        m = across_layers(vectors, p, ab, layers) if len(layers) > 1 else None
+        if m is not None:
+            cross[f"{p.removesuffix('_proj')} {ab}"] = [_round(r.abs(), 3) for r in m]
     index = {"title": title, "run": res.meta.get("identity", {}).get("run", ""), "layers": layers, "pages": keys,
              "k": res.meta.get("k"), "n_adapters": len(sites),
              "store": {"n_tokens": res.meta.get("n_tokens", 0), "n_docs": res.meta.get("n_docs", 0)},
