@@ -76,3 +76,11 @@ stage "3.2_generate_sae_dashboard" "$PY" "$REPO/3_lora_sae/3.2_generate_sae_dash
 # 3.3.2 Activation mass per category; 3.3.3 Figure 3 donut (.../sae_autointerp/<run>/)
 stage "3.3.2_compute_activation_densities" "$PY" "$REPO/3_lora_sae/3.3_autointerp/3.3.2_compute_activation_densities.py" --profile "$PROFILE"
 stage "3.3.3_create_donut_fig" "$PY" "$REPO/3_lora_sae/3.3_autointerp/3.3.3_create_donut_fig.py" --profile "$PROFILE"
+
+# 4. Interventions: weight geometry, attribution, steering, counterfactual rollouts, correctness probes
+#    (writes results/<profile>/{weight_geometry,attribution,steering,rollouts,probes}/<run>/)
+stage "4.4_weight_geometry" "$PY" "$REPO/4_lora_interventions/4.4_weight_geometry.py" --profile "$PROFILE"
+stage "4.1_attribution" "$PY" "$REPO/4_lora_interventions/4.1_attribution.py" --profile "$PROFILE"
+stage "4.0_steering" "$PY" "$REPO/4_lora_interventions/4.0_steering.py" --profile "$PROFILE"
+stage "4.2_counterfactual_rollouts" "$PY" "$REPO/4_lora_interventions/4.2_counterfactual_rollouts.py" --profile "$PROFILE"
+stage "4.3_correctness_probes" "$PY" "$REPO/4_lora_interventions/4.3_correctness_probes.py" --profile "$PROFILE"
