@@ -27,6 +27,7 @@ from typing import Protocol
 import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.cache_utils import DynamicLayer
 
 from rank1.constants import ANSWER_TAG, THINK_TAG
 
@@ -148,6 +149,43 @@ def _next_input(row: _Row, argmax: int, tokenizer, stops: StopTokens, budget: Bu
     return argmax
 
 
+class _SpareLayer(DynamicLayer):
+    """The KV cache of one layer in buffers with spare room along the sequence: a decoding step writes its
+    position in place, where transformers' ``DynamicLayer`` concatenates the whole cache again (a copy that
+    grows with the length at every step). Room doubles when full; keys/values handed to attention are views of
+    the filled part, the same numbers as the concatenated tensors."""
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+            self._k = self._v = None
+            self._n = 0
+        n, add = self._n, key_states.shape[-2]
+        if self._k is None or n + add > self._k.shape[-2]:
+            room = max(2 * (n + add), 64)
+            k = key_states.new_empty((*key_states.shape[:-2], room, key_states.shape[-1]))
+            v = value_states.new_empty((*value_states.shape[:-2], room, value_states.shape[-1]))
+            if n:
+                k[..., :n, :], v[..., :n, :] = self._k[..., :n, :], self._v[..., :n, :]
+            self._k, self._v = k, v
+        self._k[..., n:n + add, :] = key_states
+        self._v[..., n:n + add, :] = value_states
+        self._n = n + add
+        self.keys, self.values = self._k[..., :self._n, :], self._v[..., :self._n, :]
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.get_seq_length() > 0:
+            self._k, self._v = self._k[indices], self._v[indices]
+            self.keys, self.values = self._k[..., :self._n, :], self._v[..., :self._n, :]
+
+
+def _spare_cache() -> DynamicCache:
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = _SpareLayer
+    return cache
+
+
 def _left_pad(ids: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     n = max(len(x) for x in ids)
     ids_BT = torch.full((len(ids), n), pad_id, dtype=torch.long)
@@ -194,7 +232,7 @@ def _decode_batch(model: PreTrainedModel, tokenizer, prompt_ids: list[list[int]]
     inputs_BT, mask_BT = _left_pad(prompt_ids, tokenizer.pad_token_id, device)
     positions_BT = (mask_BT.cumsum(-1) - 1).clamp(min=0)
     rows, active = [_Row(i) for i in range(len(prompt_ids))], list(range(len(prompt_ids)))
-    cache = DynamicCache()
+    cache = _spare_cache()
     while True:
         logits = model(input_ids=inputs_BT, attention_mask=mask_BT, position_ids=positions_BT,
                        past_key_values=cache, use_cache=True, logits_to_keep=1).logits

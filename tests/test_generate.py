@@ -108,3 +108,24 @@ def test_sampling_is_seeded_per_item_and_greedy_is_unchanged(model, tiny_tok):
     assert budget_forced_greedy(model, tiny_tok, prompts, budget, sampling=Sampling(1.0, seed=8)) != a[:3]
     with pytest.raises(ValueError, match="temperature > 0"):
         Sampling(0.0)
+
+
+def test_spare_cache_holds_what_concatenation_holds():
+    """Appending in place (room doubling) and dropping rows give the tensors DynamicCache builds by cat."""
+    from transformers import DynamicCache
+
+    from rank1.generate import _spare_cache
+
+    g = torch.Generator().manual_seed(0)
+    ours, ref = _spare_cache(), DynamicCache()
+    steps = [torch.randn(3, 2, 40, 4, generator=g)] + [torch.randn(3, 2, 1, 4, generator=g) for _ in range(50)]
+    rows = torch.arange(3)
+    for i, kv in enumerate(steps):
+        if i == 10:  # a row finishes
+            keep = torch.tensor([0, 2])
+            ours.batch_select_indices(keep), ref.batch_select_indices(keep)
+            rows = rows[keep]
+        k1, v1 = ours.update(kv[rows], 2 * kv[rows], 0)
+        k2, v2 = ref.update(kv[rows], 2 * kv[rows], 0)
+        assert torch.equal(k1, k2) and torch.equal(v1, v2)
+    assert ours.get_seq_length() == ref.get_seq_length() == 90 and ours.layers[0]._k.shape[-2] == 2 * 81  # 80 filled, then doubled
