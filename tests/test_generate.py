@@ -128,4 +128,5 @@ def test_spare_cache_holds_what_concatenation_holds():
         k1, v1 = ours.update(kv[rows], 2 * kv[rows], 0)
         k2, v2 = ref.update(kv[rows], 2 * kv[rows], 0)
         assert torch.equal(k1, k2) and torch.equal(v1, v2)
-    assert ours.get_seq_length() == ref.get_seq_length() == 90 and ours.layers[0]._k.shape[-2] == 2 * 81  # 80 filled, then doubled
+    assert ours.get_seq_length() == ref.get_seq_length() == 90
+    assert ours.layers[0]._k.shape[-2] == 2 * 81  # 80 filled, then doubled
