@@ -1,10 +1,13 @@
 """Helpers for tests: run repository scripts (in subprocesses or in-process), make test-profile runs and stores."""
 
+import contextlib
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -115,3 +118,43 @@ def hand_topk(features, context=8):
                         "site_name": spec.get("site_name", "q_proj"), "polarity": spec.get("polarity", 1),
                         "n_top": len(spec.get("top", [])), "threshold": thr})
     return TopKResult(t, records, {"n_random": NR}, {i: s for s, i in vocab.items()})
+
+
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+
+
+@contextlib.contextmanager
+def dashboard_page(index_html, problems: list):
+    """A page of headless Chromium (the system browser, driven by Playwright) on a dashboard opened from disk;
+    console errors and page errors are appended to ``problems``. Skips the test, saying why, where there is no
+    Playwright or no Chromium (setup.sh installs it with apt-get where it can; or set RANK1_CHROMIUM)."""
+    import pytest
+
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed (pip install -r requirements.txt)")
+    path = os.environ.get("RANK1_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        reason = "no Chromium found (setup.sh installs it with apt-get where it can; or set RANK1_CHROMIUM)"
+        print(f"SKIP: {reason}")
+        pytest.skip(reason)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.goto(Path(index_html).as_uri())
+            yield page
+        finally:
+            browser.close()
+
+
+def keep_screenshot(page, path) -> Path:
+    """Save a screenshot of ``page`` (copied to $RANK1_SCREENSHOT when set, to look at it)."""
+    page.screenshot(path=str(path), full_page=True)
+    if os.environ.get("RANK1_SCREENSHOT"):
+        shutil.copyfile(path, os.environ["RANK1_SCREENSHOT"])
+    return Path(path)

@@ -2,21 +2,17 @@
 printed, where no browser can be had; setup.sh installs one where apt-get works)."""
 
 import json
-import os
-import shutil
 
 import pytest
 import torch
 
-from helpers import synthetic_store
+from helpers import dashboard_page, keep_screenshot, synthetic_store
 from rank1.constants import PROJECTIONS
 from rank1.dashboard import data_script, safe_json, write_dashboard
 from rank1.dashboard.lora import build_payloads
 from rank1.topk import compute_topk
 
 EVIL = ("<script>window.__pwned = 1</script>", '<img src=x onerror="window.__pwned = 2">', "</script><!--", "a\u2028b")
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
 
 
 def test_safe_json_cannot_close_a_script():
@@ -57,51 +53,22 @@ def test_payloads(tmp_path):
     assert (folder / "index.html").read_text().count("<i>") == 0  # the title is escaped
 
 
-def _browser():
-    """(playwright module, chromium path) or a reason why there is none."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        return None, "playwright is not installed (pip install -r requirements.txt)"
-    path = os.environ.get("RANK1_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    if not path:
-        return None, "no Chromium found (setup.sh installs it with apt-get where it can; or set RANK1_CHROMIUM)"
-    return (sync_playwright, path), ""
-
-
 def test_dashboard_in_headless_chromium(tmp_path):
-    found, reason = _browser()
-    if not found:
-        print(f"SKIP test_dashboard_in_headless_chromium: {reason}")
-        pytest.skip(reason)
-    sync_playwright, path = found
     folder, *_ = _dashboard(tmp_path)
     problems = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: problems.append(str(e)))
-            page.goto((folder / "index.html").as_uri())
-            page.wait_for_selector('main#layer[data-layer="0"] article.card')
-            assert page.locator("article.card").count() == 7
-            layer_scripts = 'script[src^="data/layer_"]'
-            assert page.locator(layer_scripts).count() == 1  # layers load on demand
-            page.click("nav#layers button.layer >> text='1'")
-            page.wait_for_selector('main#layer[data-layer="1"] article.card')
-            assert page.locator(layer_scripts).count() == 2
-            shot = tmp_path / "dashboard.png"
-            page.screenshot(path=str(shot), full_page=True)
-            if os.environ.get("RANK1_SCREENSHOT"):
-                shutil.copyfile(shot, os.environ["RANK1_SCREENSHOT"])
-            assert shot.stat().st_size > 10_000
-            assert page.evaluate("window.__pwned") is None  # the injected tokens did not run
-            tokens = page.locator(".tok").all_text_contents()
-            assert "<script>window.__pwned = 1</script>" in tokens
-            assert any(t.startswith("<img src=x onerror=") for t in tokens)
-            assert page.locator(".tokens img").count() == 0 and page.locator(".tokens script").count() == 0
-            assert "demo <b>run</b>" in page.locator("header").inner_text()
-        finally:
-            browser.close()
+    with dashboard_page(folder / "index.html", problems) as page:
+        page.wait_for_selector('main#layer[data-layer="0"] article.card')
+        assert page.locator("article.card").count() == 7
+        layer_scripts = 'script[src^="data/layer_"]'
+        assert page.locator(layer_scripts).count() == 1  # layers load on demand
+        page.click("nav#layers button.layer >> text='1'")
+        page.wait_for_selector('main#layer[data-layer="1"] article.card')
+        assert page.locator(layer_scripts).count() == 2
+        assert keep_screenshot(page, tmp_path / "dashboard.png").stat().st_size > 10_000
+        assert page.evaluate("window.__pwned") is None  # the injected tokens did not run
+        tokens = page.locator(".tok").all_text_contents()
+        assert "<script>window.__pwned = 1</script>" in tokens
+        assert any(t.startswith("<img src=x onerror=") for t in tokens)
+        assert page.locator(".tokens img").count() == 0 and page.locator(".tokens script").count() == 0
+        assert "demo <b>run</b>" in page.locator("header").inner_text()
     assert problems == []

@@ -11,7 +11,7 @@ import pytest
 import torch
 from peft import get_peft_model
 
-from helpers import run_script, synthetic_store
+from helpers import dashboard_page, keep_screenshot, run_script, synthetic_store
 from rank1 import constants as K
 from rank1.config import REPO_ROOT, config_from_profile
 from rank1.sae import (
@@ -507,55 +507,38 @@ def test_sae_dashboard_payloads(tmp_path):
 
 
 def test_sae_dashboard_in_headless_chromium(tmp_path):
-    from test_dashboard import CHROMIUM_ARGS, _browser
-
-    found, reason = _browser()
-    if not found:
-        pytest.skip(reason)
-    sync_playwright, path = found
     folder, index, *_ = _sae_dashboard(tmp_path)
     n = index["n_features"]
     problems = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: problems.append(str(e)))
-            page.goto((folder / "index.html").as_uri())
-            page.wait_for_selector('main#feature[data-feature="0"]')
-            assert page.locator("table.flist tr[data-feature]").count() == n
-            assert page.locator('script[src^="data/feat_"]').count() == 1  # pages load on demand
-            page.fill("#search", index["features"]["name"][3])
-            assert page.locator("table.flist tr[data-feature]").count() == 1
-            page.fill("#search", "number 1")  # explanations are searched
-            assert page.locator("table.flist tr[data-feature]").count() == sum(
-                "number 1" in e for e in index["features"]["explanation"])
-            page.fill("#search", "")
-            page.select_option("#sort", "density")
-            first = int(page.locator("table.flist tr[data-feature]").first.get_attribute("data-feature"))
-            assert index["features"]["density"][first] == max(index["features"]["density"])
-            page.select_option("#category", "<b>evil</b>")
-            shown = page.locator("table.flist tr[data-feature]").count()
-            assert shown == sum(c == "<b>evil</b>" for c in index["features"]["category"]) > 0
-            page.select_option("#category", "")
-            last = n - 1
-            page.locator(f'table.flist tr[data-feature="{last}"]').click()
-            page.wait_for_selector(f'main#feature[data-feature="{last}"] .tokens')
-            assert page.locator('script[src^="data/feat_"]').count() == 2
-            assert page.evaluate("window.__pwned") is None  # nothing injected ran
-            tokens = page.locator(".tok").all_text_contents()
-            assert any(t.startswith("<img src=x onerror=") for t in tokens) or "<script>" in " ".join(tokens)
-            assert page.locator(".tokens img, .tokens script, .explanation script, td script, td b").count() == 0
-            assert "demo <b>run</b>" in page.locator("header").inner_text()
-            text = page.locator("main#feature").inner_text()
-            assert "<script>window.__pwned = 1</script>" in text or "onerror" in text
-            shot = tmp_path / "sae_dashboard.png"
-            page.screenshot(path=str(shot), full_page=False)
-            if os.environ.get("RANK1_SCREENSHOT"):
-                shutil.copyfile(shot, os.environ["RANK1_SCREENSHOT"])
-        finally:
-            browser.close()
+    with dashboard_page(folder / "index.html", problems) as page:
+        page.wait_for_selector('main#feature[data-feature="0"]')
+        assert page.locator("table.flist tr[data-feature]").count() == n
+        assert page.locator('script[src^="data/feat_"]').count() == 1  # pages load on demand
+        page.fill("#search", index["features"]["name"][3])
+        assert page.locator("table.flist tr[data-feature]").count() == 1
+        page.fill("#search", "number 1")  # explanations are searched
+        assert page.locator("table.flist tr[data-feature]").count() == sum(
+            "number 1" in e for e in index["features"]["explanation"])
+        page.fill("#search", "")
+        page.select_option("#sort", "density")
+        first = int(page.locator("table.flist tr[data-feature]").first.get_attribute("data-feature"))
+        assert index["features"]["density"][first] == max(index["features"]["density"])
+        page.select_option("#category", "<b>evil</b>")
+        shown = page.locator("table.flist tr[data-feature]").count()
+        assert shown == sum(c == "<b>evil</b>" for c in index["features"]["category"]) > 0
+        page.select_option("#category", "")
+        last = n - 1
+        page.locator(f'table.flist tr[data-feature="{last}"]').click()
+        page.wait_for_selector(f'main#feature[data-feature="{last}"] .tokens')
+        assert page.locator('script[src^="data/feat_"]').count() == 2
+        assert page.evaluate("window.__pwned") is None  # nothing injected ran
+        tokens = page.locator(".tok").all_text_contents()
+        assert any(t.startswith("<img src=x onerror=") for t in tokens) or "<script>" in " ".join(tokens)
+        assert page.locator(".tokens img, .tokens script, .explanation script, td script, td b").count() == 0
+        assert "demo <b>run</b>" in page.locator("header").inner_text()
+        text = page.locator("main#feature").inner_text()
+        assert "<script>window.__pwned = 1</script>" in text or "onerror" in text
+        keep_screenshot(page, tmp_path / "sae_dashboard.png")
     assert problems == []
 
 
