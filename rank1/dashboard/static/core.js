@@ -28,6 +28,17 @@
   };
   R.get = (key) => registry[key];
 
+  // The dashboard's index (data/index.js) with the page titled after it; null, said on the page, if it did not load.
+  R.index = function () {
+    const index = registry.index;
+    if (!index) {
+      document.getElementById("app").replaceChildren(R.el("p", {}, "data/index.js did not load"));
+      return null;
+    }
+    document.title = index.title;
+    return index;
+  };
+
   // el("div", {className: "x", title: "..."}, [children or strings]): properties, never HTML.
   R.el = function (tag, props, children) {
     const node = document.createElement(tag);

@@ -104,13 +104,9 @@
   }
 
   function start() {
-    const index = R.get("index");
+    const index = R.index();
+    if (!index) return;
     const app = document.getElementById("app");
-    if (!index) {
-      app.replaceChildren(el("p", {}, "data/index.js did not load"));
-      return;
-    }
-    document.title = index.title;
     const top = [header(index), overview(index)];
     const holder = el("div", {});
     const navHolder = el("div", {});

@@ -122,13 +122,9 @@
   }
 
   function start() {
-    const index = R.get("index");
+    const index = R.index();
+    if (!index) return;
     const app = document.getElementById("app");
-    if (!index) {
-      app.replaceChildren(el("p", {}, "data/index.js did not load"));
-      return;
-    }
-    document.title = index.title;
     const all = rows(index);
     const state = { query: "", sort: "latent", category: "", shown: STEP, current: null };
     const listHolder = el("div", { className: "flistpane" });
