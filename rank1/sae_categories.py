@@ -211,8 +211,11 @@ def categorize(res, explanations_path: Path, categoriser, opt, concurrency: int 
     def one(rec: dict[str, Any]) -> tuple[str, str | None, str | None, str | None]:
         ex = build_examples(res, index[rec["name"]], opt.n_examples, opt.window, opt.per_doc_cap, seed=opt.seed)
         expl = Explanation(rec["explanation"], rec.get("classification"), rec.get("reasoning") or "")
-        top, err = categoriser.categorise(ex, expl)
         sub, _ = lexicon.categorise(ex, expl)
+        if isinstance(categoriser, LexiconCategoriser):  # the same strong tokens decide: map, do not recount
+            top, err = (scheme.from_lexicon[sub], None) if sub is not None else (None, "no examples")
+        else:
+            top, err = categoriser.categorise(ex, expl)
         inside = sub is not None and top is not None and scheme.from_lexicon.get(sub) == top
         return rec["name"], top, LEXICON_SCHEME.names[sub] if inside else None, err
 
