@@ -90,15 +90,13 @@ def replace_adapter_activations(sites: list[AdapterSite], values_BTS: torch.Tens
     if values_BTS.shape[-1] != len(sites):
         raise ValueError(f"values have {values_BTS.shape[-1]} columns, there are {len(sites)} adapters")
 
-    def replace(i: int) -> ForwardHook:
-        def fn(_module, _inputs, output):
-            if output.shape[:-1] != values_BTS.shape[:-1] or output.shape[-1] != 1:
-                raise ValueError(f"adapter output {tuple(output.shape)} does not match values "
-                                 f"{tuple(values_BTS.shape)} (rank-1 adapters, same batch)")
-            return values_BTS[..., i:i + 1].to(output.dtype)
-        return fn
+    def replace(i: int, output: torch.Tensor) -> torch.Tensor:
+        if output.shape[:-1] != values_BTS.shape[:-1] or output.shape[-1] != 1:
+            raise ValueError(f"adapter output {tuple(output.shape)} does not match values "
+                             f"{tuple(values_BTS.shape)} (rank-1 adapters, same batch)")
+        return values_BTS[..., i:i + 1].to(output.dtype)
 
-    with add_hooks([(s.module.lora_A[adapter], replace(i)) for i, s in enumerate(sites)]):
+    with edit_adapter_activations(sites, replace, adapter):
         yield
 
 
