@@ -2,7 +2,9 @@
 
 Both sides decode the same held-out prompts greedily with the same thinking budget and stop tokens,
 in one process, interleaved (batched, single, single, batched, ...); prints tokens/s per repeat, the
-medians and their ratio (target >= 8x on 2 CPU cores at batch 32).
+medians and their ratio (target >= 8x on 2 CPU cores at batch 32). With a LoRA run, both sides run
+the model the way the evaluation does (``variant_context(..., "adapter_on")``: adapters folded into the
+weights on CPU; ``--no_fold`` keeps them as separate modules).
 
 Usage:
     python bench/bench_generate.py --run tiny-r1-all        # tiny profile (SmolLM2-135M + adapter), 32 prompts
@@ -12,6 +14,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -27,10 +30,13 @@ def main() -> None:
     parser.add_argument("--run", help="a trained run (its long reasoning traces make a fairer load than the "
                                       "base model, which often stops at once); default: the base model")
     parser.add_argument("--adapter", help="a PEFT adapter folder instead of --run")
+    parser.add_argument("--no_fold", action="store_true", help="keep the adapters as separate modules (the "
+                                                               "evaluation folds them into the weights on CPU)")
     args = parser.parse_args()
 
     from rank1.benchmarks import BenchmarkSpec, load_benchmark
     from rank1.config import load_profile
+    from rank1.evaluate import variant_context
     from rank1.generate import Budget, StopTokens, budget_forced_greedy, think_prompt
     from rank1.models import load_model, load_tokenizer
     from rank1.runs import resolve_run
@@ -39,9 +45,11 @@ def main() -> None:
         loaded = resolve_run(args.run, args.profile, adapter=args.adapter,
                              model_id=load_profile(args.profile).common("model")).load("fp32")
         tok, model, model_id = loaded.tokenizer, loaded.model, f"{loaded.run.name} on {loaded.run.model_id}"
+        context = variant_context(loaded, "adapter_on", fold=not args.no_fold)  # as the evaluation runs it
     else:
         model_id = load_profile(args.profile).common("model")
         tok, model = load_tokenizer(model_id), load_model(model_id, dtype=torch.float32).eval()
+        context = contextlib.nullcontext()
     bench = load_benchmark(BenchmarkSpec("heldout", args.n), args.profile)
     prompts = [think_prompt(tok, it.question) for it in bench.items]
     stops = sorted(StopTokens.of(tok).think)
@@ -64,12 +72,13 @@ def main() -> None:
     print(f"profile={args.profile} model={model_id} prompts={len(prompts)} budget={args.tokens} "
           f"threads={torch.get_num_threads()}")
     rates: dict[str, list[float]] = {"batched": [], "single": []}
-    for r in range(args.repeats):
-        for name in (("batched", "single") if r % 2 == 0 else ("single", "batched")):
-            t0 = time.perf_counter()
-            tokens = (batched if name == "batched" else single)()
-            rates[name].append(tokens / (time.perf_counter() - t0))
-            print(f"  repeat {r}: {name:7s} {tokens:5d} tokens  {rates[name][-1]:7.1f} tokens/s", flush=True)
+    with context:
+        for r in range(args.repeats):
+            for name in (("batched", "single") if r % 2 == 0 else ("single", "batched")):
+                t0 = time.perf_counter()
+                tokens = (batched if name == "batched" else single)()
+                rates[name].append(tokens / (time.perf_counter() - t0))
+                print(f"  repeat {r}: {name:7s} {tokens:5d} tokens  {rates[name][-1]:7.1f} tokens/s", flush=True)
     med = {k: statistics.median(v) for k, v in rates.items()}
     print(f"median tokens/s: batched {med['batched']:.1f}, one at a time {med['single']:.1f}")
     print(f"speed-up batched / one at a time: {med['batched'] / med['single']:.1f}x  (target >= 8x)")

@@ -6,8 +6,8 @@ A variant is a run's weights seen one way:
 - ``lora``: the rank-1 adapter on;
 - ``full``: the full finetune run;
 - ``mlp_ablated`` / ``attn_ablated``: the adapter on, with every MLP (gate, up, down) or every
-  attention (q, k, v, o) adapter ablated through :func:`rank1.hooks.ablate_adapters` (saved weights
-  are never edited);
+  attention (q, k, v, o) adapter ablated (switched off, or its output zeroed by
+  :func:`rank1.hooks.ablate_adapters`; saved weights are never edited);
 - any other run (e.g. ``tiny-r1-all-mlp``, trained on a subset of projections) as an extra row.
 
 Each (variant, benchmark) goes to ``generations/<variant>__<benchmark>.jsonl`` once all its items are
@@ -26,11 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from rank1 import constants as K
 from rank1.artifacts import write_text
 from rank1.benchmarks import Benchmark
 from rank1.generate import Backend, Budget, Generation, think_prompt
-from rank1.hooks import ablate_adapters
+from rank1.hooks import ablate_adapters, folded_adapters
 from rank1.runs import Loaded, Run
 
 log = logging.getLogger(__name__)
@@ -59,9 +61,21 @@ def parse_variants(text: str) -> list[str]:
     return names
 
 
+def can_fold(loaded: Loaded) -> bool:
+    """Whether :func:`variant_context` folds the adapters into the weights: on CPU with float32 weights
+    (there the adapters' extra ops cost about a tenth of a batched decode step; on GPU they are noise,
+    and folding into bf16 weights would round the update away)."""
+    return (loaded.device.type == "cpu" and bool(loaded.sites)
+            and all(s.module.get_base_layer().weight.dtype == torch.float32 for s in loaded.sites))
+
+
 @contextlib.contextmanager
-def variant_context(loaded: Loaded, mode: str) -> Iterator[None]:
-    """The model of ``loaded`` behaves as the variant inside the block."""
+def variant_context(loaded: Loaded, mode: str, fold: bool | None = None) -> Iterator[None]:
+    """The model of ``loaded`` behaves as the variant inside the block. With ``fold`` (default:
+    :func:`can_fold`) the active adapters are folded into their weights and the ablated ones switched off
+    for the block (:func:`rank1.hooks.folded_adapters`: the same function up to float rounding, restored
+    bit for bit on exit); otherwise an ablation zeroes the adapters' output with a hook."""
+    fold = can_fold(loaded) if fold is None else fold
     if mode == "adapter_off":
         with loaded.model.disable_adapter():
             yield
@@ -70,9 +84,13 @@ def variant_context(loaded: Loaded, mode: str) -> Iterator[None]:
         if not sites:
             raise ValueError(f"{loaded.run.name} has no {'MLP' if mode == 'ablate_mlp' else 'attention'} "
                              f"adapters to ablate")
-        with ablate_adapters(sites):
+        kept = [s for s in loaded.sites if s.is_mlp != (mode == "ablate_mlp")]
+        with folded_adapters(kept, sites) if fold else ablate_adapters(sites):
             yield
-    elif mode in ("adapter_on", "model"):
+    elif mode == "adapter_on":
+        with folded_adapters(loaded.sites) if fold else contextlib.nullcontext():
+            yield
+    elif mode == "model":
         yield
     else:
         raise ValueError(f"unknown variant mode {mode!r}")

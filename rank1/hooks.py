@@ -81,6 +81,37 @@ def ablate_adapters(sites: Iterable[AdapterSite], adapter: str = "default") -> I
 
 
 @contextmanager
+def folded_adapters(on: Iterable[AdapterSite], off: Iterable[AdapterSite] = (),
+                    adapter: str = "default") -> Iterator[None]:
+    """Within the block, the adapters ``on`` are folded into their projections' weights (W + s B A: one
+    matrix multiplication per projection instead of the adapter's three small extra ops, about a tenth of
+    a batched decode step on CPU) and the adapters ``off`` are switched off. The model computes the same
+    function as with ``on`` active and ``off`` ablated, up to float rounding. On exit every adapter is as it
+    was and every weight is restored bit for bit (from a copy, not by subtracting the update again).
+    For float32 weights only: folding a small update into bf16 weights would round most of it away."""
+    on, off = list(on), list(off)
+    saved = []
+    try:
+        for s in off:
+            s.module.enable_adapters(False)
+            saved.append((s.module, None))
+        for s in on:
+            weight = s.module.get_base_layer().weight
+            if weight.dtype != torch.float32:
+                raise ValueError(f"folding adapters needs float32 weights; layer {s.layer} {s.proj} is {weight.dtype}")
+            saved.append((s.module, weight.detach().clone()))
+            s.module.merge(adapter_names=[adapter])
+        yield
+    finally:
+        for module, weight in reversed(saved):
+            if weight is None:
+                module.enable_adapters(True)
+            elif module.merged:
+                module.unmerge()
+                module.get_base_layer().weight.data.copy_(weight)
+
+
+@contextmanager
 def replace_adapter_activations(sites: list[AdapterSite], values_BTS: torch.Tensor,
                                 adapter: str = "default") -> Iterator[None]:
     """Within the block, adapter ``i``'s scalar activation (its ``lora_A`` output) is ``values_BTS[..., i]``

@@ -84,9 +84,11 @@ def test_ablation_variants_and_their_vllm_adapter_copies(runs, tmp_path):
     with torch.no_grad():
         on = loaded.model(ids).logits
         for mode in ("ablate_mlp", "ablate_attn"):
-            with variant_context(loaded, mode):
+            with variant_context(loaded, mode, fold=False):
                 hooked = loaded.model(ids).logits
             assert not torch.allclose(hooked, on, atol=1e-4)
+            with variant_context(loaded, mode, fold=True):  # folded into the weights: the same up to rounding
+                torch.testing.assert_close(loaded.model(ids).logits, hooked, rtol=1e-4, atol=1e-4)
             variant = Variant(mode, type(run)("lora", run.model_id, adapter), mode)
             _, copy_dir = vllm_weights(variant, tmp_path / "scratch")
             copy = PeftModel.from_pretrained(load_model("random-qwen2"), copy_dir).eval()

@@ -2,7 +2,8 @@ import pytest
 import torch
 from peft import get_peft_model
 
-from rank1.hooks import ablate_adapters, add_hooks, count_hooks, read_adapter_activations, replace_adapter_activations
+from rank1.hooks import (ablate_adapters, add_hooks, count_hooks, folded_adapters, read_adapter_activations,
+                         replace_adapter_activations)
 from rank1.lora import adapter_sites, lora_config
 from rank1.models import load_model
 
@@ -106,3 +107,39 @@ def test_replacing_activations(peft_model):
         with replace_adapter_activations(sites, acts_BTS[..., :3]):
             pass
     assert count_hooks(peft_model) == 0
+
+
+def test_folded_adapters_compute_the_same_function_and_restore_every_bit(peft_model):
+    sites = adapter_sites(peft_model)
+    mlp = [s for s in sites if s.is_mlp]
+    attn = [s for s in sites if not s.is_mlp]
+    before = {k: v.clone() for k, v in peft_model.state_dict().items()}
+    ids = torch.randint(0, 200, (2, 7))
+    with torch.no_grad():
+        on = peft_model(ids).logits
+        with ablate_adapters(mlp):
+            hooked = peft_model(ids).logits
+        with folded_adapters(sites):
+            assert all(s.module.merged for s in sites)
+            torch.testing.assert_close(peft_model(ids).logits, on, rtol=1e-4, atol=1e-4)
+        with folded_adapters(attn, off=mlp):
+            torch.testing.assert_close(peft_model(ids).logits, hooked, rtol=1e-4, atol=1e-4)
+            assert not torch.allclose(peft_model(ids).logits, on, atol=1e-3)
+        assert torch.equal(peft_model(ids).logits, on)
+    after = peft_model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    assert not any(s.module.merged or s.module.disable_adapters for s in sites)
+
+
+def test_folding_needs_float32_and_leaves_the_model_as_it_was(peft_model):
+    sites = adapter_sites(peft_model)
+    before = {k: v.clone() for k, v in peft_model.state_dict().items()}
+    last = sites[-1].module.get_base_layer()
+    last.weight.data = last.weight.data.double()
+    with pytest.raises(ValueError, match=f"needs float32 weights; layer 1 {sites[-1].proj} is torch.float64"):
+        with folded_adapters(sites, off=sites[:1]):
+            pass
+    last.weight.data = last.weight.data.float()
+    after = peft_model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    assert not any(s.module.merged or s.module.disable_adapters for s in sites)
