@@ -44,8 +44,12 @@ class ProbeConfig(StageOptions):
     inner_splits: int = option("inner folds that choose the regularisation", 3)
     n_resamples: int = option("bootstrap resamples of problems for the AUC CIs", 2000)
     cs: str = option("inverse L2 strengths C the inner folds choose from", "0.01,0.1,1,10")
+    one_class: str = option("when every rollout has the same grade: error (stop with an error) | record (write "
+                            "probes.json saying so, no AUCs; for models that answer nothing right)", "error")
 
     def __post_init__(self):
+        if self.one_class not in ("error", "record"):
+            raise ValueError(f"--one_class must be error or record, got {self.one_class!r}")
         if self.n_splits < 2 or self.inner_splits < 2 or self.n_resamples < 1:
             raise ValueError("--n_splits and --inner_splits must be >= 2, --n_resamples >= 1")
         try:
@@ -77,27 +81,31 @@ def main(cfg: ProbeConfig) -> None:
         check_same_identity(run.identity(), read_json(src / K.ROLLOUTS_JSON)["identity"], f"rollouts in {src}")
         t = load_file(str(src / K.ROLLOUTS_ACTS))
         y, groups = t["correct_R"].numpy().astype(int), t["problem_R"].numpy()
+        auc, vs, chosen = {}, {}, {}
         if len(set(y.tolist())) < 2:
-            raise ValueError(f"all {len(y)} rollouts in {src} are {'correct' if y[0] else 'incorrect'}: nothing "
-                             f"to predict; rerun 4.2 with more problems or samples")
-        scores = {"majority class": np.full(len(y), float(y.mean() >= 0.5))}
-        chosen = {}
-        for name, X in tqdm(feature_sets(t).items(), desc="probes", unit="feature set"):
-            scores[name], chosen[name] = out_of_fold_scores(X, y, groups, cfg.n_splits,
-                                                            [float(c) for c in cfg.cs.split(",")], cfg.inner_splits)
-        auc = {n: grouped_auc(y, s, groups, cfg.n_resamples).to_dict() for n, s in scores.items()}
-        vs = {n: grouped_auc(y, scores[PROBE], groups, cfg.n_resamples, baseline_N=s).to_dict()
-              for n, s in scores.items() if n in ("thinking length", "MLP neurons (trace + last)")}
+            why = (f"all {len(y)} rollouts in {src} are {'correct' if y[0] else 'incorrect'}: nothing to predict; "
+                   f"rerun 4.2 with more problems or samples")
+            if cfg.one_class == "error":
+                raise ValueError(why)
+            log.warning("%s (recorded, --one_class record)", why)
+        else:
+            scores = {"majority class": np.full(len(y), float(y.mean() >= 0.5))}
+            for name, X in tqdm(feature_sets(t).items(), desc="probes", unit="feature set"):
+                scores[name], chosen[name] = out_of_fold_scores(X, y, groups, cfg.n_splits,
+                                                                [float(c) for c in cfg.cs.split(",")], cfg.inner_splits)
+            auc = {n: grouped_auc(y, s, groups, cfg.n_resamples).to_dict() for n, s in scores.items()}
+            vs = {n: grouped_auc(y, scores[PROBE], groups, cfg.n_resamples, baseline_N=s).to_dict()
+                  for n, s in scores.items() if n in ("thinking length", "MLP neurons (trace + last)")}
         report = {"identity": run.identity(), "config": config, "n_rollouts": len(y), "n_problems": len(set(groups)),
                   "base_rate": float(y.mean()), "auc": auc, "probe_minus_baseline": vs, "chosen_C": chosen,
-                  "verdict": verdict(auc, vs)}
+                  "verdict": verdict(auc, vs) if auc else f"undefined: {why}"}
         save_metadata(folder, cfg, run)
         write_json(folder / K.PROBES_JSON, report)
     for name, e in report["auc"].items():
         ci = "" if e["lo"] is None else f" [{e['lo']:.3f}, {e['hi']:.3f}]"
         log.info("%-28s AUC %s", name, "undefined" if e["value"] is None else f"{e['value']:.3f}{ci}")
     log.info("%s", report["verdict"])
-    for path in plot_probes(report, folder / K.PROBES_STEM):
+    for path in plot_probes(report, folder / K.PROBES_STEM) if report["auc"] else ():
         log.info("wrote %s", path)
 
 

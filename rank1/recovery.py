@@ -16,17 +16,11 @@ import numpy as np
 from rank1 import constants as K
 from rank1.artifacts import write_json, write_text, write_with
 from rank1.evaluate import generations_path, read_generations
+from rank1.paper import PAPER_RECOVERY
 from rank1.stats import Estimate, bootstrap_mean, paired_recovery
 
 log = logging.getLogger(__name__)
 
-# The paper's numbers (recovery in %), as reported in its Table 1 and Table 2 (see ../shared/seeds);
-# cells the sources do not give are absent.
-PAPER_RECOVERY = {
-    "lora": {"aime24": 72.73, "math500": 86.36, "gpqa": 89.90},
-    "mlp_ablated": {"aime24": -37.50},
-    "attn_ablated": {"aime24": 50.02},
-}
 BENCHMARK_TITLES = {"heldout": "held-out (generated)", "math500": "MATH500", "aime24": "AIME'24",
                     "gpqa": "GPQA-Diamond"}
 VARIANT_TITLES = {"base": "base", "lora": "rank-1 LoRA", "full": "full finetune",

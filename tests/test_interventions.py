@@ -523,11 +523,15 @@ def test_all_stage4_scripts_end_to_end_on_the_test_profile(isolated_root):
     for script in ("4.4_weight_geometry", "4.1_attribution", "4.0_steering", "4.2_counterfactual_rollouts",
                    "4.3_correctness_probes"):
         assert "--overwrite" in run_script([f"4_lora_interventions/{script}.py", "--help"]).stdout
-        args = ["--no-require_complete"] if script.startswith("4.2") else []
+        args = ["--no-require_complete"] if script.startswith("4.2") else ["--one_class", "error"] \
+            if script.startswith("4.3") else []
         proc = run_script([f"4_lora_interventions/{script}.py", "--profile", "test", *args], check=False)
         if script.startswith("4.3"):  # the random model answers nothing right: one clear error, no artifact
             assert proc.returncode == 2 and "nothing to predict" in proc.stderr.strip().splitlines()[-1]
             assert not (results_dir("test", K.PROBES_STAGE, "t") / K.PROBES_JSON).exists()
+            run_script([f"4_lora_interventions/{script}.py", "--profile", "test"])  # the profile records it
+            rep = read_json(results_dir("test", K.PROBES_STAGE, "t") / K.PROBES_JSON)
+            assert rep["auc"] == {} and rep["verdict"].startswith("undefined: all 18 rollouts")
         else:
             assert proc.returncode == 0, proc.stderr[-2000:]
     for stage, name in ((K.GEOMETRY_STAGE, K.GEOMETRY_JSON), (K.ATTRIBUTION_STAGE, K.ATTRIBUTION_JSON),

@@ -1,4 +1,5 @@
-"""End-to-end on the embedded SmolLM2 model (minutes): select with `pytest -m slow`."""
+"""End-to-end on the embedded SmolLM2 model and the whole main job on the test profile (minutes): select with
+`pytest -m slow`."""
 
 import os
 import subprocess
@@ -102,3 +103,24 @@ def test_tiny_stage3_short_with_a_killed_sae_training(isolated_root):
                        check=True)
     assert (interp / f"{K.FIGURE3_STEM}.png").is_file()
     assert (results_dir("tiny", K.SAE_DASHBOARD_STAGE, "tiny-r1-all") / "data" / "feat_0000.js").is_file()
+
+
+@pytest.mark.slow
+def test_whole_pipeline_on_the_test_profile_then_the_report(isolated_root):
+    """run_all.sh on the 2-layer random Qwen2, every stage; the report lists every artifact and misses none."""
+    from rank1.pipeline import STAGES
+    from rank1.report import NA, ReportConfig, build_report
+
+    env = {**os.environ, "PYTHON": sys.executable}
+    env.pop("GPQA_PATH", None)
+    subprocess.run(["bash", "run_all.sh", "--profile", "test"], cwd=REPO_ROOT, check=True, env=env)
+    times = (isolated_root / "logs" / "run_all-test-times.tsv").read_text()
+    assert all(f"\t{st.name}\t" in times for st in STAGES)
+    assert (isolated_root / "reports" / "test" / "REPORT.md").is_file()
+    rep = build_report(ReportConfig(profile="test"))
+    assert rep.run == "test-r1-all" and len(rep.folders) >= 20
+    assert rep.artifacts() and all(p.is_file() for p in rep.artifacts())
+    assert not [c for c in rep.claims if c.ours.startswith("missing")]
+    assert all(c.verdict != NA for c in rep.claims if c.section.startswith(("largest-KL", "LoRA directions")))
+    assert {f.stage for f in rep.folders} >= {"eval", "ablations", "lora_vs_mlp", "sae", "steering", "probes"}
+    assert all(t.latest is not None for t in rep.times)

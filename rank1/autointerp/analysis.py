@@ -26,23 +26,12 @@ from rank1.autointerp.categories import SCHEMES
 from rank1.autointerp.prompts import CLASSES
 from rank1.autointerp.run import AutointerpError
 from rank1.constants import PROJECTIONS
+from rank1.paper import PAPER_INTERP as PAPER
 from rank1.runs import check_same_identity
 from rank1.stats import DEFAULT_RESAMPLES, bootstrap_mean, chi_square, class_shares, enrichment, rank_test
 
 SCORES = ("detection", "fuzzing")
 HIST_BINS = 10
-
-# The paper's numbers, for side-by-side reports (REFERENCE.md).
-PAPER = {
-    "monosemantic_share_text": {"lora": 0.224, "mlp": 0.202},
-    "committed_table": {"lora": {"n": 367, "monosemantic": 0.161, "broad but consistent": 0.398,
-                                 "polysemantic": 0.441},
-                        "mlp": {"n": 376, "monosemantic": 0.130, "broad but consistent": 0.266,
-                                "polysemantic": 0.604},
-                        "chi_square": 20.3},
-    "enrichment": {"operators": 8.5, "answer": 3.0, "procedure": 2.2},  # keys of the lexicon scheme
-}
-
 
 def load_autointerp(folder: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(records, config) of a finished autointerp folder."""

@@ -35,17 +35,23 @@ def safe_json(obj: Any) -> str:
     return text
 
 
+def escape(value: Any) -> str:
+    """Any value as HTML text, safe in element content and in quoted attributes (``<``, ``>``, ``&``,
+    quotes). Pages written in Python (the index of a dashboard, the report) put every string through it."""
+    return html.escape(str(value), quote=True)
+
+
 def data_script(key: str, payload: Any) -> str:
     return f"window.__rank1_register({safe_json(key)}, {safe_json(payload)});\n"
 
 
 def index_html(title: str, app: str) -> str:
-    t = html.escape(title)
+    t = escape(title)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{t}</title><link rel="stylesheet" href="style.css"></head>
 <body><div id="app"><p class="muted">Loading ... (this page needs JavaScript)</p></div>
-<script src="core.js"></script><script src="data/index.js"></script><script src="{html.escape(app)}"></script>
+<script src="core.js"></script><script src="data/index.js"></script><script src="{escape(app)}"></script>
 </body></html>
 """
 

@@ -1,0 +1,149 @@
+"""The report: claims read from hand-made artifacts, missing stages, escaping, and the page in headless Chromium."""
+
+import base64
+import json
+from pathlib import Path
+
+from helpers import dashboard_page
+from rank1.report import NA, NO, YES, ReportConfig, build_report, read_times, render_html, write_report
+
+EVIL = '<img src=x onerror="window.__pwned = 1">'
+PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAAB"
+                       "JRU5ErkJggg==")  # 1 x 1 pixel
+
+
+def est(value, lo, hi):
+    return {"value": value, "lo": lo, "hi": hi, "level": 0.95, "n": 100, "undefined_share": 0.0}
+
+
+def write(path: Path, obj) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(obj, bytes):
+        path.write_bytes(obj)
+    else:
+        path.write_text(obj if isinstance(obj, str) else json.dumps(obj))
+    return path
+
+
+def hand_made_results(root: Path) -> Path:
+    """results/test/ of a run "r": eval, ablations, lora_vs_mlp, steering, a later stage; no SAE."""
+    res = root / "results" / "test"
+    acc = {"base": {"heldout": est(0.10, 0.05, 0.15)}, "lora": {"heldout": est(0.40, 0.33, 0.47)},
+           "full": {"heldout": est(0.50, 0.43, 0.57)}, "mlp_ablated": {"heldout": est(0.12, 0.08, 0.16)},
+           "attn_ablated": {"heldout": est(0.30, 0.24, 0.36)}}
+    rec = {"lora": {"heldout": est(0.75, 0.6, 0.9)}, "mlp_ablated": {"heldout": est(0.05, 0.0, 0.1)},
+           "attn_ablated": {"heldout": est(0.5, 0.4, 0.6)}}
+    write(res / "eval/r/recovery.json", {"variants": list(acc), "benchmarks": ["heldout"], "accuracy": acc,
+                                         "recovery": rec})
+    write(res / "eval/r/config.json", {"profile": "test", "runs": {"lora": {"run": "r", "base_model": "m",
+                                                                             "weights_sha256": "abcdef0123456789"}}})
+    write(res / "eval/r/recovery_bars.png", PNG)
+    write(res / "eval/r/recovery_bars.pdf", b"%PDF-1.4\n")
+    names = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "mlp", "attn", "all"]
+    type_kl = [0.01, 0.01, 0.01, 0.01, 0.05, 0.02, 0.01, 0.4, 0.04, 1.9]
+    layer_kl = [0.01] * 6 + [0.2, 0.3, 0.01, 0.01]  # layers 6 and 7 dominate
+    write(res / "ablations/r/ablation_results.json", {
+        "type": {"names": names,
+                 "kl": {"mean": type_kl, "lo": [v / 2 for v in type_kl], "hi": [v * 2 for v in type_kl]}},
+        "adapter_mean_by_projection": {"projections": names[:7], "kl": {
+            "mean": [1, 1, 1, 1, 1, 3, 1], "lo": [0.5] * 7, "hi": [4] * 7}},
+        "layer": {"layers": list(range(10)), "kl": {"mean": layer_kl, "lo": layer_kl, "hi": layer_kl}}})
+    mono = {"lora": {"n": 200, "shares": {"monosemantic": est(0.25, 0.19, 0.31)}},
+            "mlp": {"n": 200, "shares": {"monosemantic": est(0.20, 0.15, 0.26)}}}
+    enr = {"operators": {"name": "Mathematical Operators", "lora_count": 30, "mlp_count": 5,
+                         "enrichment": est(6.0, 2.5, 15.0)},
+           "answer": {"name": "Answer and Solution Markers", "lora_count": 4, "mlp_count": 4,
+                      "enrichment": est(1.0, 0.3, 3.0)}}
+    write(res / "lora_vs_mlp/r/lora_vs_mlp.json", {"classes": mono, "enrichment": enr})
+    write(res / "steering/r/steering.json", {"config": {"scalar_magnitudes": "3,10,30"}, "onsets": [
+        {"adapter": "L1.down_proj", "mode": "offset", "kl_onset": 10.0, "paper_m": 40.0},
+        {"adapter": "L0.down_proj", "mode": "offset", "kl_onset": None, "paper_m": 60.0},
+        {"adapter": "L0.down_proj", "mode": "vector", "kl_onset": 0.3, "paper_m": 0.5}]})
+    write(res / "sae_lora/r/sae_lora_results.json", {"anything": 1})  # a stage the report does not know
+    write(res / "sae_lora/r/sae_lora_latents.png", PNG)
+    write(res / "sae_lora/r/config.json", {"profile": "test", "note": EVIL, "identity": {"run": "r"}})
+    write(res / f"{EVIL}/r/config.json", {"x": EVIL})  # a hostile folder name
+    write(root / "logs/run_all-test-times.tsv", "t\teval_benchmarks\t9s\nt\t4.0_steering\t5s\nt\teval_benchmarks\t7s\n"
+                                               "t\t5.0_new_stage\t3s\n")
+    return res
+
+
+def test_claims_from_hand_made_artifacts(isolated_root):
+    hand_made_results(isolated_root)
+    rep = build_report(ReportConfig(profile="test"))
+    assert rep.run == "r"
+    rows = {(c.section, c.item): c for c in rep.claims}
+    rec = rows[("recovery of the full finetune's gain", "held-out (generated)")]
+    assert rec.ours.startswith("75.0 [60.0, 90.0]%") and rec.verdict == YES and rec.source == "eval/r/recovery.json"
+    assert rows[("MLP- vs. attention-ablated recovery", "held-out (generated)")].verdict == YES
+    kl = rows[("ablating all MLP adapters hurts more than all attention adapters",
+               "KL(P_full || P_ablated), all MLP vs. all attention")]
+    assert kl.ours.startswith("0.4 [0.2, 0.8] vs. 0.04") and kl.verdict == YES
+    proj = rows[("largest-KL projection type", "mean single-adapter KL by projection")]
+    assert proj.ours.startswith("up_proj") and proj.paper == "gate_proj" and proj.verdict == NO
+    layers = rows[("a few layers dominate", "leave-one-layer-out KL")]
+    # the top 4 layers hold 0.52 of 0.58 (90%), at least twice their uniform share (2 x 4/10)
+    assert layers.ours.startswith("layers 7 (0.78), 6 (0.67)") and layers.verdict == YES
+    mono = rows[("LoRA directions about as monosemantic as MLP neurons", "monosemantic share, LoRA vs. MLP")]
+    assert mono.ours.startswith("25.0 [19.0, 31.0]% vs. 20.0 [15.0, 26.0]%") and mono.verdict == YES
+    enr = {c.item: c for c in rep.claims if c.section.startswith("category enrichment")}
+    assert enr["Mathematical Operators"].verdict == YES and enr["Mathematical Operators"].paper == "8.5x"
+    assert enr["Answer and Solution Markers"].verdict == NO
+    assert enr["Instruction and Procedural Markers"].verdict == NA  # no such category in the artifact
+    steer = rows[("steering needs very large magnitudes", "KL onset, scalar offset")]
+    assert steer.ours.startswith("median onset 10 natural std") and steer.verdict == YES  # lower median of 10, >30
+    assert "L0.down_proj >30" in steer.ours and "40-60 std" in steer.ours
+
+
+def test_layers_rule_says_no_when_kl_is_spread(isolated_root):
+    res = hand_made_results(isolated_root)
+    data = json.loads((res / "ablations/r/ablation_results.json").read_text())
+    data["layer"]["kl"]["mean"] = [0.1] * 10
+    write(res / "ablations/r/ablation_results.json", data)
+    rep = build_report(ReportConfig(profile="test"))
+    assert next(c for c in rep.claims if c.section == "a few layers dominate").verdict == NO
+
+
+def test_a_stage_that_has_not_run_shows_as_missing(isolated_root):
+    hand_made_results(isolated_root)
+    rep = write_report(ReportConfig(profile="test"))
+    sae = [c for c in rep.claims if c.section == "BatchTopK SAE on the adapter state"]
+    assert len(sae) == 2 and all(c.verdict == NA and c.ours.startswith("missing: sae/r/sae_metrics.json") for c in sae)
+    md = (rep.out / "REPORT.md").read_text()
+    assert "missing: sae/r/sae_metrics.json (its stage has not run)" in md
+    assert "### sae_lora / r" in md and "sae_lora_results.json" in md  # found without knowing the stage
+    times = {t.stage: (t.latest, t.longest) for t in rep.times}
+    assert times["eval_benchmarks"] == (7, 9) and times["4.0_steering"] == (5, 5)
+    assert times["3.0_train_sae"] == (None, None) and "| 3.0_train_sae | not run | not run |" in md
+    assert times["5.0_new_stage"] == (3, 3) and rep.times[-1].stage == "5.0_new_stage"  # a stage added later
+    assert read_times(isolated_root / "logs/nothing.tsv") == {}
+
+
+def test_nothing_ran_at_all(isolated_root):
+    rep = write_report(ReportConfig(profile="test"))
+    assert rep.folders == [] and all(c.verdict == NA and c.ours.startswith("missing") for c in rep.claims)
+    assert "no stage has run" in (rep.out / "REPORT.md").read_text()
+
+
+def test_html_escapes_hostile_strings(isolated_root):
+    hand_made_results(isolated_root)
+    page = render_html(build_report(ReportConfig(profile="test")))
+    assert EVIL not in page and "<img src=x" not in page
+    assert "&lt;img src=x onerror=&quot;window.__pwned = 1&quot;&gt;" in page
+
+
+def test_report_page_in_headless_chromium(isolated_root):
+    hand_made_results(isolated_root)
+    rep = write_report(ReportConfig(profile="test"))
+    problems = []
+    with dashboard_page(rep.out / "index.html", problems) as page:
+        page.wait_for_selector("table")
+        assert page.evaluate("window.__pwned") is None
+        sizes = page.eval_on_selector_all("img", "els => els.map(e => [e.complete, e.naturalWidth])")
+        assert len(sizes) == 2 and all(ok and w > 0 for ok, w in sizes)  # the thumbnails loaded
+        hrefs = page.eval_on_selector_all("a", "els => els.map(e => e.href)")
+        assert hrefs and all(h.startswith("file://") for h in hrefs)
+        from urllib.parse import unquote, urlparse
+        assert all(Path(unquote(urlparse(h).path)).exists() for h in hrefs)
+        assert EVIL in page.locator("body").inner_text()  # shown as text
+    assert problems == []
