@@ -123,6 +123,31 @@ def latent_examples(sae, store_dir: Path, latents: list[int], tokenizer, k: int,
     return out
 
 
+@torch.no_grad()
+def latent_density(sae, store_dir: Path) -> np.ndarray:
+    """Share of the store's tokens (opening tokens left out) on which each latent fires."""
+    from rank1.store import Store
+
+    fired, n = torch.zeros(sae.cfg.d_sae), 0
+    for sh in Store.open(store_dir).shards():
+        keep = sh.positions_T > 0
+        fired += (sae.encode(sh.acts_TS[keep].float()) > 0).sum(0)
+        n += int(keep.sum())
+    return (fired / max(n, 1)).numpy()
+
+
+def alive_mass(v_N: np.ndarray, density_N: np.ndarray) -> float:
+    """Share of a unit direction's squared norm on latents that fire at least once in the store: the rest sits on
+    latents the data never activates (a read weight there gets no gradient from the loss)."""
+    return float((v_N[density_N > 0] ** 2).sum() / max((v_N ** 2).sum(), 1e-30))
+
+
+def mean_metrics(dirs_RF: np.ndarray) -> dict[str, float]:
+    """Sparsity metrics of each rank component's direction, averaged over the components."""
+    per = [sparsity_metrics(v) for v in dirs_RF]
+    return {k: float(np.mean([p[k] for p in per])) for k in per[0]}
+
+
 def top_latents(v_N: np.ndarray, n: int) -> list[dict[str, Any]]:
     order = np.argsort(-np.abs(v_N))[:n]
     return [{"latent": int(i), "weight": float(v_N[i])} for i in order]
@@ -157,6 +182,8 @@ def analyze(cfg: SaeLoraConfig) -> Path:
         variants["standard_lora"] = {**measure(lora_runner), "layers": lora_meta["layers"],
                                      "trainable_params": lora_meta["trainable_params"],
                                      "final_loss": lora_meta["final_loss"]}
+    store_dir = cfg.folder() / K.RESID_STORE_DIR
+    density = latent_density(sae, store_dir)
     runs: dict[str, Any] = {}
     for penalty_kind, weight in tqdm(cfg.runs(), desc="SAE-LoRA runs", unit="run", dynamic_ncols=True):
         name = run_name(penalty_kind, weight)
@@ -169,18 +196,22 @@ def analyze(cfg: SaeLoraConfig) -> Path:
         with torch.no_grad():
             A_hat, B_hat = (x.numpy() for x in adapter.directions())
             A0, B0 = (x.numpy() for x in init.directions())
+        reads, writes, reads0, writes0 = A_hat.T, B_hat, A0.T, B0  # [r, d_sae] each
         runs[name] = {"penalty": penalty_kind, "l1_weight": weight, **measure(runner, edit),
                       "s": adapter.s.tolist(), "norm_A_raw": float(adapter.A.norm()),
                       "norm_B_raw": float(adapter.B.norm()), "norm_A_raw_init": float(init.A.norm()),
                       "norm_B_raw_init": float(init.B.norm()),
                       "final_ce": log_[-1]["ce"], "first_ce": log_[0]["ce"],
-                      "sparsity": {"A": sparsity_metrics(A_hat[:, 0]), "B": sparsity_metrics(B_hat[0]),
-                                   "A_init": sparsity_metrics(A0[:, 0]), "B_init": sparsity_metrics(B0[0])},
-                      "cos_to_init": {"A": float(A_hat[:, 0] @ A0[:, 0]), "B": float(B_hat[0] @ B0[0])},
-                      "top_read": top_latents(A_hat[:, 0], cfg.top_latents),
-                      "top_write": top_latents(B_hat[0], cfg.top_latents)}
+                      "sparsity": {"A": mean_metrics(reads), "B": mean_metrics(writes),
+                                   "A_init": mean_metrics(reads0), "B_init": mean_metrics(writes0)},
+                      "alive_mass": {k: float(np.mean([alive_mass(v, density) for v in m]))
+                                     for k, m in (("A", reads), ("B", writes), ("A_init", reads0),
+                                                  ("B_init", writes0))},
+                      "cos_to_init": {"A": float(np.mean((reads * reads0).sum(1))),
+                                      "B": float(np.mean((writes * writes0).sum(1)))},
+                      "top_read": top_latents(reads[0], cfg.top_latents),
+                      "top_write": top_latents(writes[0], cfg.top_latents)}
     latents = sorted({t["latent"] for r in runs.values() for t in r["top_read"] + r["top_write"]})
-    store_dir = cfg.folder() / K.RESID_STORE_DIR
     examples = latent_examples(sae, store_dir, latents, tokenizer, cfg.top_examples, cfg.context) \
         if latents else {}
     for r in runs.values():
@@ -192,10 +223,14 @@ def analyze(cfg: SaeLoraConfig) -> Path:
                "condition": cfg.condition, "layer": cfg.layer, "dataset": info,
                "sae": {k: sae_metrics.get(k) for k in ("heldout", "splice", "d_sae", "d_model", "architecture",
                                                        "store_tokens", "sae_path")},
+               "alive_latents": {"n": int((density > 0).sum()), "d_sae": len(density),
+                                 "meaning": "latents firing on at least one store token (opening tokens left out)"},
                "variants": variants, "sae_lora_runs": runs,
                "sparsity_meaning": "of the unit-norm read (A_hat) and write (B_hat) directions over the d_sae latents: "
                                    "hoyer = (sqrt(n) - L1/L2)/(sqrt(n) - 1) (1 one-hot, 0 flat), gini of the "
-                                   "magnitudes ((n-1)/n one-hot, 0 flat), top10_share = L1 mass in the 10 largest"}
+                                   "magnitudes ((n-1)/n one-hot, 0 flat), top10_share = L1 mass in the 10 largest; "
+                                   "alive_mass = share of the squared norm on latents that fire in the store; means "
+                                   "over the rank components; top_read / top_write: component 0"}
     write_json(folder / K.SAE_LORA_RESULTS, results)
     from rank1.sae_lora_plots import plot_directions, plot_sweep
 
