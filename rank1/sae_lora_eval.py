@@ -192,7 +192,7 @@ def analyze(cfg: SaeLoraConfig) -> Path:
         adapter.requires_grad_(False)
         log_ = read_json(folder / K.SAE_LORA_LOG)
         edit = lambda h, a=adapter, c=acfg["settings"]: apply_adapter(h, sae, a, c["mode"], c["keep_error"])  # noqa: E731
-        init = SaeLora(acfg["d_sae"], cfg.rank, cfg.init_std, cfg.seed)
+        init = SaeLora(acfg["d_sae"], cfg.rank, cfg.init_std, cfg.seed).requires_grad_(False)
         with torch.no_grad():
             A_hat, B_hat = (x.numpy() for x in adapter.directions())
             A0, B0 = (x.numpy() for x in init.directions())
