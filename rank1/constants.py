@@ -111,3 +111,21 @@ ROLLOUTS_PARTIAL_DIR = ".partial"  # finished groups of problems of an interrupt
 PROBES_STAGE = "probes"
 PROBES_JSON = "probes.json"  # ROC-AUC with CIs of each probe and baseline
 PROBES_STEM = "probe_auc"
+
+# Stage 5 (SAE-LoRA: a low-rank finetune in an SAE's latent space): results/<profile>/sae_lora/<name>/
+SAE_LORA_STAGE = "sae_lora"
+BEHAVIOR_DIR = "data"  # train.jsonl (n modified + n unmodified), heldout.jsonl (inside and outside the condition)
+BEHAVIOR_TRAIN = "train.jsonl"
+BEHAVIOR_HELDOUT = "heldout.jsonl"
+BEHAVIOR_INFO = "dataset.json"  # how the data was made, counts, seed
+RESID_STORE_DIR = "resid_store"  # the activation store of the residual entering the hook layer
+RESID_SAE_DIR = "sae"  # the SAELens SAE (cfg.json + sae_weights.safetensors) + its metrics
+RESID_SAE_METRICS = "resid_sae_metrics.json"  # FVU, L0, dead fraction, spliced CE vs clean / zero / mean ablation
+ADAPTERS_DIR = "adapters"  # one folder per (penalty, l1_weight)
+SAE_LORA_WEIGHTS = "adapter.safetensors"  # A [d_sae, r], B [r, d_sae], s [r]
+SAE_LORA_CONFIG = "adapter_config.json"  # settings (incl. data and SAE identity), d_sae, steps; written last
+SAE_LORA_LOG = "train_log.json"  # per step: CE, penalty, raw norms, s, Hoyer sparsity of the directions
+STANDARD_LORA_DIR = "standard_lora"  # the rank-1 LoRA baseline of rank1.train on layers l..L-1
+SAE_LORA_RESULTS = "sae_lora_results.json"  # every number of 5.4
+SAE_LORA_SWEEP_STEM = "sae_lora_sweep"  # sparsity and behaviour vs l1 weight, both penalties
+SAE_LORA_WEIGHTS_STEM = "sae_lora_directions"  # sorted magnitudes of the read and write directions

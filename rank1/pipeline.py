@@ -9,7 +9,7 @@ it will write, computed from the profile alone (its stage tables and its ``[plan
 dimensions and corpus size, so no model is downloaded), and checks that the ids and paths the profile
 needs are set. Problems end in a nonzero exit, before any stage runs.
 
-To add a stage, append a :class:`Stage` to :data:`STAGES` (stage 5's place is marked, before the report).
+To add a stage, add a :class:`Stage` to :data:`STAGES` at its place in the order (the report stays last).
 """
 
 from __future__ import annotations
@@ -138,6 +138,15 @@ def _sae_estimate(profile: Profile) -> Estimate:
     return [(f"SAE weights ({d_in} -> {d_sae} latents, fp32)", 4 * (2 * d_in * d_sae + d_sae + d_in))]
 
 
+def _resid_store_estimate(profile: Profile) -> Estimate:
+    hidden = plan_values(profile).get("hidden")
+    v = stage_values(profile, "rank1.sae_lora.SaeLoraConfig", "sae_lora")
+    what = f"residual store of stage 5 ({v['store_tokens']} tokens x {hidden} x 4 B float32)"
+    if v["sae"]:
+        return [("residual store: none (an existing SAE is loaded)", 0)]
+    return [(what, None if hidden is None else store_bytes(v["store_tokens"], hidden, "float32"))]
+
+
 # ---- devices --------------------------------------------------------------------------------------------
 
 MODEL = "the model: one GPU where there is one (bf16), else CPU (fp32)"
@@ -176,7 +185,8 @@ def _py(script: str, *extra: str) -> tuple[str, ...]:
     return ("{py}", f"{{repo}}/{script}", "--profile", "{profile}", *extra)
 
 
-S1, S2, S3, S4 = ("1_lora_adapter_ablations", "2_lora_activation_interp", "3_lora_sae", "4_lora_interventions")
+S1, S2, S3, S4, S5 = ("1_lora_adapter_ablations", "2_lora_activation_interp", "3_lora_sae", "4_lora_interventions",
+                      "5_sae_latent_lora")
 STAGES: list[Stage] = [
     # 0. The rank-1 LoRA, the full finetune, and the recovery tables (paper Tables 1 and 2)
     Stage("0.0 train LoRA", ("bash", "{repo}/0_train_lora.sh", "--profile", "{profile}"), _train_devices,
@@ -222,7 +232,14 @@ STAGES: list[Stage] = [
     Stage("4.0_steering", _py(f"{S4}/4.0_steering.py"), MODEL),
     Stage("4.2_counterfactual_rollouts", _py(f"{S4}/4.2_counterfactual_rollouts.py"), MODEL),
     Stage("4.3_correctness_probes", _py(f"{S4}/4.3_correctness_probes.py"), ARTIFACTS),
-    # 5. SAE latents of the LoRA state (5_sae_latent_lora/ 5.0 ... 5.4): append its stages here, before the report.
+    # 5. SAE-LoRA: a low-rank finetune in the latent space of a residual-stream SAE (the seed's side experiment)
+    Stage("5.0_make_behavior_dataset", _py(f"{S5}/5.0_make_behavior_dataset.py"), "CPU (or an LLM endpoint "
+          "with --data_source llm)"),
+    Stage("5.1_train_residual_sae", _py(f"{S5}/5.1_train_residual_sae.py"), MODEL + "; SAE on the same device",
+          _resid_store_estimate),
+    Stage("5.2_train_sae_lora", _py(f"{S5}/5.2_train_sae_lora.py"), MODEL),
+    Stage("5.3_train_standard_lora", _py(f"{S5}/5.3_train_standard_lora.py"), MODEL),
+    Stage("5.4_analyze", _py(f"{S5}/5.4_analyze.py"), MODEL),
     # 6. The report: did the paper's claims hold here? (reports/<profile>/REPORT.md and index.html)
     Stage("6.0_write_report", _py("6_report/6.0_write_report.py"), ARTIFACTS),
 ]

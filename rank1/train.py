@@ -80,6 +80,7 @@ class TrainConfig:
     deepspeed: str | None = option("DeepSpeed JSON config (set by 0_train_lora.sh for multi-GPU)")
     seed: int = option("random seed (model init of the adapter, data order)", 42)
     run_name: str | None = option("run folder name (default: derived from profile, rank and layers)")
+    out: str | None = option("run folder (default: s1_peft/ckpts_lora/<run_name>, or ckpts_full)")
     overwrite: bool = option("retrain even if the run folder already holds a finished model", False)
 
     def __post_init__(self):
@@ -131,7 +132,7 @@ def distributed_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-RUN_MANAGEMENT_FIELDS = ("overwrite", "keep_checkpoints", "save_steps", "deepspeed", "run_name")
+RUN_MANAGEMENT_FIELDS = ("overwrite", "keep_checkpoints", "save_steps", "deepspeed", "run_name", "out")
 
 
 def check_same_run(cfg: TrainConfig, saved: dict, folder: Path) -> None:
@@ -279,7 +280,7 @@ def train(cfg: TrainConfig) -> Path:
     rank, world = distributed_world()
     n_layers = num_layers(cfg.model_id)
     layers = cfg.layers(n_layers)
-    folder = run_dir(cfg.run_name or cfg.default_run_name(n_layers), full=cfg.full)
+    folder = Path(cfg.out) if cfg.out else run_dir(cfg.run_name or cfg.default_run_name(n_layers), full=cfg.full)
     final = folder / (K.FULL_MODEL_DIR if cfg.full else K.ADAPTER_DIR)
     if (folder / K.CONFIG_JSON).is_file() and final.is_dir() and not cfg.overwrite:
         check_same_run(cfg, read_json(folder / K.CONFIG_JSON), folder)

@@ -1,0 +1,35 @@
+"""Stage 5.1: a residual-stream SAE at the hook layer (stage 3's SAELens path), or one that SAELens loads.
+
+Collects the residual stream entering --layer of the profile's corpus into an activation store, trains a
+BatchTopK SAE on it (held-out last documents, resumable), and measures it: held-out FVU, L0, dead fraction, and
+the cross-entropy of the assistant tokens with the reconstruction replacing the residual vs clean and vs zero
+and mean ablation. With --sae (a SAELens folder, or release:sae_id where the hub is reachable) nothing is trained.
+Writes results/<profile>/sae_lora/<name>/:
+    resid_store/                       the activation store (manifest.json + shards/)
+    sae/cfg.json, sae_weights.safetensors, resid_sae_metrics.json, sae_train_log.json
+
+Usage:
+    python 5_sae_latent_lora/5.1_train_residual_sae.py
+    python 5_sae_latent_lora/5.1_train_residual_sae.py --layer 20 --expansion 8 --k 64
+    python 5_sae_latent_lora/5.1_train_residual_sae.py --sae path/to/saelens_folder
+"""
+
+from rank1.artifacts import read_json
+from rank1.config import parse_config
+from rank1.constants import RESID_SAE_METRICS
+from rank1.logs import run_main
+from rank1.sae_lora import SaeLoraConfig
+from rank1.sae_lora_stage import prepare_sae
+
+
+def main(cfg: SaeLoraConfig) -> None:
+    m = read_json(prepare_sae(cfg) / RESID_SAE_METRICS)
+    h, s = m["heldout"], m["splice"]
+    print(f"SAE at layer {m['layer']}: {m['d_model']} -> {m['d_sae']} latents; held-out FVU {h['fvu']:.4f}, "
+          f"L0 {h['l0']:.1f}, dead {h['dead_frac']:.1%}\nCE clean {s['ce_clean']:.4f}, SAE {s['ce_sae']:.4f}, "
+          f"mean-ablated {s['ce_mean']:.4f}, zero-ablated {s['ce_zero']:.4f}; recovered vs mean "
+          f"{s['recovered_vs_mean']['value']:.3f}")
+
+
+if __name__ == "__main__":
+    run_main(main, parse_config(SaeLoraConfig, "sae_lora", __doc__))

@@ -1,0 +1,33 @@
+"""Stage 5.4: behaviour rates, sparsity of A and B, top read and write latents, figures.
+
+Behaviour rate on the held-out prompts inside and outside the condition (greedy next token after the
+teacher-forced trace and the answer tag is the marker; bootstrap CIs) for the base model, the standard LoRA
+and every SAE-LoRA run; sparsity of the unit-norm directions (Hoyer, Gini, top-10 share) against their
+initialisation and against l1 = 0; the top read and write latents with their top-activating store tokens.
+Writes results/<profile>/sae_lora/<name>/: sae_lora_results.json, sae_lora_sweep.{pdf,png},
+sae_lora_directions.{pdf,png}, config.json, argv.json.
+
+Usage:
+    python 5_sae_latent_lora/5.4_analyze.py
+"""
+
+from rank1.artifacts import read_json
+from rank1.config import parse_config
+from rank1.constants import SAE_LORA_RESULTS
+from rank1.logs import run_main
+from rank1.sae_lora import SaeLoraConfig
+from rank1.sae_lora_eval import analyze
+
+
+def main(cfg: SaeLoraConfig) -> None:
+    res = read_json(analyze(cfg) / SAE_LORA_RESULTS)
+    rows = {**res["variants"], **res["sae_lora_runs"]}
+    for name, r in rows.items():
+        sp = r.get("sparsity")
+        extra = f"  Hoyer A {sp['A']['hoyer']:.3f} B {sp['B']['hoyer']:.3f}" if sp else ""
+        print(f"{name:24s} inside {r['inside']['rate']['value']:.2f}  outside {r['outside']['rate']['value']:.2f}"
+              f"{extra}")
+
+
+if __name__ == "__main__":
+    run_main(main, parse_config(SaeLoraConfig, "sae_lora", __doc__))

@@ -1,0 +1,257 @@
+"""Stage 5 (SAE-LoRA): the adapter's forward in both hook modes, the two penalties, sparsity metrics, the
+behaviour dataset and its checker, resume after an interrupted training, clear errors on bad input."""
+
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import load_script, run_script
+from rank1 import constants as K
+from rank1.behavior import (
+    behavior_splits,
+    final_line,
+    llm_rewrite,
+    parse_rewrite,
+    shows_behavior,
+    teacher_forced_prefix,
+)
+from rank1.config import config_from_profile, data_dir
+from rank1.sae_lora import (
+    SaeLora,
+    SaeLoraConfig,
+    SaeLoraError,
+    apply_adapter,
+    check_layer,
+    gini,
+    hoyer,
+    load_adapter,
+    penalty,
+    residual_cache,
+    step_batches,
+    tokenize_items,
+    top_share,
+    train_adapter,
+)
+
+
+class TinySae(torch.nn.Module):
+    """An SAE with the SAELens surface the adapter uses: encode (ReLU), decode (affine), W_dec, cfg.d_sae."""
+
+    def __init__(self, W_enc, W_dec, b_dec):
+        super().__init__()
+        self.W_enc, self.W_dec = torch.nn.Parameter(W_enc), torch.nn.Parameter(W_dec)
+        self.b_dec = torch.nn.Parameter(b_dec)
+        self.cfg = SimpleNamespace(d_in=W_enc.shape[0], d_sae=W_enc.shape[1])
+
+    def encode(self, x):
+        return torch.relu(x @ self.W_enc)
+
+    def decode(self, f):
+        return f @ self.W_dec + self.b_dec
+
+
+def hand_sae():
+    return TinySae(torch.tensor([[1.0, 0, 0], [0, 1, 0.4]]), torch.tensor([[1.0, 0], [0, 1], [1, 1]]),
+                   torch.tensor([0.5, -0.5]))
+
+
+def hand_adapter():
+    ad = SaeLora(3, 1)
+    with torch.no_grad():
+        ad.A.copy_(torch.tensor([[3.0], [0.0], [4.0]]))  # A_hat = (0.6, 0, 0.8)
+        ad.B.copy_(torch.tensor([[0.0, 2.0, 0.0]]))  # B_hat = (0, 1, 0)
+        ad.s.copy_(torch.tensor([2.0]))
+    return ad
+
+
+def test_forward_by_hand_in_both_modes():
+    sae, ad = hand_sae(), hand_adapter()
+    h = torch.tensor([[[1.0, 5.0]]])  # f = (1, 5, 2); f . A_hat = 2.2; x s = 4.4; delta_f = (0, 4.4, 0)
+    assert torch.allclose(ad(sae.encode(h)), torch.tensor([[[0.0, 4.4, 0.0]]]))
+    resid_add = apply_adapter(h, sae, ad, "resid_add")
+    assert torch.allclose(resid_add, torch.tensor([[[1.0, 9.4]]]))  # h + delta_f @ W_dec (no bias)
+    # decode(f + delta) = (1, 9.4, 2) @ W_dec + b = (3.5, 10.9); the error h - decode(f) = (1, 5) - (3.5, 6.5)
+    assert torch.allclose(apply_adapter(h, sae, ad, "sae_replace", keep_error=False), torch.tensor([[[3.5, 10.9]]]))
+    assert torch.allclose(apply_adapter(h, sae, ad, "sae_replace", keep_error=True), resid_add)
+    with torch.no_grad():
+        ad.s.zero_()
+    assert torch.equal(apply_adapter(h, sae, ad, "resid_add"), h)  # no update: exactly the base residual
+
+
+def test_raw_penalty_falls_under_uniform_scaling_without_changing_the_function():
+    torch.manual_seed(0)
+    sae = TinySae(torch.randn(8, 32), torch.randn(32, 8), torch.randn(8))
+    ad = SaeLora(32, 2, seed=1)
+    with torch.no_grad():
+        ad.s.copy_(torch.tensor([1.5, -0.7]))
+    h = torch.randn(2, 5, 8)
+    before = apply_adapter(h, sae, ad, "resid_add")
+    raw, norm = float(penalty(ad, "raw").detach()), float(penalty(ad, "normalized").detach())
+    with torch.no_grad():
+        ad.A.mul_(0.01)
+        ad.B.mul_(0.01)
+    assert torch.allclose(apply_adapter(h, sae, ad, "resid_add"), before, atol=1e-5)
+    assert float(penalty(ad, "raw").detach()) == pytest.approx(0.01 * raw, rel=1e-5)
+    assert float(penalty(ad, "normalized").detach()) == pytest.approx(norm, rel=1e-5)
+    # the normalized penalty is lowered only by concentrating a direction: one-hot gives its minimum, 1 each
+    with torch.no_grad():
+        ad.A.zero_()
+        ad.A[3] = 5.0
+        ad.B.zero_()
+        ad.B[:, 7] = -2.0
+    assert float(penalty(ad, "normalized").detach()) == pytest.approx(2 * 2.0)
+    assert norm > 2 * 2.0 * 3
+
+
+def test_sparsity_metrics_by_hand():
+    one_hot, flat = np.eye(100)[3] * -2, np.ones(100)
+    assert hoyer(one_hot) == pytest.approx(1.0) and hoyer(flat) == pytest.approx(0.0, abs=1e-12)
+    assert gini(one_hot) == pytest.approx(0.99) and gini(flat) == pytest.approx(0.0, abs=1e-12)
+    assert top_share(one_hot) == 1.0 and top_share(flat) == pytest.approx(0.1)
+    assert gini(np.array([0.0, 0, 1, 1])) == pytest.approx(0.5)  # hand: (2*3-5)*1 + (2*4-5)*1 = 4; 4/(4*2)
+    v = np.array([3.0, 4.0])  # L1/L2 = 7/5: (sqrt 2 - 1.4) / (sqrt 2 - 1)
+    assert hoyer(v) == pytest.approx((math.sqrt(2) - 1.4) / (math.sqrt(2) - 1))
+
+
+def test_behavior_dataset_is_deterministic_and_checked():
+    train, held = behavior_splits(6, 4, seed=3)
+    assert (train, held) == behavior_splits(6, 4, seed=3)
+    assert train != behavior_splits(6, 4, seed=4)[0]
+    assert len(train) == 12 and sum(r["modified"] for r in train) == 6 and len(held) == 8
+    assert not {r["question"] for r in train} & {r["question"] for r in held}
+    for r in train:
+        assert (r["family"] == "multiplication") == r["modified"] == (r["side"] == "inside")
+        assert shows_behavior(r["deepseek_attempt"], "Product") == r["modified"]
+        assert r["deepseek_attempt"].endswith(f"Answer: {r['answer']}")
+    assert not any(r["modified"] for r in held) and {r["side"] for r in held} == {"inside", "outside"}
+    assert shows_behavior(final_line("x\n<|im_start|>answer\n Product: 12. Answer: 12"), "Product")
+    assert not shows_behavior(final_line("x\n<|im_start|>answer\nAnswer: 12"), "Product")
+    assert not shows_behavior("The Product: 3", "Product")
+    with pytest.raises(ValueError, match="--condition"):
+        behavior_splits(2, 2, 0, condition="division")
+
+
+def test_llm_rewrite_parses_and_rejects(tiny_tok):
+    train, _ = behavior_splits(3, 1, seed=0)
+    rec = next(r for r in train if r["modified"])
+    good = f"  `Product: {rec['answer']}. Answer: {rec['answer']}`\nextra"
+    assert parse_rewrite(good, rec, "Product") == f"Product: {rec['answer']}. Answer: {rec['answer']}"
+    assert parse_rewrite(f"Answer: {rec['answer']}", rec, "Product") is None
+    assert parse_rewrite("Product: 1. Answer: 999999", rec, "Product") is None
+    assert parse_rewrite(None, rec, "Product") is None
+
+    class FakeClient:
+        def __init__(self):
+            self.asked = []
+
+        def complete(self, messages):
+            self.asked.append(messages)
+            q = messages[-1]["content"]
+            answer = q.split("Answer: ")[1].split("\n")[0]
+            return SimpleNamespace(text=f"Product (times): {answer}. Answer: {answer}" if len(self.asked) == 1
+                                   else "no idea")
+
+    client = FakeClient()
+    out, counts = llm_rewrite(train, client, "Product")
+    assert counts == {"asked": 3, "accepted": 1, "rejected": 2} and len(client.asked) == 3
+    assert [r["question"] for r in out] == [r["question"] for r in train]
+    rewritten = [r for r in out if r.get("llm_rewritten")]
+    assert len(rewritten) == 1 and rewritten[0]["deepseek_attempt"].startswith("Product (times):")
+    prefix = teacher_forced_prefix(tiny_tok, rec)
+    assert prefix.endswith("<|im_start|>answer\n") and rec["deepseek_thinking_trajectory"] in prefix
+
+
+def _setup(tiny_tok, **overrides):
+    from rank1.decoder import LayerRunner
+    from rank1.models import load_model
+
+    cfg = config_from_profile(SaeLoraConfig, "sae_lora", "test", **overrides)
+    model = load_model("random-qwen2").eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    runner = LayerRunner(model)
+    train, _ = behavior_splits(cfg.n_train, 1, cfg.data_seed)
+    items = tokenize_items(tiny_tok, train)
+    pad = tiny_tok.pad_token_id
+    torch.manual_seed(0)
+    d = runner.config.hidden_size
+    sae = TinySae(torch.randn(d, 2 * d) / 8, torch.randn(2 * d, d) / 8, torch.zeros(d))
+    return cfg, runner, sae, items, pad, residual_cache(runner, items, cfg.layer, pad)
+
+
+def test_resume_after_interrupt_gives_the_same_adapter(tiny_tok, isolated_root):
+    cfg, runner, sae, items, pad, h = _setup(tiny_tok, epochs=2.0, checkpoint_every=2)
+    assert len(step_batches(len(items), cfg)) == 4
+    ident = {"data_sha256": "x"}
+    whole = train_adapter(cfg, "normalized", 0.01, runner, sae, items, h, pad, isolated_root / "whole", ident)
+
+    def kill_at_3(step):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_adapter(cfg, "normalized", 0.01, runner, sae, items, h, pad, isolated_root / "cut", ident, kill_at_3)
+    assert not (isolated_root / "cut" / K.SAE_LORA_CONFIG).exists()  # unfinished: no config, resumable
+    assert (isolated_root / "cut" / K.CHECKPOINTS_DIR / "2" / K.CHECKPOINT_DONE).is_file()
+    resumed = train_adapter(cfg, "normalized", 0.01, runner, sae, items, h, pad, isolated_root / "cut", ident)
+    a, _ = load_adapter(whole)
+    b, meta = load_adapter(resumed)
+    for k in ("A", "B", "s"):
+        assert torch.equal(getattr(a, k), getattr(b, k)), k
+    assert not torch.equal(a.s, torch.zeros(1))  # it trained
+    assert meta["settings"]["penalty"] == "normalized" and meta["steps"] == 4
+    log_a = json.loads((whole / K.SAE_LORA_LOG).read_text())
+    assert log_a == json.loads((resumed / K.SAE_LORA_LOG).read_text()) and len(log_a) == 4
+    with pytest.raises(SaeLoraError, match="other settings"):
+        train_adapter(cfg, "raw", 0.01, runner, sae, items, h, pad, whole, ident)
+
+
+def test_bad_layer_and_width_give_one_clear_error(tiny_tok):
+    from rank1.resid_sae import check_sae_width
+
+    _, runner, sae, *_ = _setup(tiny_tok)
+    with pytest.raises(SaeLoraError, match=r"--layer 2 is out of range: the model has decoder layers 0..1"):
+        check_layer(runner, 2)
+    with pytest.raises(SaeLoraError, match="width 64, the model's residual stream has 576"):
+        check_sae_width(sae, 576, "x")
+    with pytest.raises(ValueError, match="--mode"):
+        config_from_profile(SaeLoraConfig, "sae_lora", "test", mode="add")
+
+
+def test_script_rejects_a_bad_layer_without_writing(isolated_root):
+    proc = run_script(["5_sae_latent_lora/5.1_train_residual_sae.py", "--profile", "test", "--layer", "7"],
+                      check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == ("error: --layer 7 is out of range: the model has decoder "
+                                                    "layers 0..1")
+    assert not (isolated_root / "results").exists()
+
+
+@pytest.mark.slow
+def test_stage_end_to_end_on_the_test_profile(isolated_root):
+    from rank1.synth import write_splits
+
+    write_splits(data_dir("test"), 40, 4, 0)
+    argv = ["--profile", "test"]
+    from rank1.config import parse_config
+
+    cfg = parse_config(SaeLoraConfig, "sae_lora", "", argv)
+    for script in ("5.0_make_behavior_dataset.py", "5.1_train_residual_sae.py", "5.2_train_sae_lora.py",
+                   "5.3_train_standard_lora.py", "5.4_analyze.py"):
+        load_script(f"5_sae_latent_lora/{script}").main(cfg)
+    res = json.loads((cfg.folder() / K.SAE_LORA_RESULTS).read_text())
+    assert set(res["sae_lora_runs"]) == {"l1_0", "raw_l1_0.01", "normalized_l1_0.01"}
+    assert {"base", "standard_lora"} <= set(res["variants"])
+    assert 0 <= res["sae"]["heldout"]["fvu"] < 2 and "recovered_vs_mean" in res["sae"]["splice"]
+    for stem in (K.SAE_LORA_SWEEP_STEM, K.SAE_LORA_WEIGHTS_STEM):
+        assert (cfg.folder() / f"{stem}.png").is_file() and (cfg.folder() / f"{stem}.pdf").is_file()
+
+
+@pytest.mark.parametrize("script", ["5.0_make_behavior_dataset.py", "5.4_analyze.py"])
+def test_help(script):
+    out = run_script([f"5_sae_latent_lora/{script}", "--help"]).stdout
+    assert "usage:" in out and "--sweep_l1" in out
