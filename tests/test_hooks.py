@@ -2,8 +2,14 @@ import pytest
 import torch
 from peft import get_peft_model
 
-from rank1.hooks import (ablate_adapters, add_hooks, count_hooks, folded_adapters, read_adapter_activations,
-                         replace_adapter_activations)
+from rank1.hooks import (
+    ablate_adapters,
+    add_hooks,
+    count_hooks,
+    folded_adapters,
+    read_adapter_activations,
+    replace_adapter_activations,
+)
 from rank1.lora import adapter_sites, lora_config
 from rank1.models import load_model
 
