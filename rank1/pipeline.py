@@ -9,7 +9,9 @@ it will write, computed from the profile alone (its stage tables and its ``[plan
 dimensions and corpus size, so no model is downloaded), and checks that the ids and paths the profile
 needs are set. Problems end in a nonzero exit, before any stage runs.
 
-To add a stage, add a :class:`Stage` to :data:`STAGES` at its place in the order (the report stays last).
+The stage list is the table in ``run_all.sh`` (read by :func:`read_stage_table`), so the main job shows its
+stages where a reader looks for them; a new stage is one line there, at its place in the order (the report stays
+last), plus its devices and disk in :data:`DETAILS`.
 """
 
 from __future__ import annotations
@@ -181,68 +183,77 @@ def _llm_devices(section: tuple[str, ...]) -> Callable[[Profile], str]:
 
 # ---- the stages, in the paper's order -------------------------------------------------------------------
 
-def _py(script: str, *extra: str) -> tuple[str, ...]:
-    return ("{py}", f"{{repo}}/{script}", "--profile", "{profile}", *extra)
+LLM_2 = _llm_devices(("autointerp",))
+LLM_3 = _llm_devices(("autointerp", "sae_autointerp"))
+
+# What the dry run says of each stage of run_all.sh's table, by name: the devices it expects and what it writes
+# (no entry for the disk: small JSON and figures).
+DETAILS: dict[str, tuple[str | Callable[[Profile], str], Callable[[Profile], Estimate] | None]] = {
+    "0.0 train LoRA": (_train_devices, _train_estimate),
+    "0.1 train full": (_train_devices, _full_estimate),
+    "eval_benchmarks": (_eval_devices, None),
+    "1.0_generate_ablation_data": (MODEL, None),
+    "1.1_visualize_ablation_results": (ARTIFACTS, None),
+    "lora_ablation_all_by_type": (ARTIFACTS, None),
+    "iterative_mlp_ablation_by_matrix": (MODEL, None),
+    "lora_layer_ablation_kl_visualization": (MODEL, None),
+    "2.0_extract_lora_activations": (_extract_devices, lambda p: _store_estimate(p, mlp=False)),
+    "2.1_precompute_lora_topk": (ARTIFACTS, None),
+    "2.3_lora_activation_dashboard": (ARTIFACTS, None),
+    "2.4_extract_mlp_activations": (_extract_devices, lambda p: _store_estimate(p, mlp=True)),
+    "2.5_precompute_mlp_topk": (ARTIFACTS, None),
+    "2.2_run_lora_autointerp": (LLM_2, None),
+    "2.7_run_mlp_autointerp": (LLM_2, None),
+    "2.3_analyze_lora_interpretability": (ARTIFACTS, None),
+    "2.3_analyze_mlp_interpretability": (ARTIFACTS, None),
+    "2.8_compare_lora_mlp": (ARTIFACTS, None),
+    "3.0_train_sae": (MODEL + " (the loss-gap check); SAE on the same device", _sae_estimate),
+    "3.1_collect_sae_features": (ARTIFACTS, None),
+    "3.3.0_autointerp": (LLM_3, None),
+    "3.3.1_categorize": (LLM_3, None),
+    "3.2_generate_sae_dashboard": (ARTIFACTS, None),
+    "3.3.2_compute_activation_densities": (ARTIFACTS, None),
+    "3.3.3_create_donut_fig": (ARTIFACTS, None),
+    "4.4_weight_geometry": (ARTIFACTS + " and the adapter weights", None),
+    "4.1_attribution": (MODEL, None),
+    "4.0_steering": (MODEL, None),
+    "4.2_counterfactual_rollouts": (MODEL, None),
+    "4.3_correctness_probes": (ARTIFACTS, None),
+    "5.0_make_behavior_dataset": ("CPU (or an LLM endpoint with --data_source llm)", None),
+    "5.1_train_residual_sae": (MODEL + "; SAE on the same device", _resid_store_estimate),
+    "5.2_train_sae_lora": (MODEL, None),
+    "5.3_train_standard_lora": (MODEL, None),
+    "5.4_analyze": (MODEL, None),
+    "6.0_write_report": (ARTIFACTS, None),
+}
+UNDECLARED = "not declared in rank1.pipeline.DETAILS"
+RUNNERS = {"py": "{py}", "bash": "bash"}
 
 
-S1, S2, S3, S4, S5 = ("1_lora_adapter_ablations", "2_lora_activation_interp", "3_lora_sae", "4_lora_interventions",
-                      "5_sae_latent_lora")
-STAGES: list[Stage] = [
-    # 0. The rank-1 LoRA, the full finetune, and the recovery tables (paper Tables 1 and 2)
-    Stage("0.0 train LoRA", ("bash", "{repo}/0_train_lora.sh", "--profile", "{profile}"), _train_devices,
-          _train_estimate),
-    Stage("0.1 train full", ("bash", "{repo}/0_train_lora.sh", "--profile", "{profile}", "--full"), _train_devices,
-          _full_estimate),
-    Stage("eval_benchmarks", _py("s1_peft/eval_benchmarks.py"), _eval_devices),
-    # 1. Adapter ablations and Figure 1: which layers and adapter types carry the effect
-    Stage("1.0_generate_ablation_data", _py(f"{S1}/1.0_generate_ablation_data.py"), MODEL),
-    Stage("1.1_visualize_ablation_results", _py(f"{S1}/1.1_visualize_ablation_results.py"), ARTIFACTS),
-    Stage("lora_ablation_all_by_type", _py(f"{S1}/lora_ablation_all_by_type.py"), ARTIFACTS),
-    Stage("iterative_mlp_ablation_by_matrix", _py(f"{S1}/iterative_mlp_ablation_by_matrix.py"), MODEL),
-    Stage("lora_layer_ablation_kl_visualization", _py(f"{S1}/lora_layer_ablation_kl_visualization.py"), MODEL),
-    # 2. Adapter activations vs. MLP neurons: stores, top-k, dashboard, autointerp, Figure 2
-    Stage("2.0_extract_lora_activations", _py(f"{S2}/2.0_extract_lora_activations.py"), _extract_devices,
-          lambda p: _store_estimate(p, mlp=False)),
-    Stage("2.1_precompute_lora_topk", _py(f"{S2}/2.1_precompute_lora_topk.py"), ARTIFACTS),
-    Stage("2.3_lora_activation_dashboard", _py(f"{S2}/2.3_lora_activation_dashboard.py"), ARTIFACTS),
-    Stage("2.4_extract_mlp_activations", _py(f"{S2}/2.4_extract_mlp_activations.py"), _extract_devices,
-          lambda p: _store_estimate(p, mlp=True)),
-    Stage("2.5_precompute_mlp_topk", _py(f"{S2}/2.5_precompute_mlp_topk.py"), ARTIFACTS),
-    Stage("2.2_run_lora_autointerp", _py(f"{S2}/2.2_run_lora_autointerp.py"), _llm_devices(("autointerp",))),
-    Stage("2.7_run_mlp_autointerp", _py(f"{S2}/2.7_run_mlp_autointerp.py"), _llm_devices(("autointerp",))),
-    Stage("2.3_analyze_lora_interpretability", _py(f"{S2}/2.3_analyze_lora_interpretability.py"), ARTIFACTS),
-    Stage("2.3_analyze_mlp_interpretability", _py(f"{S2}/2.3_analyze_lora_interpretability.py", "--kind", "mlp"),
-          ARTIFACTS),
-    Stage("2.8_compare_lora_mlp", _py(f"{S2}/2.8_compare_lora_mlp.py"), ARTIFACTS),
-    # 3. The BatchTopK SAE on the adapter state, its features, categories and Figure 3
-    Stage("3.0_train_sae", _py(f"{S3}/3.0_train_sae.py"), MODEL + " (the loss-gap check); SAE on the same device",
-          _sae_estimate),
-    Stage("3.1_collect_sae_features", _py(f"{S3}/3.1_collect_sae_features.py"), ARTIFACTS),
-    Stage("3.3.0_autointerp", _py(f"{S3}/3.3_autointerp/3.3.0_autointerp.py"),
-          _llm_devices(("autointerp", "sae_autointerp"))),
-    Stage("3.3.1_categorize", _py(f"{S3}/3.3_autointerp/3.3.1_categorize.py"),
-          _llm_devices(("autointerp", "sae_autointerp"))),
-    Stage("3.2_generate_sae_dashboard", _py(f"{S3}/3.2_generate_sae_dashboard.py"), ARTIFACTS),
-    Stage("3.3.2_compute_activation_densities", _py(f"{S3}/3.3_autointerp/3.3.2_compute_activation_densities.py"),
-          ARTIFACTS),
-    Stage("3.3.3_create_donut_fig", _py(f"{S3}/3.3_autointerp/3.3.3_create_donut_fig.py"), ARTIFACTS),
-    # 4. Interventions: weight geometry, attribution, steering, counterfactual rollouts, correctness probes
-    Stage("4.4_weight_geometry", _py(f"{S4}/4.4_weight_geometry.py"), ARTIFACTS + " and the adapter weights"),
-    Stage("4.1_attribution", _py(f"{S4}/4.1_attribution.py"), MODEL),
-    Stage("4.0_steering", _py(f"{S4}/4.0_steering.py"), MODEL),
-    Stage("4.2_counterfactual_rollouts", _py(f"{S4}/4.2_counterfactual_rollouts.py"), MODEL),
-    Stage("4.3_correctness_probes", _py(f"{S4}/4.3_correctness_probes.py"), ARTIFACTS),
-    # 5. SAE-LoRA: a low-rank finetune in the latent space of a residual-stream SAE (the seed's side experiment)
-    Stage("5.0_make_behavior_dataset", _py(f"{S5}/5.0_make_behavior_dataset.py"), "CPU (or an LLM endpoint "
-          "with --data_source llm)"),
-    Stage("5.1_train_residual_sae", _py(f"{S5}/5.1_train_residual_sae.py"), MODEL + "; SAE on the same device",
-          _resid_store_estimate),
-    Stage("5.2_train_sae_lora", _py(f"{S5}/5.2_train_sae_lora.py"), MODEL),
-    Stage("5.3_train_standard_lora", _py(f"{S5}/5.3_train_standard_lora.py"), MODEL),
-    Stage("5.4_analyze", _py(f"{S5}/5.4_analyze.py"), MODEL),
-    # 6. The report: did the paper's claims hold here? (reports/<profile>/REPORT.md and index.html)
-    Stage("6.0_write_report", _py("6_report/6.0_write_report.py"), ARTIFACTS),
-]
+def read_stage_table(path: Path = REPO_ROOT / "run_all.sh") -> list[Stage]:
+    """The stages of ``run_all.sh``'s table (the lines between ``: <<'STAGES'`` and ``STAGES``), each line
+    ``name | py|bash | script [args]``: the script runs from the repository with ``--profile`` added."""
+    lines = path.read_text().splitlines()
+    try:
+        start = lines.index(": <<'STAGES'") + 1
+        end = lines.index("STAGES", start)
+    except ValueError:
+        raise ValueError(f"{path}: no stage table (lines between \": <<'STAGES'\" and \"STAGES\")") from None
+    stages = []
+    for n, line in enumerate(lines[start:end], start + 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = [p.strip() for p in line.split("|")]
+        if len(parts) != 3 or parts[1] not in RUNNERS or not parts[2]:
+            raise ValueError(f"{path}:{n}: expected 'name | py|bash | script [args]', got {line!r}")
+        name, runner, (script, *extra) = parts[0], parts[1], shlex.split(parts[2])
+        devices, disk = DETAILS.get(name, (UNDECLARED, None))
+        stages.append(Stage(name, (RUNNERS[runner], f"{{repo}}/{script}", "--profile", "{profile}", *extra),
+                            devices, disk))
+    return stages
+
+
+STAGES: list[Stage] = read_stage_table()
 
 
 def command(stage: Stage, profile: str, python: str, repo: Path = REPO_ROOT,

@@ -94,3 +94,20 @@ def test_a_failing_stage_names_itself_and_its_rerun_command(isolated_root, monke
 @pytest.mark.parametrize("name", ["tiny", "test", "paper"])
 def test_every_profile_has_a_plan(name):
     assert pipeline.plan_values(load_profile(name))["layers"] > 0
+
+
+def test_the_stage_table_of_run_all_sh_is_the_stage_list(tmp_path):
+    from rank1.config import REPO_ROOT
+
+    text = (REPO_ROOT / "run_all.sh").read_text()
+    assert all(f"\n{st.name} " in text for st in STAGES)
+    assert {st.name for st in STAGES} == set(pipeline.DETAILS)  # every stage declares its devices, none is stale
+    assert not any(st.devices == pipeline.UNDECLARED for st in STAGES)
+    table = tmp_path / "run_all.sh"
+    table.write_text(": <<'STAGES'\n# comment\nfirst | py | a/b.py --kind mlp\nsecond | bash | c.sh\nSTAGES\n")
+    first, second = pipeline.read_stage_table(table)
+    assert first.argv == ("{py}", "{repo}/a/b.py", "--profile", "{profile}", "--kind", "mlp")
+    assert second.argv[:2] == ("bash", "{repo}/c.sh") and second.devices == pipeline.UNDECLARED
+    table.write_text(": <<'STAGES'\nfirst | python | a.py\nSTAGES\n")
+    with pytest.raises(ValueError, match=r"run_all.sh:2: expected 'name \| py\|bash \| script \[args\]'"):
+        pipeline.read_stage_table(table)
