@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from rank1.constants import ARGV_JSON, CONFIG_JSON
+from rank1.constants import ARGV_JSON, CHECKPOINT_DONE, CONFIG_JSON
 
 SECRET_MARKERS = ("token", "key", "secret", "password")
 
@@ -61,6 +61,12 @@ def write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path:
     with atomic_path(path) as tmp:
         writer(tmp)
     return Path(path)
+
+
+def newest_checkpoint(folder: Path) -> Path | None:
+    """The highest-numbered ``folder/<step>/`` marked complete (``CHECKPOINT_DONE``), or None."""
+    done = [p.parent for p in folder.glob(f"*/{CHECKPOINT_DONE}")]
+    return max(done, key=lambda p: int(p.name)) if done else None
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -170,7 +170,8 @@ class TokenizedDataset(torch.utils.data.Dataset):
 
 @dataclass
 class PadCollator:
-    """Right-pads a batch; padded labels are IGNORE_INDEX whatever the pad token id is."""
+    """Right-pads a batch; padded labels are IGNORE_INDEX whatever the pad token id is (items without
+    ``labels`` get IGNORE_INDEX everywhere)."""
 
     pad_token_id: int
 
@@ -182,6 +183,7 @@ class PadCollator:
         for i, b in enumerate(batch):
             k = len(b["input_ids"])
             ids[i, :k] = torch.tensor(b["input_ids"])
-            labels[i, :k] = torch.tensor(b["labels"])
+            if "labels" in b:
+                labels[i, :k] = torch.tensor(b["labels"])
             mask[i, :k] = 1
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from rank1 import constants as K
-from rank1.artifacts import read_json, write_json, write_run_metadata, write_with
+from rank1.artifacts import newest_checkpoint, read_json, write_json, write_run_metadata, write_with
 from rank1.config import option, results_dir
 from rank1.runs import RunOptions, check_same_identity
 from rank1.store import Store
@@ -334,11 +334,6 @@ def _trainer_class():
     return LoggingTrainer
 
 
-def _newest_checkpoint(folder: Path) -> Path | None:
-    done = [p.parent for p in folder.glob(f"*/{K.CHECKPOINT_DONE}")]
-    return max(done, key=lambda p: int(p.name)) if done else None
-
-
 def _prepare_checkpoints(folder: Path, key: dict[str, Any], overwrite: bool) -> Path | None:
     """The newest complete checkpoint of the same settings (None: start fresh); refuses other settings."""
     ckpts = folder / K.CHECKPOINTS_DIR
@@ -350,7 +345,7 @@ def _prepare_checkpoints(folder: Path, key: dict[str, Any], overwrite: bool) -> 
                        f"discard them, or rerun with the same settings to resume")
     ckpts.mkdir(parents=True, exist_ok=True)
     write_json(stamp, key)
-    newest = _newest_checkpoint(ckpts)
+    newest = newest_checkpoint(ckpts)
     for p in ckpts.iterdir():  # unfinished or superseded ones
         if p.is_dir() and p != newest:
             shutil.rmtree(p)

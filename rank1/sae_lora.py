@@ -54,9 +54,9 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from rank1 import constants as K
-from rank1.artifacts import read_json, write_json, write_with
+from rank1.artifacts import newest_checkpoint, read_json, write_json, write_with
 from rank1.config import option, results_dir
-from rank1.data import IGNORE_INDEX
+from rank1.data import IGNORE_INDEX, PadCollator
 
 log = logging.getLogger(__name__)
 
@@ -259,17 +259,9 @@ def tokenize_items(tokenizer, records: list[dict[str, Any]]) -> list[dict[str, l
 
 
 def pad_batch(items: list[dict], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    n = max(len(it["input_ids"]) for it in items)
-    ids = torch.full((len(items), n), pad_id, dtype=torch.long)
-    labels = torch.full_like(ids, IGNORE_INDEX)
-    mask = torch.zeros_like(ids)
-    for r, it in enumerate(items):
-        m = len(it["input_ids"])
-        ids[r, :m] = torch.tensor(it["input_ids"])
-        if "labels" in it:
-            labels[r, :m] = torch.tensor(it["labels"])
-        mask[r, :m] = 1
-    return ids, mask, labels
+    """(input_ids, attention_mask, labels), right-padded by the training collator."""
+    batch = PadCollator(pad_id)(items)
+    return batch["input_ids"], batch["attention_mask"], batch["labels"]
 
 
 def check_layer(runner, layer: int) -> None:
@@ -345,11 +337,6 @@ def load_adapter(folder: Path) -> tuple[SaeLora, dict[str, Any]]:
     return adapter, read_json(folder / K.SAE_LORA_CONFIG)
 
 
-def _newest_checkpoint(ckpts: Path) -> Path | None:
-    done = [p.parent for p in ckpts.glob(f"*/{K.CHECKPOINT_DONE}")]
-    return max(done, key=lambda p: int(p.name)) if done else None
-
-
 def _save_checkpoint(ckpts: Path, step: int, adapter: SaeLora, opt, records: list, config: dict) -> None:
     folder = ckpts / str(step)
     shutil.rmtree(folder, ignore_errors=True)
@@ -386,7 +373,7 @@ def train_adapter(cfg: SaeLoraConfig, penalty_kind: str, l1_weight: float, runne
     opt = torch.optim.Adam([{"params": [adapter.A, adapter.B], "lr": cfg.lr},
                             {"params": [adapter.s], "lr": cfg.lr_s}])
     steps = step_batches(len(items), cfg)
-    resume, records, start = _newest_checkpoint(ckpts), [], 0
+    resume, records, start = newest_checkpoint(ckpts), [], 0
     if resume is not None:
         loaded, _ = load_adapter(resume)
         adapter.load_state_dict(loaded.state_dict())
