@@ -134,11 +134,9 @@ def splice_metrics(runner, sae, items: list[dict], layer: int, pad_id: int, mean
                     "mean": mean_D.expand_as(h).clone()}
         for name, x in variants.items():
             x[:, :SKIP_FIRST] = h[:, :SKIP_FIRST]
-            for r in range(len(ids)):
-                one = slice(r, r + 1)
-                ce, n = suffix_ce(runner, x[one], ids[one], mask[one], labels[one], layer)
-                sums[name][i + r] = float(ce)
-                n_tok += n if name == "clean" else 0
+            ce_B, n_B = suffix_ce(runner, x, ids, mask, labels, layer)
+            sums[name][i:i + len(ids)] = ce_B.double().numpy()
+            n_tok += int(n_B.sum()) if name == "clean" else 0
     out: dict[str, Any] = {"n_docs": len(items), "n_tokens": n_tok,
                            **{f"ce_{k}": float(v.sum() / n_tok) for k, v in sums.items()}}
     for abl in ("zero", "mean"):

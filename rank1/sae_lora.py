@@ -293,13 +293,16 @@ def stack_cached(h_list: list[torch.Tensor]) -> torch.Tensor:
 
 
 def suffix_ce(runner, h_BTD: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
-              layer: int) -> tuple[torch.Tensor, int]:
-    """(summed next-token CE of the labelled tokens, their count), running layers ``layer..L-1`` from ``h``."""
+              layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: (summed next-token CE of its labelled tokens [B], their count [B]), running layers
+    ``layer..L-1`` from ``h``."""
     ctx = runner.prepare(ids, mask)
     out, _ = runner.run(h_BTD, ctx, layer)
     b, t = torch.nonzero(labels[:, 1:] != IGNORE_INDEX, as_tuple=True)
     logits = runner.logits(out[b, t]).float()
-    return torch.nn.functional.cross_entropy(logits, labels[b, t + 1], reduction="sum"), len(b)
+    ce = torch.nn.functional.cross_entropy(logits, labels[b, t + 1], reduction="none")
+    rows = torch.zeros(len(ids), dtype=ce.dtype).index_add(0, b, ce)
+    return rows, torch.bincount(b, minlength=len(ids))
 
 
 # ---------------------------------------------------------------- training
@@ -391,7 +394,7 @@ def train_adapter(cfg: SaeLoraConfig, penalty_kind: str, l1_weight: float, runne
             group = seqs[m:m + cfg.micro_batch]
             ids, mask, labels = pad_batch([items[i] for i in group], pad_id)
             h = apply_adapter(stack_cached([h_cache[i] for i in group]), sae, adapter, cfg.mode, cfg.keep_error)
-            ce, _ = suffix_ce(runner, h, ids, mask, labels, cfg.layer)
+            ce = suffix_ce(runner, h, ids, mask, labels, cfg.layer)[0].sum()
             (ce / n_tok).backward()
             ce_total += float(ce.detach())
         pen = penalty(adapter, penalty_kind)
