@@ -352,18 +352,30 @@ def _save_checkpoint(ckpts: Path, step: int, adapter: SaeLora, opt, records: lis
             shutil.rmtree(p)
 
 
+def adapter_key(cfg: SaeLoraConfig, penalty_kind: str, l1_weight: float, identity: dict[str, Any]) -> dict:
+    """The settings a finished adapter records (JSON round-tripped, so it compares equal to the saved ones)."""
+    return json.loads(json.dumps({**cfg.adapter_settings(penalty_kind, l1_weight), **identity}))
+
+
+def is_finished(cfg: SaeLoraConfig, folder: Path, key: dict) -> bool:
+    """Whether ``folder`` holds the finished adapter of ``key`` (never with --overwrite); an adapter of other
+    settings there is an error."""
+    if cfg.overwrite or not ((folder / K.SAE_LORA_CONFIG).is_file() and (folder / K.SAE_LORA_WEIGHTS).is_file()):
+        return False
+    if read_json(folder / K.SAE_LORA_CONFIG).get("settings") == key:
+        return True
+    raise SaeLoraError(f"{folder} holds an adapter of other settings; pass --overwrite or another --name")
+
+
 def train_adapter(cfg: SaeLoraConfig, penalty_kind: str, l1_weight: float, runner, sae, items: list[dict],
                   h_cache: list[torch.Tensor], pad_id: int, folder: Path, identity: dict[str, Any],
                   after_step=None) -> Path:
     """Train (or resume, or skip when finished) one adapter into ``folder``; ``identity`` (data, SAE) goes into
     its config. ``after_step(step)`` is called after every optimizer step (tests interrupt runs with it)."""
-    settings = {**cfg.adapter_settings(penalty_kind, l1_weight), **identity}
-    key = json.loads(json.dumps(settings))
-    if (folder / K.SAE_LORA_CONFIG).is_file() and (folder / K.SAE_LORA_WEIGHTS).is_file() and not cfg.overwrite:
-        if read_json(folder / K.SAE_LORA_CONFIG).get("settings") == key:
-            log.info("%s is finished; skipping (--overwrite retrains)", folder)
-            return folder
-        raise SaeLoraError(f"{folder} holds an adapter of other settings; pass --overwrite or another --name")
+    key = adapter_key(cfg, penalty_kind, l1_weight, identity)
+    if is_finished(cfg, folder, key):
+        log.info("%s is finished; skipping (--overwrite retrains)", folder)
+        return folder
     ckpts = folder / K.CHECKPOINTS_DIR
     if ckpts.is_dir() and (cfg.overwrite or not (ckpts / "settings.json").is_file()
                            or read_json(ckpts / "settings.json") != key):

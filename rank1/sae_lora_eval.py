@@ -10,6 +10,8 @@ only the layers from there on. Rates carry percentile bootstrap CIs over prompts
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ from rank1.sae_lora import (
     sparsity_metrics,
     stack_cached,
 )
-from rank1.sae_lora_stage import load_base, load_dataset, load_stage_sae, sae_folder
+from rank1.sae_lora_stage import data_folder, load_base, load_dataset, load_stage_sae, sae_folder
 from rank1.stats import bootstrap_mean
 
 log = logging.getLogger(__name__)
@@ -153,8 +155,30 @@ def top_latents(v_N: np.ndarray, n: int) -> list[dict[str, Any]]:
     return [{"latent": int(i), "weight": float(v_N[i])} for i in order]
 
 
+def analysis_inputs(cfg: SaeLoraConfig) -> str:
+    """One hash of what 5.4 reads and how: the data, the SAE, every adapter and the standard LoRA (their files),
+    and the analysis options."""
+    h = hashlib.sha256(json.dumps({k: getattr(cfg, k) for k in (
+        "marker", "condition", "layer", "rank", "init_std", "seed", "top_latents", "top_examples", "context",
+        "n_resamples", "sae")} | {"runs": cfg.runs()}, sort_keys=True).encode())
+    folders = [data_folder(cfg), sae_folder(cfg), cfg.folder() / K.STANDARD_LORA_DIR / K.ADAPTER_DIR,
+               *(cfg.folder() / K.ADAPTERS_DIR / run_name(p, w) for p, w in cfg.runs())]
+    for folder in folders:
+        for path in sorted(folder.glob("*")) if folder.is_dir() else []:
+            if path.is_file():
+                h.update(path.name.encode())
+                h.update(path.read_bytes())
+    return h.hexdigest()
+
+
 def analyze(cfg: SaeLoraConfig) -> Path:
-    """5.4: every number into ``sae_lora_results.json``, the figures, config.json."""
+    """5.4: every number into ``sae_lora_results.json``, the figures, config.json (skipped when the results of
+    the same inputs exist; --overwrite redoes them)."""
+    inputs = analysis_inputs(cfg)
+    done = cfg.folder() / K.SAE_LORA_RESULTS
+    if done.is_file() and not cfg.overwrite and read_json(done).get("inputs_sha256") == inputs:
+        log.info("%s is up to date; skipping (--overwrite redoes it)", done)
+        return cfg.folder()
     _, heldout, info = load_dataset(cfg)
     _, tokenizer, runner = load_base(cfg)
     sae, sae_id = load_stage_sae(cfg, runner.config.hidden_size)
@@ -219,7 +243,7 @@ def analyze(cfg: SaeLoraConfig) -> Path:
             t.update(examples[t["latent"]])
     folder = cfg.folder()
     sae_metrics = read_json(sae_folder(cfg) / K.RESID_SAE_METRICS)
-    results = {"measure": MEASURE, "marker": cfg.marker, "marker_token_id": int(marker_id),
+    results = {"inputs_sha256": inputs, "measure": MEASURE, "marker": cfg.marker, "marker_token_id": int(marker_id),
                "condition": cfg.condition, "layer": cfg.layer, "dataset": info,
                "sae": {k: sae_metrics.get(k) for k in ("heldout", "splice", "d_sae", "d_model", "architecture",
                                                        "store_tokens", "sae_path")},

@@ -21,7 +21,16 @@ from rank1.artifacts import read_json, write_json, write_run_metadata, write_tex
 from rank1.behavior import behavior_splits, llm_rewrite
 from rank1.config import dataset_file
 from rank1.data import load_reasoning_records, read_jsonl
-from rank1.sae_lora import SaeLoraConfig, SaeLoraError, check_layer, residual_cache, run_name, train_adapter
+from rank1.sae_lora import (
+    SaeLoraConfig,
+    SaeLoraError,
+    adapter_key,
+    check_layer,
+    is_finished,
+    residual_cache,
+    run_name,
+    train_adapter,
+)
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +196,7 @@ def train_sweep(cfg: SaeLoraConfig, after_step=None) -> list[Path]:
     folders = []
     for penalty_kind, weight in todo:
         folder = cfg.folder() / K.ADAPTERS_DIR / run_name(penalty_kind, weight)
-        if h_cache is None:
+        if h_cache is None and not is_finished(cfg, folder, adapter_key(cfg, penalty_kind, weight, identity)):
             h_cache = residual_cache(runner, items, cfg.layer, pad, cfg.micro_batch)
         folders.append(train_adapter(cfg, penalty_kind, weight, runner, sae, items, h_cache, pad, folder, identity,
                                      after_step))

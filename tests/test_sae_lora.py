@@ -249,6 +249,20 @@ def test_stage_end_to_end_on_the_test_profile(isolated_root):
     assert 0 <= res["sae"]["heldout"]["fvu"] < 2 and "recovered_vs_mean" in res["sae"]["splice"]
     for stem in (K.SAE_LORA_SWEEP_STEM, K.SAE_LORA_WEIGHTS_STEM):
         assert (cfg.folder() / f"{stem}.png").is_file() and (cfg.folder() / f"{stem}.pdf").is_file()
+    # a rerun of the finished stage does no work: no residual cache for finished adapters, no new analysis
+    import rank1.sae_lora_eval
+    import rank1.sae_lora_stage
+
+    def no_work(*_a, **_k):
+        raise AssertionError("a finished step recomputed its residual cache")
+
+    mtime = (cfg.folder() / K.SAE_LORA_RESULTS).stat().st_mtime_ns
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(rank1.sae_lora_stage, "residual_cache", no_work)
+        mp.setattr(rank1.sae_lora_eval, "residual_cache", no_work)
+        for script in ("5.2_train_sae_lora.py", "5.4_analyze.py"):
+            load_script(f"5_sae_latent_lora/{script}").main(cfg)
+    assert (cfg.folder() / K.SAE_LORA_RESULTS).stat().st_mtime_ns == mtime
 
 
 @pytest.mark.parametrize("script", ["5.0_make_behavior_dataset.py", "5.4_analyze.py"])
