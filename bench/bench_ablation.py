@@ -23,18 +23,20 @@ import torch
 
 
 def matmul_floor(model: torch.nn.Module, plans, n_tokens: int, n_measured: int) -> float:
-    """The cached/naive ratio if time were proportional to the multiply-adds of the linear layers: each
-    ablation runs layers ``start..L-1`` on every token (cached) or all L layers (naive), and the LM head on
-    the measured tokens either way. Attention scores, norms and the KL are left out (small next to these
-    on short sequences)."""
+    """The cached/naive ratio if time were proportional to the multiply-adds of the linear layers. Both
+    sides first run the full model once (the reference the KL compares with, which the cached side also
+    keeps its prefix from); then each ablation runs layers ``start..L-1`` on every token (cached) or all L
+    layers (naive), and the LM head on the measured tokens either way. Attention scores, norms and the KL
+    are left out (small next to these on short sequences)."""
     from rank1.decoder import LayerRunner
 
     runner = LayerRunner(model)
     layer = sum(m.weight.numel() for m in runner.body.layers[0].modules()
                 if isinstance(m, torch.nn.Linear) and m.weight.shape[0] > 1 and m.weight.shape[1] > 1)
     head = runner.lm_head.weight.numel()
-    cached = sum((runner.num_layers - p.start) * layer * n_tokens + head * n_measured for p in plans)
-    naive = len(plans) * (runner.num_layers * layer * n_tokens + head * n_measured)
+    reference = runner.num_layers * layer * n_tokens + head * n_measured
+    cached = reference + sum((runner.num_layers - p.start) * layer * n_tokens + head * n_measured for p in plans)
+    naive = reference + len(plans) * (runner.num_layers * layer * n_tokens + head * n_measured)
     return cached / naive
 
 

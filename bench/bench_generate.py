@@ -2,12 +2,15 @@
 
 Both sides decode the same held-out prompts greedily with the same thinking budget and stop tokens,
 in one process, interleaved (batched, single, single, batched, ...); prints tokens/s per repeat, the
-medians and their ratio (target >= 8x on 2 CPU cores at batch 32). With a LoRA run, both sides run
-the model the way the evaluation does (``variant_context(..., "adapter_on")``: adapters folded into the
-weights on CPU; ``--no_fold`` keeps them as separate modules).
+medians and their ratio (target >= 8x on 2 CPU cores). The batch and the thinking budget default to the
+evaluation's (``[eval] batch_size`` and ``think_tokens``: 64 prompts and 160 tokens on tiny), so the load
+is the one the evaluation runs; ``--n 32`` measures at batch 32. With a short budget the prefill of the
+prompts, which costs both sides the same multiply-adds, dominates the batched side. With a LoRA run, both
+sides run the model the way the evaluation does (``variant_context(..., "adapter_on")``: adapters folded
+into the weights on CPU; ``--no_fold`` keeps them as separate modules).
 
 Usage:
-    python bench/bench_generate.py --run tiny-r1-all        # tiny profile (SmolLM2-135M + adapter), 32 prompts
+    python bench/bench_generate.py --run tiny-r1-all        # tiny profile (SmolLM2-135M + adapter), 64 prompts
     python bench/bench_generate.py --profile test --n 8 --tokens 16
 """
 
@@ -24,8 +27,10 @@ import torch
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="tiny")
-    parser.add_argument("--n", type=int, default=32, help="prompts (= the batch size of the batched side)")
-    parser.add_argument("--tokens", type=int, default=32, help="thinking budget per prompt")
+    parser.add_argument("--n", type=int, default=None, help="prompts (= the batch size of the batched side; "
+                                                            "default: the profile's [eval] batch_size)")
+    parser.add_argument("--tokens", type=int, default=None, help="thinking budget per prompt (default: the "
+                                                                 "profile's [eval] think_tokens)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each side, interleaved")
     parser.add_argument("--run", help="a trained run (its long reasoning traces make a fairer load than the "
                                       "base model, which often stops at once); default: the base model")
@@ -50,6 +55,12 @@ def main() -> None:
         model_id = load_profile(args.profile).common("model")
         tok, model = load_tokenizer(model_id), load_model(model_id, dtype=torch.float32).eval()
         context = contextlib.nullcontext()
+    evaluation = load_profile(args.profile).section("eval")
+    for arg, key in (("n", "batch_size"), ("tokens", "think_tokens")):
+        if getattr(args, arg) is None:
+            if key not in evaluation:
+                parser.error(f"profile {args.profile} sets no [eval] {key}: pass --{arg}")
+            setattr(args, arg, int(evaluation[key]))
     bench = load_benchmark(BenchmarkSpec("heldout", args.n), args.profile)
     prompts = [think_prompt(tok, it.question) for it in bench.items]
     stops = sorted(StopTokens.of(tok).think)
