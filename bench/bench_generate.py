@@ -46,21 +46,22 @@ def main() -> None:
     from rank1.models import load_model, load_tokenizer
     from rank1.runs import resolve_run
 
-    if args.adapter or args.run:
-        loaded = resolve_run(args.run, args.profile, adapter=args.adapter,
-                             model_id=load_profile(args.profile).common("model")).load("fp32")
-        tok, model, model_id = loaded.tokenizer, loaded.model, f"{loaded.run.name} on {loaded.run.model_id}"
-        context = variant_context(loaded, "adapter_on", fold=not args.no_fold)  # as the evaluation runs it
-    else:
-        model_id = load_profile(args.profile).common("model")
-        tok, model = load_tokenizer(model_id), load_model(model_id, dtype=torch.float32).eval()
-        context = contextlib.nullcontext()
-    evaluation = load_profile(args.profile).section("eval")
+    profile = load_profile(args.profile)
+    evaluation = profile.section("eval")
     for arg, key in (("n", "batch_size"), ("tokens", "think_tokens")):
         if getattr(args, arg) is None:
             if key not in evaluation:
                 parser.error(f"profile {args.profile} sets no [eval] {key}: pass --{arg}")
             setattr(args, arg, int(evaluation[key]))
+    if args.adapter or args.run:
+        loaded = resolve_run(args.run, args.profile, adapter=args.adapter,
+                             model_id=profile.common("model")).load("fp32")
+        tok, model, model_id = loaded.tokenizer, loaded.model, f"{loaded.run.name} on {loaded.run.model_id}"
+        context = variant_context(loaded, "adapter_on", fold=not args.no_fold)  # as the evaluation runs it
+    else:
+        model_id = profile.common("model")
+        tok, model = load_tokenizer(model_id), load_model(model_id, dtype=torch.float32).eval()
+        context = contextlib.nullcontext()
     bench = load_benchmark(BenchmarkSpec("heldout", args.n), args.profile)
     prompts = [think_prompt(tok, it.question) for it in bench.items]
     stops = sorted(StopTokens.of(tok).think)
