@@ -17,7 +17,7 @@ killed sweep continues from its last finished batch of sequences.
 """
 
 from rank1 import constants as K
-from rank1.ablation import AblationConfig, measure
+from rank1.ablation.sweep import AblationConfig, measure
 from rank1.config import parse_config
 from rank1.logs import run_main
 

@@ -16,8 +16,8 @@ import logging
 import numpy as np
 
 from rank1 import constants as K
-from rank1.ablation import AblationConfig, read_result, results_folder
-from rank1.ablation_plots import figure1
+from rank1.ablation.sweep import AblationConfig, read_result, results_folder
+from rank1.ablation.plots import figure1
 from rank1.config import parse_config
 from rank1.logs import run_main
 

@@ -20,7 +20,7 @@ import logging
 import numpy as np
 
 from rank1 import constants as K
-from rank1.ablation import (
+from rank1.ablation.sweep import (
     KL_DIRECTION,
     MEAN_MEANING,
     SAMPLE_KEYS,
@@ -31,8 +31,8 @@ from rank1.ablation import (
     output_dir,
     resolve_ablation_run,
 )
-from rank1.ablation_greedy import carry_fraction, greedy_removal
-from rank1.ablation_plots import iterative
+from rank1.ablation.greedy import carry_fraction, greedy_removal
+from rank1.ablation.plots import iterative
 from rank1.artifacts import read_json, write_json, write_run_metadata
 from rank1.config import parse_config
 from rank1.logs import run_main

@@ -15,8 +15,8 @@ results/<profile>/ablations/<run>/.
 import logging
 
 from rank1 import constants as K
-from rank1.ablation import SAMPLE_KEYS, AblationConfig, existing_result, measure, output_dir, resolve_ablation_run
-from rank1.ablation_plots import by_type
+from rank1.ablation.sweep import SAMPLE_KEYS, AblationConfig, existing_result, measure, output_dir, resolve_ablation_run
+from rank1.ablation.plots import by_type
 from rank1.artifacts import read_json, write_json
 from rank1.config import parse_config
 from rank1.logs import run_main

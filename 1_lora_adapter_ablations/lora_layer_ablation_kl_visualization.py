@@ -18,8 +18,8 @@ import logging
 import numpy as np
 
 from rank1 import constants as K
-from rank1.ablation import AblationConfig, load_per_token, read_result, results_folder
-from rank1.ablation_plots import token_kl
+from rank1.ablation.sweep import AblationConfig, load_per_token, read_result, results_folder
+from rank1.ablation.plots import token_kl
 from rank1.artifacts import write_json
 from rank1.config import parse_config
 from rank1.logs import run_main

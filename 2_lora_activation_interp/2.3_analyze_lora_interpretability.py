@@ -11,7 +11,7 @@ Usage:
     python 2_lora_activation_interp/2.3_analyze_lora_interpretability.py --kind mlp
 """
 
-from rank1.autointerp.report import InterpretabilityConfig, interpretability
+from rank1.activations.compare import InterpretabilityConfig, interpretability
 from rank1.config import parse_config
 from rank1.logs import run_main
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from rank1 import constants as K
 from rank1.config import option, parse_config, results_dir
 from rank1.dashboard import write_dashboard
-from rank1.dashboard.lora import build_payloads
+from rank1.activations.dashboard import build_payloads
 from rank1.logs import run_main
 from rank1.lora import adapter_vectors
 from rank1.runs import RunOptions, check_same_identity

@@ -10,7 +10,7 @@ Usage:
 """
 
 from rank1.config import parse_config
-from rank1.interp import ExtractConfig, extract
+from rank1.activations.stage import ExtractConfig, extract
 from rank1.logs import run_main
 
 

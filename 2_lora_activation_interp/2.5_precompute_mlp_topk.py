@@ -7,7 +7,7 @@ Usage:
 """
 
 from rank1.config import parse_config
-from rank1.interp import TopKConfig, precompute_topk
+from rank1.activations.stage import TopKConfig, precompute_topk
 from rank1.logs import run_main
 
 

@@ -12,7 +12,7 @@ Usage:
     python 2_lora_activation_interp/2.8_compare_lora_mlp.py
 """
 
-from rank1.autointerp.report import CompareConfig, lora_vs_mlp
+from rank1.activations.compare import CompareConfig, lora_vs_mlp
 from rank1.config import parse_config
 from rank1.logs import run_main
 

@@ -19,7 +19,7 @@ from rank1.artifacts import read_json
 from rank1.config import parse_config
 from rank1.constants import SAE_METRICS_JSON
 from rank1.logs import run_main
-from rank1.sae import SaeConfig, train_stage
+from rank1.sae.train import SaeConfig, train_stage
 
 
 def main(cfg: SaeConfig) -> None:

@@ -15,7 +15,7 @@ Usage:
 
 from rank1.config import parse_config
 from rank1.logs import run_main
-from rank1.sae_features import SaeFeaturesConfig, collect_features
+from rank1.sae.features import SaeFeaturesConfig, collect_features
 
 
 def main(cfg: SaeFeaturesConfig) -> None:

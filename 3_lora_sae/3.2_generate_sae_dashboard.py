@@ -21,11 +21,11 @@ from pathlib import Path
 from rank1 import constants as K
 from rank1.config import option, parse_config, results_dir
 from rank1.dashboard import write_dashboard
-from rank1.dashboard.sae import build_payloads
+from rank1.sae.dashboard import build_payloads
 from rank1.logs import run_main
 from rank1.runs import RunOptions
-from rank1.sae_categories import read_categories, read_explanations
-from rank1.sae_features import load_run_features
+from rank1.sae.categories import read_categories, read_explanations
+from rank1.sae.features import load_run_features
 from rank1.store import check_writable
 
 

@@ -1,6 +1,6 @@
 """Stage 4.0: can the adapter directions steer reasoning, and from what magnitude on?
 
-Two interventions from the first generated token on (see rank1/steering.py): (a) offset an adapter's
+Two interventions from the first generated token on (see rank1/interventions/steering.py): (a) offset an adapter's
 own scalar activation by m natural standard deviations (std over the stage-2 corpus, from 2.1's top-k
 artifact), for any projection; (b) add m x (mean residual norm at its layer) x unit(B) after the layer,
 for o_proj / down_proj. Each magnitude is swept per adapter on held-out problems; measured against the
@@ -31,12 +31,12 @@ from rank1.artifacts import public_config, read_json, write_json, write_text
 from rank1.capture import decoder_layers
 from rank1.config import option, parse_config, results_dir
 from rank1.generate import Budget, budget_forced_greedy, think_prompt
-from rank1.intervention_plots import plot_steering
-from rank1.interventions import StageOptions, finished, heldout_problems, output_folder, save_metadata
+from rank1.interventions.plots import plot_steering
+from rank1.interventions.common import StageOptions, finished, heldout_problems, output_folder, save_metadata
 from rank1.logs import run_main
 from rank1.lora import parse_projections, rslora_scale
 from rank1.runs import check_same_identity
-from rank1.steering import (
+from rank1.interventions.steering import (
     RESIDUAL_WRITERS,
     Steer,
     behaviour,

@@ -28,13 +28,13 @@ from tqdm.auto import tqdm
 
 from rank1 import constants as K
 from rank1.artifacts import public_config, read_json, write_json, write_with
-from rank1.attribution import TARGETS, agreement, answer_target, attribute, check_problem, target_value
+from rank1.interventions.attribution import TARGETS, agreement, answer_target, attribute, check_problem, target_value
 from rank1.config import data_dir, option, parse_config
 from rank1.dashboard import write_dashboard
-from rank1.dashboard.attribution import build_payloads
+from rank1.interventions.dashboard import build_payloads
 from rank1.data import read_jsonl
-from rank1.intervention_plots import plot_agreement, plot_site_grid
-from rank1.interventions import StageOptions, finished, heldout_problems, output_folder, save_metadata
+from rank1.interventions.plots import plot_agreement, plot_site_grid
+from rank1.interventions.common import StageOptions, finished, heldout_problems, output_folder, save_metadata
 from rank1.logs import run_main
 from rank1.models import load_tokenizer
 

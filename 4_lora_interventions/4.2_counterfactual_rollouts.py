@@ -40,11 +40,11 @@ from rank1.generate import (
     check_logprob_parity,
     think_prompt,
 )
-from rank1.intervention_plots import plot_counterfactual
-from rank1.interventions import StageOptions, finished, heldout_problems, output_folder, save_metadata
+from rank1.interventions.plots import plot_counterfactual
+from rank1.interventions.common import StageOptions, finished, heldout_problems, output_folder, save_metadata
 from rank1.logs import run_main
 from rank1.models import resolve_model_source
-from rank1.rollouts import compare, mixed_problems, paired_differences, rollout_ids, sample_rollouts, trace_means
+from rank1.interventions.rollouts import compare, mixed_problems, paired_differences, rollout_ids, sample_rollouts, trace_means
 
 log = logging.getLogger("4.2_counterfactual_rollouts")
 SETTINGS = ("n_problems", "offset", "n_samples", "temperature", "seed", "think_tokens", "answer_tokens",

@@ -3,7 +3,7 @@
 Reads 4.2's rollouts of held-out problems (never the adapter's training data) and their per-rollout
 activation means: over the whole thinking and over its last tokens. Logistic regression scored out of
 fold, with folds grouped by problem and the regularisation chosen inside each training fold (see
-rank1/probes.py). Baselines through the same procedure: majority class (a constant: AUC 0.5), thinking
+rank1/interventions/probes.py). Baselines through the same procedure: majority class (a constant: AUC 0.5), thinking
 length alone, and the matched base-model MLP neurons. ROC-AUC with 95% CIs from resampling problems, and
 the probe's AUC minus each baseline's with its CI; the log says plainly whether the probe beats them.
 
@@ -25,10 +25,10 @@ from tqdm.auto import tqdm
 from rank1 import constants as K
 from rank1.artifacts import public_config, read_json, write_json
 from rank1.config import option, parse_config, results_dir
-from rank1.intervention_plots import plot_probes
-from rank1.interventions import StageOptions, finished, output_folder, save_metadata
+from rank1.interventions.plots import plot_probes
+from rank1.interventions.common import StageOptions, finished, output_folder, save_metadata
 from rank1.logs import run_main
-from rank1.probes import out_of_fold_scores
+from rank1.interventions.probes import out_of_fold_scores
 from rank1.runs import check_same_identity
 from rank1.stats import grouped_auc
 

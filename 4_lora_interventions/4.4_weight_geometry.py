@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from rank1 import constants as K
 from rank1.artifacts import public_config, write_json
 from rank1.config import option, parse_config
-from rank1.interventions import StageOptions, finished, output_folder, save_metadata
+from rank1.interventions.common import StageOptions, finished, output_folder, save_metadata
 from rank1.logs import run_main
 from rank1.lora import adapter_vectors
 from rank1.plots import save_figure
-from rank1.weight_geometry import geometry, plot_geometry
+from rank1.interventions.geometry import geometry, plot_geometry
 
 log = logging.getLogger("4.4_weight_geometry")
 

@@ -17,8 +17,8 @@ from rank1.artifacts import read_json
 from rank1.config import parse_config
 from rank1.constants import BEHAVIOR_INFO
 from rank1.logs import run_main
-from rank1.sae_lora import SaeLoraConfig
-from rank1.sae_lora_stage import make_dataset
+from rank1.sae_lora.adapter import SaeLoraConfig
+from rank1.sae_lora.stage import make_dataset
 
 
 def main(cfg: SaeLoraConfig) -> None:

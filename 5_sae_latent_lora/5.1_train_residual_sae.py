@@ -18,8 +18,8 @@ from rank1.artifacts import read_json
 from rank1.config import parse_config
 from rank1.constants import RESID_SAE_METRICS
 from rank1.logs import run_main
-from rank1.sae_lora import SaeLoraConfig
-from rank1.sae_lora_stage import prepare_sae
+from rank1.sae_lora.adapter import SaeLoraConfig
+from rank1.sae_lora.stage import prepare_sae
 
 
 def main(cfg: SaeLoraConfig) -> None:

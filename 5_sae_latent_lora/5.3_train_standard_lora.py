@@ -1,6 +1,6 @@
 """Stage 5.3: the standard rank-1 LoRA baseline on the same behaviour data, with the project's trainer.
 
-rank1.train (PEFT rank-1 RSLoRA on the seven projections) restricted to layers layer..L-1, the layers the
+rank1.training.train (PEFT rank-1 RSLoRA on the seven projections) restricted to layers layer..L-1, the layers the
 SAE-LoRA reaches, with the same number of optimizer steps and batch. Resumes after a kill; skips when finished.
 Writes results/<profile>/sae_lora/<name>/standard_lora/ (adapter/, config.json, loss_log.json, loss curve).
 
@@ -11,8 +11,8 @@ Usage:
 
 from rank1.config import parse_config
 from rank1.logs import run_main
-from rank1.sae_lora import SaeLoraConfig
-from rank1.sae_lora_stage import train_standard_lora
+from rank1.sae_lora.adapter import SaeLoraConfig
+from rank1.sae_lora.stage import train_standard_lora
 
 
 def main(cfg: SaeLoraConfig) -> None:

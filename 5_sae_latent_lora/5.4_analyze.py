@@ -15,8 +15,8 @@ from rank1.artifacts import read_json
 from rank1.config import parse_config
 from rank1.constants import SAE_LORA_RESULTS
 from rank1.logs import run_main
-from rank1.sae_lora import SaeLoraConfig
-from rank1.sae_lora_eval import analyze
+from rank1.sae_lora.adapter import SaeLoraConfig
+from rank1.sae_lora.eval import analyze
 
 
 def main(cfg: SaeLoraConfig) -> None:

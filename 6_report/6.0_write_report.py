@@ -15,7 +15,7 @@ Usage:
 
 from rank1.config import parse_config
 from rank1.logs import run_main
-from rank1.report import NA, NO, YES, ReportConfig, write_report
+from rank1.report.render import NA, NO, YES, ReportConfig, write_report
 
 
 def main(cfg: ReportConfig) -> None:

@@ -1,6 +1,6 @@
 """Ablation sweep with and without the cached prefix, side by side on the same sample in one process.
 
-Both sides run the same ablations through the same code (``rank1.ablation.run_sweep``); the naive side
+Both sides run the same ablations through the same code (``rank1.ablation.sweep.run_sweep``); the naive side
 runs every ablation from layer 0, the cached side keeps the residual stream entering each layer and
 runs only the suffix. The two sides alternate (which goes first alternates too); the median wall
 time of each is compared. Prints the ratio cached/naive (target <= 0.6; floor about 0.5, since the
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each side (alternating)")
     args = parser.parse_args()
 
-    from rank1.ablation import AblationConfig, load_sample, plan_ablations, resolve_ablation_run, run_sweep
+    from rank1.ablation.sweep import AblationConfig, load_sample, plan_ablations, resolve_ablation_run, run_sweep
     from rank1.config import config_from_profile
 
     cfg = config_from_profile(AblationConfig, "ablation", args.profile, run=args.run, adapter=args.adapter,

@@ -137,7 +137,7 @@ def rss_worker(model_id: str, adapter: str, corpus: str, tokens: int, shard_toke
     run = resolve_run(None, "tiny", adapter=adapter, model_id=model_id)
     corp = load_corpus(load_tokenizer(model_id), corpus, max_tokens=tokens)
     spec = CaptureSpec(run, "lora", "fp32")
-    from rank1.interp import _sites
+    from rank1.activations.stage import _sites
     t0 = time.time()
     extract_store(spec, corp, Path(tempfile.mkdtemp()) / "store", sites=_sites(spec), identity=run.identity(),
                   shard_tokens=shard_tokens, batch_tokens=2048)

@@ -87,7 +87,7 @@ def planned_tokens(extract: Mapping, plan: Mapping) -> int | None:
 
 def _store_estimate(profile: Profile, mlp: bool) -> Estimate:
     plan = plan_values(profile)
-    ex = stage_values(profile, "rank1.interp.ExtractConfig", "extract")
+    ex = stage_values(profile, "rank1.activations.stage.ExtractConfig", "extract")
     tokens, layers = planned_tokens(ex, plan), plan.get("layers")
     per_layer = (ex["neurons_per_layer"] or len(PROJECTIONS)) if mlp else len(PROJECTIONS)
     what = f"{'MLP-neuron' if mlp else 'adapter'} store ({tokens} tokens x {layers} layers x {per_layer} sites " \
@@ -132,7 +132,7 @@ def _full_estimate(profile: Profile) -> Estimate:
 
 def _sae_estimate(profile: Profile) -> Estimate:
     layers = plan_values(profile).get("layers")
-    expansion = stage_values(profile, "rank1.sae.SaeConfig", "sae")["expansion"]
+    expansion = stage_values(profile, "rank1.sae.train.SaeConfig", "sae")["expansion"]
     if layers is None:
         return [("SAE weights", None)]
     d_in = layers * len(PROJECTIONS)
@@ -142,7 +142,7 @@ def _sae_estimate(profile: Profile) -> Estimate:
 
 def _resid_store_estimate(profile: Profile) -> Estimate:
     hidden = plan_values(profile).get("hidden")
-    v = stage_values(profile, "rank1.sae_lora.SaeLoraConfig", "sae_lora")
+    v = stage_values(profile, "rank1.sae_lora.adapter.SaeLoraConfig", "sae_lora")
     what = f"residual store of stage 5 ({v['store_tokens']} tokens x {hidden} x 4 B float32)"
     if v["sae"]:
         return [("residual store: none (an existing SAE is loaded)", 0)]
@@ -160,7 +160,7 @@ def _train_devices(profile: Profile) -> str:
 
 
 def _extract_devices(profile: Profile) -> str:
-    n = stage_values(profile, "rank1.interp.ExtractConfig", "extract")["num_gpus"]
+    n = stage_values(profile, "rank1.activations.stage.ExtractConfig", "extract")["num_gpus"]
     return f"{n} GPU workers (num_gpus)" if n else MODEL
 
 

@@ -27,7 +27,7 @@ import torch
 from rank1.artifacts import write_run_metadata
 from rank1.benchmarks import BenchmarkSpec, load_benchmark
 from rank1.config import option, parse_config, results_dir
-from rank1.evaluate import (
+from rank1.training.evaluate import (
     LORA_MODES,
     Variant,
     evaluate_variant,
@@ -39,7 +39,7 @@ from rank1.evaluate import (
 )
 from rank1.generate import Budget, FixedLogprobs, HFBackend, VLLMBackend, check_logprob_parity, think_prompt
 from rank1.logs import run_main
-from rank1.recovery import write_tables
+from rank1.training.recovery import write_tables
 from rank1.runs import PRECISIONS, RunOptions, resolve_run
 
 log = logging.getLogger("s1_peft.eval_benchmarks")

@@ -12,7 +12,7 @@ import logging
 
 from rank1.config import parse_config
 from rank1.logs import run_main
-from rank1.train import TrainConfig, train
+from rank1.training.train import TrainConfig, train
 
 
 def main(cfg: TrainConfig) -> None:

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rank1 import constants as K
-from rank1.ablation import (
+from rank1.ablation.sweep import (
     FAMILIES,
     AblationConfig,
     cut_batches,
@@ -22,8 +22,8 @@ from rank1.ablation import (
     resolve_ablation_run,
     run_sweep,
 )
-from rank1.ablation_greedy import carry_fraction, greedy_removal
-from rank1.ablation_plots import figure1
+from rank1.ablation.greedy import carry_fraction, greedy_removal
+from rank1.ablation.plots import figure1
 from rank1.config import config_from_profile, data_dir, results_dir
 from rank1.decoder import LayerRunner
 from rank1.hooks import ablate_adapters, count_hooks
@@ -137,7 +137,7 @@ def test_resume_reuses_finished_batches(setup, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a finished batch was recomputed")
 
-    monkeypatch.setattr("rank1.ablation.sweep_batch", boom)
+    monkeypatch.setattr("rank1.ablation.sweep.sweep_batch", boom)
     again = run_sweep(loaded, items, plans, 0.05, partial_dir=tmp_path / "p", partial_key="k")
     np.testing.assert_array_equal(first.kl_AN, again.kl_AN)
     with pytest.raises(AssertionError, match="recomputed"):  # another key starts over

@@ -21,7 +21,7 @@ from rank1.autointerp import (
     run_autointerp,
     token_categories,
 )
-from rank1.autointerp.analysis import layer_bins
+from rank1.activations.interpretability import layer_bins
 from rank1.autointerp.categories import PAPER_TOP_LEVEL_SCHEME
 from rank1.autointerp.examples import Window, quiet_spans, scaled
 from rank1.autointerp.explainers import Explanation
@@ -325,9 +325,9 @@ def stage2(tmp_path_factory):
     import os
 
     from rank1.config import config_from_profile, data_dir
-    from rank1.interp import ExtractConfig, TopKConfig, extract, precompute_topk
+    from rank1.activations.stage import ExtractConfig, TopKConfig, extract, precompute_topk
     from rank1.synth import write_splits
-    from rank1.train import TrainConfig, train
+    from rank1.training.train import TrainConfig, train
 
     root = tmp_path_factory.mktemp("root")
     old = os.environ.get("RANK1_ROOT")
@@ -359,7 +359,7 @@ def _stage(stage2, kind, out, **kw):
 def test_stages_end_to_end_and_numbers_recomputed(stage2, tmp_path):
     from scipy.stats import chi2
 
-    from rank1.autointerp.report import CompareConfig, InterpretabilityConfig, interpretability, lora_vs_mlp
+    from rank1.activations.compare import CompareConfig, InterpretabilityConfig, interpretability, lora_vs_mlp
     from rank1.config import config_from_profile
 
     lora, mlp = _stage(stage2, "lora", tmp_path / "lora"), _stage(stage2, "mlp", tmp_path / "mlp")
@@ -395,7 +395,7 @@ def test_stages_end_to_end_and_numbers_recomputed(stage2, tmp_path):
 
 
 def test_sides_from_another_run_corpus_or_settings_are_refused(stage2, tmp_path):
-    from rank1.autointerp.report import CompareConfig, lora_vs_mlp
+    from rank1.activations.compare import CompareConfig, lora_vs_mlp
     from rank1.config import config_from_profile
     from rank1.runs import RunError
 

@@ -10,7 +10,7 @@ import torch
 from rank1 import constants as K
 from rank1.artifacts import read_json
 from rank1.config import config_from_profile, results_dir
-from rank1.weight_geometry import cross_projection, geometry, random_abs_cos
+from rank1.interventions.geometry import cross_projection, geometry, random_abs_cos
 from tests.helpers import load_script, make_run
 
 # ---------------------------------------------------------------- 4.4 weight geometry
@@ -121,12 +121,12 @@ def small_peft():
 
 
 def _target(pos=-1, token=7, kind="logprob"):
-    from rank1.attribution import target_value
+    from rank1.interventions.attribution import target_value
     return lambda logits_TV: target_value(logits_TV[pos], token, kind)
 
 
 def test_attribution_predicts_zeroing_to_first_order(small_peft):
-    from rank1.attribution import attribute, zeroing_effect
+    from rank1.interventions.attribution import attribute, zeroing_effect
     from rank1.hooks import count_hooks
 
     model, sites = small_peft
@@ -154,7 +154,7 @@ def test_attribution_predicts_zeroing_to_first_order(small_peft):
 
 
 def test_linearisation_keeps_values_and_freezes_attention(small_peft):
-    from rank1.attribution import attribute, linearised
+    from rank1.interventions.attribution import attribute, linearised
     from rank1.hooks import count_hooks
 
     model, sites = small_peft
@@ -174,7 +174,7 @@ def test_linearisation_keeps_values_and_freezes_attention(small_peft):
 
 
 def test_frozen_norm_gradient_by_hand():
-    from rank1.attribution import linearised
+    from rank1.interventions.attribution import linearised
 
     class ToyRMSNorm(torch.nn.Module):
         def __init__(self):
@@ -243,7 +243,7 @@ def test_steering_acts_from_the_first_generated_token_on(small_peft, tiny_tok):
     from rank1.capture import decoder_layers
     from rank1.generate import Budget, StopTokens, _decode_batch
     from rank1.hooks import count_hooks, read_adapter_activations
-    from rank1.steering import Steer, residual_norms, steering
+    from rank1.interventions.steering import Steer, residual_norms, steering
 
     model, sites = small_peft
     for s in sites:  # strong enough to change greedy choices
@@ -285,7 +285,7 @@ def test_steering_acts_from_the_first_generated_token_on(small_peft, tiny_tok):
 
 
 def test_behaviour_measures_by_hand():
-    from rank1.steering import kl_rows, marker_rate, onset, repetition
+    from rank1.interventions.steering import kl_rows, marker_rate, onset, repetition
 
     assert marker_rate("Wait, let me verify. Check: ok. waiter", 20) == pytest.approx(15.0)
     assert repetition([1, 2, 3, 4, 1, 2, 3, 4, 1]) == pytest.approx(1 - 4 / 6)
@@ -361,7 +361,7 @@ def _rec(pid, correct, complete=True):
 
 
 def test_mixed_problems_and_paired_differences_by_hand():
-    from rank1.rollouts import mixed_problems, paired_differences
+    from rank1.interventions.rollouts import mixed_problems, paired_differences
 
     records = [_rec("a", True), _rec("a", False), _rec("a", False), _rec("b", True), _rec("b", True),
                _rec("c", True), _rec("c", False, complete=False), _rec("d", False), _rec("d", True)]
@@ -388,7 +388,7 @@ def test_sign_flip_test_is_exact_on_small_samples():
 
 
 def test_compare_reports_untestable_and_sorted_features():
-    from rank1.rollouts import compare
+    from rank1.interventions.rollouts import compare
 
     assert compare(np.ones((1, 3)), ["x", "y", "z"], 100)["tested"] is False
     d = np.array([[1.0, 0.1], [1.2, -0.1], [0.9, 0.2], [1.1, -0.3]])
@@ -416,7 +416,7 @@ def test_rollouts_resume_to_the_same_records(isolated_root, tiny_tok):
     from rank1.generate import Budget, HFBackend, Sampling
     from rank1.lora import lora_config
     from rank1.models import load_model
-    from rank1.rollouts import sample_rollouts
+    from rank1.interventions.rollouts import sample_rollouts
 
     model = get_peft_model(load_model("random-qwen2"), lora_config([0, 1])).eval()
     bench = Benchmark("heldout", "x", [Item(str(i), f"What is {i}+1?", str(i + 1)) for i in range(3)], grade_integer)
@@ -486,7 +486,7 @@ def test_rollouts_and_probes_scripts(isolated_root, monkeypatch):
 
 
 def test_probe_finds_a_planted_signal_and_not_a_missing_one():
-    from rank1.probes import out_of_fold_scores
+    from rank1.interventions.probes import out_of_fold_scores
     from rank1.stats import grouped_auc
 
     rng = np.random.default_rng(0)
@@ -504,7 +504,7 @@ def test_probe_finds_a_planted_signal_and_not_a_missing_one():
 
 
 def test_answer_target_is_the_first_digit_of_the_gold_answer(tiny_tok):
-    from rank1.attribution import answer_target
+    from rank1.interventions.attribution import answer_target
 
     ids_T, pos, token = answer_target(tiny_tok, "What is 40+2?", "40+2=42", "42")
     assert pos == len(ids_T) - 1 and tiny_tok.decode([token]) == "4"
@@ -541,7 +541,7 @@ def test_all_stage4_scripts_end_to_end_on_the_test_profile(isolated_root):
 
 
 def test_onset_table_puts_the_authors_recipe_in_natural_units(small_peft):
-    from rank1.steering import onset_table
+    from rank1.interventions.steering import onset_table
 
     _, sites = small_peft
     down0 = next(i for i, s in enumerate(sites) if (s.layer, s.proj) == (0, "down_proj"))

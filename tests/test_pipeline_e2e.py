@@ -69,7 +69,7 @@ def test_tiny_stage3_short_with_a_killed_sae_training(isolated_root):
     import torch
     from safetensors.torch import load_file
 
-    from rank1.sae_features import load_features
+    from rank1.sae.features import load_features
 
     subprocess.run(["bash", "0_train_lora.sh", "--profile", "tiny", "--max_steps", "2"], cwd=REPO_ROOT, check=True)
     subprocess.run([sys.executable, "2_lora_activation_interp/2.0_extract_lora_activations.py", "--profile", "tiny",
@@ -109,7 +109,7 @@ def test_tiny_stage3_short_with_a_killed_sae_training(isolated_root):
 def test_whole_pipeline_on_the_test_profile_then_the_report(isolated_root):
     """run_all.sh on the 2-layer random Qwen2, every stage; the report lists every artifact and misses none."""
     from rank1.pipeline import STAGES
-    from rank1.report import NA, ReportConfig, build_report
+    from rank1.report.render import NA, ReportConfig, build_report
 
     env = {**os.environ, "PYTHON": sys.executable}
     env.pop("GPQA_PATH", None)

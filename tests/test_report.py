@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from helpers import dashboard_page
-from rank1.report import NA, NO, YES, ReportConfig, build_report, read_times, render_html, write_report
+from rank1.report.render import NA, NO, YES, ReportConfig, build_report, read_times, render_html, write_report
 
 EVIL = '<img src=x onerror="window.__pwned = 1">'
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAAB"

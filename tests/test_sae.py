@@ -14,7 +14,7 @@ from peft import get_peft_model
 from helpers import dashboard_page, keep_screenshot, run_script, synthetic_store
 from rank1 import constants as K
 from rank1.config import REPO_ROOT, config_from_profile
-from rank1.sae import (
+from rank1.sae.train import (
     SaeConfig,
     SaeError,
     evaluate_sae,
@@ -26,8 +26,8 @@ from rank1.sae import (
     train_sae,
     train_stage,
 )
-from rank1.sae_categories import CategoryError, category_densities, read_categories, read_explanations
-from rank1.sae_features import JumpReluColumns, SaeFeaturesConfig, annotate_features, collect_features, load_features
+from rank1.sae.categories import CategoryError, category_densities, read_categories, read_explanations
+from rank1.sae.features import JumpReluColumns, SaeFeaturesConfig, annotate_features, collect_features, load_features
 from rank1.store import StoreError, write_store
 from rank1.topk import Columns, compute_topk, heapq_topk
 
@@ -110,7 +110,7 @@ def test_stream_is_every_training_row_once_per_epoch_and_resumes_anywhere(tmp_pa
 
 
 def test_killed_training_resumes_to_the_same_sae(tmp_path, monkeypatch):
-    import rank1.sae as sae_module
+    import rank1.sae.train as sae_module
 
     store, *_ = synthetic_store(tmp_path / "s", T=300)
     cfg = small_cfg()
@@ -213,7 +213,7 @@ def test_evaluation_equals_a_hand_computation(tmp_path):
 def lora_store(tmp_path_factory):
     """A test-profile run whose adapters all contribute (random B), its training corpus and its LoRA store."""
     from rank1.config import data_dir, run_dir
-    from rank1.interp import ExtractConfig, extract
+    from rank1.activations.stage import ExtractConfig, extract
     from rank1.lora import adapter_sites, lora_config
     from rank1.models import load_model
     from rank1.synth import write_splits
@@ -241,7 +241,7 @@ def lora_store(tmp_path_factory):
 
 def test_loss_gap_of_an_exact_and_of_an_empty_reconstruction(lora_store):
     from rank1.runs import resolve_run
-    from rank1.sae_splice import heldout_items, loss_gap
+    from rank1.sae.splice import heldout_items, loss_gap
     from rank1.store import Store
 
     store = Store.open(lora_store["store"])
@@ -461,7 +461,7 @@ def _sae_dashboard(tmp_path, n_latents=70):
     """Features of a relu-of-linear encoder over a synthetic store, with explanations and categories that try to
     inject markup."""
     from rank1.dashboard import write_dashboard
-    from rank1.dashboard.sae import build_payloads
+    from rank1.sae.dashboard import build_payloads
 
     sites = [{"layer": la, "name": p} for la in (0, 1) for p in K.PROJECTIONS]
     store, *_ = synthetic_store(tmp_path / "store", T=400, sites=sites, shards=2)

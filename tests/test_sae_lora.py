@@ -11,7 +11,7 @@ import torch
 
 from helpers import load_script, run_script
 from rank1 import constants as K
-from rank1.behavior import (
+from rank1.sae_lora.behavior import (
     behavior_splits,
     final_line,
     llm_rewrite,
@@ -20,7 +20,7 @@ from rank1.behavior import (
     teacher_forced_prefix,
 )
 from rank1.config import config_from_profile, data_dir
-from rank1.sae_lora import (
+from rank1.sae_lora.adapter import (
     SaeLora,
     SaeLoraConfig,
     SaeLoraError,
@@ -211,7 +211,7 @@ def test_resume_after_interrupt_gives_the_same_adapter(tiny_tok, isolated_root):
 
 
 def test_bad_layer_and_width_give_one_clear_error(tiny_tok):
-    from rank1.resid_sae import check_sae_width
+    from rank1.sae_lora.resid_sae import check_sae_width
 
     _, runner, sae, *_ = _setup(tiny_tok)
     with pytest.raises(SaeLoraError, match=r"--layer 2 is out of range: the model has decoder layers 0..1"):
@@ -250,16 +250,16 @@ def test_stage_end_to_end_on_the_test_profile(isolated_root):
     for stem in (K.SAE_LORA_SWEEP_STEM, K.SAE_LORA_WEIGHTS_STEM):
         assert (cfg.folder() / f"{stem}.png").is_file() and (cfg.folder() / f"{stem}.pdf").is_file()
     # a rerun of the finished stage does no work: no residual cache for finished adapters, no new analysis
-    import rank1.sae_lora_eval
-    import rank1.sae_lora_stage
+    import rank1.sae_lora.eval
+    import rank1.sae_lora.stage
 
     def no_work(*_a, **_k):
         raise AssertionError("a finished step recomputed its residual cache")
 
     mtime = (cfg.folder() / K.SAE_LORA_RESULTS).stat().st_mtime_ns
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(rank1.sae_lora_stage, "residual_cache", no_work)
-        mp.setattr(rank1.sae_lora_eval, "residual_cache", no_work)
+        mp.setattr(rank1.sae_lora.stage, "residual_cache", no_work)
+        mp.setattr(rank1.sae_lora.eval, "residual_cache", no_work)
         for script in ("5.2_train_sae_lora.py", "5.4_analyze.py"):
             load_script(f"5_sae_latent_lora/{script}").main(cfg)
     assert (cfg.folder() / K.SAE_LORA_RESULTS).stat().st_mtime_ns == mtime

@@ -12,7 +12,7 @@ from rank1 import constants as K
 from rank1.capture import sample_neurons
 from rank1.config import config_from_profile
 from rank1.data import tokenize_record
-from rank1.interp import ExtractConfig, TopKConfig, extract, precompute_topk
+from rank1.activations.stage import ExtractConfig, TopKConfig, extract, precompute_topk
 from rank1.models import load_model, tiny_tokenizer
 from rank1.runs import RunError
 from rank1.store import Store, StoreError, plan_shards
@@ -28,7 +28,7 @@ def trained(tmp_path_factory):
 
     from rank1.config import data_dir
     from rank1.synth import write_splits
-    from rank1.train import TrainConfig, train
+    from rank1.training.train import TrainConfig, train
 
     root = tmp_path_factory.mktemp("root")
     old = os.environ.get("RANK1_ROOT")

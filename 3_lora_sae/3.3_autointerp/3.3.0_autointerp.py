@@ -20,7 +20,7 @@ from rank1 import constants as K
 from rank1.autointerp.stage import AutointerpConfig, run_stage
 from rank1.config import parse_config
 from rank1.logs import run_main
-from rank1.sae_features import COLLECTOR
+from rank1.sae.features import COLLECTOR
 
 SECTIONS = ("autointerp", "sae_autointerp")
 

@@ -28,8 +28,8 @@ from rank1.autointerp.categories import PAPER_TOP_LEVEL_SCHEME
 from rank1.autointerp.stage import AutointerpConfig, build_components
 from rank1.config import parse_config, results_dir
 from rank1.logs import run_main
-from rank1.sae_categories import EXPLAINER, CategoryError, categorize
-from rank1.sae_features import load_run_features
+from rank1.sae.categories import EXPLAINER, CategoryError, categorize
+from rank1.sae.features import load_run_features
 
 log = logging.getLogger("3.3.1")
 SECTIONS = ("autointerp", "sae_autointerp")

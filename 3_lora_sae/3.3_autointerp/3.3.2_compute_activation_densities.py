@@ -23,8 +23,8 @@ from rank1.artifacts import public_config, read_json, write_json
 from rank1.config import option, parse_config, results_dir
 from rank1.logs import run_main
 from rank1.runs import RunOptions
-from rank1.sae_categories import category_densities, feature_table, read_categories
-from rank1.sae_features import load_run_features
+from rank1.sae.categories import category_densities, feature_table, read_categories
+from rank1.sae.features import load_run_features
 
 log = logging.getLogger("3.3.2")
 

@@ -17,7 +17,7 @@ from rank1.artifacts import read_json
 from rank1.config import option, parse_config, results_dir
 from rank1.logs import run_main
 from rank1.runs import RunOptions, check_same_identity
-from rank1.sae_categories import DENSITIES, MEASURES, CategoryError, plot_donut
+from rank1.sae.categories import DENSITIES, MEASURES, CategoryError, plot_donut
 
 
 @dataclass

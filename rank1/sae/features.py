@@ -29,7 +29,7 @@ from rank1.artifacts import read_json, write_run_metadata, write_with
 from rank1.config import option, results_dir
 from rank1.models import load_tokenizer
 from rank1.runs import RunOptions
-from rank1.sae import SaeError, load_sae
+from rank1.sae.train import SaeError, load_sae
 from rank1.store import Shard, Store, StoreError, check_writable, open_for_run
 from rank1.topk import Columns, TopKResult, compute_topk, decode_vocab, used_token_ids
 

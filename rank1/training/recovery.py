@@ -15,7 +15,7 @@ import numpy as np
 
 from rank1 import constants as K
 from rank1.artifacts import write_json, write_text, write_with
-from rank1.evaluate import generations_path, read_generations
+from rank1.training.evaluate import generations_path, read_generations
 from rank1.paper import PAPER_RECOVERY
 from rank1.stats import Estimate, bootstrap_mean, paired_recovery
 

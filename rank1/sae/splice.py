@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from rank1.data import IGNORE_INDEX, load_reasoning_records, tokenize_record
-from rank1.sae import SaeError, Split
+from rank1.sae.train import SaeError, Split
 from rank1.store import Store, batches
 
 

@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from rank1 import constants as K
 from rank1.artifacts import read_json, write_json, write_run_metadata
-from rank1.behavior import INSIDE, OUTSIDE, teacher_forced_prefix
-from rank1.sae_lora import (
+from rank1.sae_lora.behavior import INSIDE, OUTSIDE, teacher_forced_prefix
+from rank1.sae_lora.adapter import (
     SaeLora,
     SaeLoraConfig,
     SaeLoraError,
@@ -35,7 +35,7 @@ from rank1.sae_lora import (
     sparsity_metrics,
     stack_cached,
 )
-from rank1.sae_lora_stage import data_folder, load_base, load_dataset, load_stage_sae, sae_folder
+from rank1.sae_lora.stage import data_folder, load_base, load_dataset, load_stage_sae, sae_folder
 from rank1.stats import bootstrap_mean
 
 log = logging.getLogger(__name__)
@@ -256,7 +256,7 @@ def analyze(cfg: SaeLoraConfig) -> Path:
                                    "alive_mass = share of the squared norm on latents that fire in the store; means "
                                    "over the rank components; top_read / top_write: component 0"}
     write_json(folder / K.SAE_LORA_RESULTS, results)
-    from rank1.sae_lora_plots import plot_directions, plot_sweep
+    from rank1.sae_lora.plots import plot_directions, plot_sweep
 
     plot_sweep(folder / K.SAE_LORA_RESULTS, folder / K.SAE_LORA_SWEEP_STEM)
     plot_directions(folder / K.SAE_LORA_RESULTS, folder / K.ADAPTERS_DIR, folder / K.SAE_LORA_WEIGHTS_STEM)

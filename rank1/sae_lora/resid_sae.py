@@ -1,10 +1,10 @@
 """A residual-stream SAE for stage 5: the store of the residual entering one layer, an SAE trained on it with
-stage 3's SAELens path (:mod:`rank1.sae`), or one that SAELens loads, and what it costs when spliced in.
+stage 3's SAELens path (:mod:`rank1.sae.train`), or one that SAELens loads, and what it costs when spliced in.
 
 - :func:`extract_residual_store`: the residual stream entering ``layer`` (one site per model dimension) of the
-  first documents of a corpus, through the frozen layers below it (:func:`rank1.sae_lora.residual_cache`), as an
+  first documents of a corpus, through the frozen layers below it (:func:`rank1.sae_lora.adapter.residual_cache`), as an
   activation store of :mod:`rank1.store` (kind ``resid``);
-- :func:`train_residual_sae`: :func:`rank1.sae.train_sae` on that store (held-out split, scalar normalisation
+- :func:`train_residual_sae`: :func:`rank1.sae.train.train_sae` on that store (held-out split, scalar normalisation
   folded into the saved SAE, resumable), saved as a SAELens inference SAE;
 - :func:`load_external_sae`: a SAELens folder, or ``release:sae_id`` where the hub is reachable, checked against
   the model's width;
@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from rank1.sae import SaeConfig, evaluate_sae, heldout_split, save_inference_sae, train_sae
-from rank1.sae_lora import SaeLoraError, residual_cache, suffix_ce
+from rank1.sae.train import SaeConfig, evaluate_sae, heldout_split, save_inference_sae, train_sae
+from rank1.sae_lora.adapter import SaeLoraError, residual_cache, suffix_ce
 from rank1.store import Store, load_corpus, plan_shards, write_store
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ def splice_metrics(runner, sae, items: list[dict], layer: int, pad_id: int, mean
                    n_resamples: int = 2000, batch: int = 8) -> dict[str, Any]:
     """CE (nats per assistant token) clean, SAE-spliced, zero- and mean-ablated at ``layer``; recovered shares
     with paired bootstrap CIs over documents (see the module docstring)."""
-    from rank1.sae_lora import pad_batch, stack_cached
+    from rank1.sae_lora.adapter import pad_batch, stack_cached
     from rank1.stats import paired_recovery
 
     if not items:

@@ -1,7 +1,7 @@
 """Iterative ablation: remove the least important adapter, one at a time, until all are gone.
 
 Step k starts from the model with the adapters removed so far (set R) and scores every remaining
-candidate c by the mean KL(P_full || P_{R + c}) over the sample (see ``rank1.ablation``); the candidate
+candidate c by the mean KL(P_full || P_{R + c}) over the sample (see ``rank1.ablation.sweep``); the candidate
 with the smallest KL goes next. The curve of KL against the number removed says how many adapters
 carry most of the effect.
 
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from rank1.ablation import Batch, Reference, head_kl_ce, make_batch
+from rank1.ablation.sweep import Batch, Reference, head_kl_ce, make_batch
 from rank1.decoder import ForwardContext, LayerRunner
 from rank1.hooks import ablate_adapters
 from rank1.lora import AdapterSite

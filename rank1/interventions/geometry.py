@@ -8,7 +8,7 @@ layer's down adapter writes, both in d_model.
 
 Sign: ``B A`` is unchanged when A and B both flip sign, so the sign of one factor alone is arbitrary.
 Every matrix here is |cos| unless asked for signed values, which then use the trained signs (those the
-activations use; see :data:`rank1.dashboard.lora.SIGN_NOTE`). The chance level of |cos| between two
+activations use; see :data:`rank1.activations.dashboard.SIGN_NOTE`). The chance level of |cos| between two
 independent random directions in R^d (:func:`random_abs_cos`) is written beside every matrix.
 
 The stage-2 dashboard draws its norms and across-layer maps with the same functions.

@@ -527,7 +527,7 @@ def train_stage(cfg: SaeConfig) -> Path:
     metrics: dict[str, Any] = {"heldout": evaluate_sae(sae, store, split), "split": split.describe(store),
                                "training": {k: report[k] for k in ("steps", "tokens", "dead_frac_training")}}
     if cfg.loss_gap:
-        from rank1.sae_splice import heldout_items, loss_gap
+        from rank1.sae.splice import heldout_items, loss_gap
 
         loaded = run.load(cfg.precision)
         items = heldout_items(store, split, loaded.tokenizer, cfg.loss_gap_tokens)

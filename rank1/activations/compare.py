@@ -15,8 +15,8 @@ from typing import Any
 
 from rank1 import constants as K
 from rank1.artifacts import write_json, write_run_metadata
-from rank1.autointerp.analysis import analyze, check_comparable, compare, load_autointerp, scheme_of
-from rank1.autointerp.figures import plot_figure2, plot_interpretability
+from rank1.activations.interpretability import analyze, check_comparable, compare, load_autointerp, scheme_of
+from rank1.activations.plots import plot_figure2, plot_interpretability
 from rank1.config import option, results_dir
 from rank1.runs import RunOptions, check_same_identity
 from rank1.stats import DEFAULT_RESAMPLES

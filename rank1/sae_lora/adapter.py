@@ -115,7 +115,7 @@ class SaeLoraConfig:
     micro_batch: int = option("sequences per forward pass", 4)
     checkpoint_every: int = option("optimizer steps between checkpoints (what a killed run resumes from)", 4)
     seed: int = option("seed of the initialisation and of the data order", 0)
-    # standard LoRA baseline (rank1.train on the same data and layers l..L-1)
+    # standard LoRA baseline (rank1.training.train on the same data and layers l..L-1)
     lora_lr: float = option("learning rate of the standard rank-1 LoRA baseline", 2e-3)
     # analysis
     top_latents: int = option("read and write latents listed per run", 8)

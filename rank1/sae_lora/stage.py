@@ -18,10 +18,10 @@ import torch
 
 from rank1 import constants as K
 from rank1.artifacts import read_json, write_json, write_run_metadata, write_text
-from rank1.behavior import behavior_splits, llm_rewrite
+from rank1.sae_lora.behavior import behavior_splits, llm_rewrite
 from rank1.config import dataset_file
 from rank1.data import load_reasoning_records, read_jsonl
-from rank1.sae_lora import (
+from rank1.sae_lora.adapter import (
     SaeLoraConfig,
     SaeLoraError,
     adapter_key,
@@ -108,15 +108,15 @@ def sae_folder(cfg: SaeLoraConfig) -> Path:
 
 def prepare_sae(cfg: SaeLoraConfig) -> Path:
     """5.1: the residual store and the SAE (trained, or loaded with --sae), with FVU and the spliced CE."""
-    from rank1.resid_sae import (
+    from rank1.sae_lora.resid_sae import (
         base_identity,
         extract_residual_store,
         load_external_sae,
         splice_metrics,
         train_residual_sae,
     )
-    from rank1.sae import heldout_split
-    from rank1.sae_lora import tokenize_items
+    from rank1.sae.train import heldout_split
+    from rank1.sae_lora.adapter import tokenize_items
 
     folder = sae_folder(cfg)
     keys = ("model", "dataset", "layer", "sae", "store_tokens", "shard_tokens", "expansion", "k", "sae_lr",
@@ -136,11 +136,11 @@ def prepare_sae(cfg: SaeLoraConfig) -> Path:
         shutil.rmtree(store_dir, ignore_errors=True)
     store = extract_residual_store(runner, tokenizer, source, cfg.layer, cfg.store_tokens, cfg.shard_tokens,
                                    store_dir, base_identity(cfg.model))
-    from rank1.resid_sae import SKIP_FIRST
+    from rank1.sae_lora.resid_sae import SKIP_FIRST
 
     split = heldout_split(store, cfg.heldout_frac, cfg.sae_batch, SKIP_FIRST)
     if cfg.sae:
-        from rank1.sae import evaluate_sae
+        from rank1.sae.train import evaluate_sae
 
         sae, report = external, {"heldout": evaluate_sae(external, store, split), "loaded_from": cfg.sae}
         report["heldout"].pop("fvu_per_adapter")
@@ -163,7 +163,7 @@ def load_stage_sae(cfg: SaeLoraConfig, d_model: int):
     """(SAE, identity) of 5.1: the loaded --sae or the trained one."""
     from sae_lens import SAE
 
-    from rank1.resid_sae import check_sae_width, load_external_sae, sae_sha256
+    from rank1.sae_lora.resid_sae import check_sae_width, load_external_sae, sae_sha256
 
     metrics = sae_folder(cfg) / K.RESID_SAE_METRICS
     if cfg.sae:
@@ -183,7 +183,7 @@ def load_stage_sae(cfg: SaeLoraConfig, d_model: int):
 
 def train_sweep(cfg: SaeLoraConfig, after_step=None) -> list[Path]:
     """Train every adapter of ``cfg.runs()`` (each resumable, skipped when finished) from one residual cache."""
-    from rank1.sae_lora import tokenize_items
+    from rank1.sae_lora.adapter import tokenize_items
 
     train, _, info = load_dataset(cfg)
     _, tokenizer, runner = load_base(cfg)
@@ -211,8 +211,8 @@ def standard_lora_config(cfg: SaeLoraConfig, **overrides: Any):
     """The project's trainer on the behaviour data, rank 1 on layers ``layer..L-1`` (the layers the SAE-LoRA
     reaches), as many optimizer steps of the same batch as the SAE-LoRA."""
     from rank1.config import config_from_profile
-    from rank1.sae_lora import step_batches
-    from rank1.train import TrainConfig
+    from rank1.sae_lora.adapter import step_batches
+    from rank1.training.train import TrainConfig
 
     n_train = 2 * cfg.n_train
     values = dict(model=cfg.model, dataset=str(data_folder(cfg) / K.BEHAVIOR_TRAIN), rank=1, lr=cfg.lora_lr,
@@ -227,7 +227,7 @@ def standard_lora_config(cfg: SaeLoraConfig, **overrides: Any):
 
 
 def train_standard_lora(cfg: SaeLoraConfig) -> Path:
-    from rank1.train import train
+    from rank1.training.train import train
 
     load_dataset(cfg)
     return train(standard_lora_config(cfg))

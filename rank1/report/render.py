@@ -23,7 +23,7 @@ from rank1.artifacts import read_json, write_text
 from rank1.config import option, project_root
 from rank1.dashboard import escape
 from rank1.paper import PAPER_ABLATION, PAPER_INTERP, PAPER_RECOVERY, PAPER_SAE, PAPER_STEERING
-from rank1.recovery import BENCHMARK_TITLES
+from rank1.training.recovery import BENCHMARK_TITLES
 
 REPORT_MD = "REPORT.md"
 REPORT_HTML = "index.html"
