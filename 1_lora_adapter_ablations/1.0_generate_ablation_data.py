@@ -16,14 +16,14 @@ per-layer / per-adapter / by-type means with bootstrap CIs over sequences), abla
 killed sweep continues from its last finished batch of sequences.
 """
 
-from rank1 import constants as K
-from rank1.ablation.sweep import AblationConfig, measure
+from rank1.ablation.config import AblationConfig
+from rank1.ablation.stage import run_generate_ablation_data
 from rank1.config import parse_config
 from rank1.logs import run_main
 
 
 def main(cfg: AblationConfig) -> None:
-    measure(cfg, cfg.family_list(), K.ABLATION_JSON, K.ABLATION_TOKENS, "ablation sweep")
+    run_generate_ablation_data(cfg)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,14 @@ Usage:
     python 2_lora_activation_interp/2.0_extract_lora_activations.py --profile paper --num_gpus 8
 """
 
+from rank1.activations.config import ExtractConfig
+from rank1.activations.stage import run_extract_lora_activations
 from rank1.config import parse_config
-from rank1.activations.stage import ExtractConfig, extract
 from rank1.logs import run_main
 
 
 def main(cfg: ExtractConfig) -> None:
-    print(f"store: {extract(cfg, 'lora')}")
+    print(f"store: {run_extract_lora_activations(cfg)}")
 
 
 if __name__ == "__main__":

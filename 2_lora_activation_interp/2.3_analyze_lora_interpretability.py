@@ -11,13 +11,14 @@ Usage:
     python 2_lora_activation_interp/2.3_analyze_lora_interpretability.py --kind mlp
 """
 
-from rank1.activations.compare import InterpretabilityConfig, interpretability
+from rank1.activations.config import InterpretabilityConfig
+from rank1.activations.stage import run_analyze_interpretability
 from rank1.config import parse_config
 from rank1.logs import run_main
 
 
 def main(cfg: InterpretabilityConfig) -> None:
-    print(f"interpretability: {interpretability(cfg)}")
+    print(f"interpretability: {run_analyze_interpretability(cfg)}")
 
 
 if __name__ == "__main__":

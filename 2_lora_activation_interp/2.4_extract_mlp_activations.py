@@ -9,13 +9,14 @@ Usage:
     python 2_lora_activation_interp/2.4_extract_mlp_activations.py --neurons_per_layer 14 --neuron_seed 1
 """
 
+from rank1.activations.config import ExtractConfig
+from rank1.activations.stage import run_extract_mlp_activations
 from rank1.config import parse_config
-from rank1.activations.stage import ExtractConfig, extract
 from rank1.logs import run_main
 
 
 def main(cfg: ExtractConfig) -> None:
-    print(f"store: {extract(cfg, 'mlp')}")
+    print(f"store: {run_extract_mlp_activations(cfg)}")
 
 
 if __name__ == "__main__":

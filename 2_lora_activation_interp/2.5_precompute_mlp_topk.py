@@ -6,13 +6,14 @@ Usage:
     python 2_lora_activation_interp/2.5_precompute_mlp_topk.py
 """
 
+from rank1.activations.config import TopKConfig
+from rank1.activations.stage import run_precompute_mlp_topk
 from rank1.config import parse_config
-from rank1.activations.stage import TopKConfig, precompute_topk
 from rank1.logs import run_main
 
 
 def main(cfg: TopKConfig) -> None:
-    print(f"top-k: {precompute_topk(cfg, 'mlp')}")
+    print(f"top-k: {run_precompute_mlp_topk(cfg)}")
 
 
 if __name__ == "__main__":

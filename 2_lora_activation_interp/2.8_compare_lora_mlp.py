@@ -12,13 +12,14 @@ Usage:
     python 2_lora_activation_interp/2.8_compare_lora_mlp.py
 """
 
-from rank1.activations.compare import CompareConfig, lora_vs_mlp
+from rank1.activations.config import CompareConfig
+from rank1.activations.stage import run_compare_lora_mlp
 from rank1.config import parse_config
 from rank1.logs import run_main
 
 
 def main(cfg: CompareConfig) -> None:
-    print(f"LoRA vs. MLP: {lora_vs_mlp(cfg)}")
+    print(f"LoRA vs. MLP: {run_compare_lora_mlp(cfg)}")
 
 
 if __name__ == "__main__":

@@ -15,27 +15,14 @@ Usage:
     python 3_lora_sae/3.0_train_sae.py --matryoshka_widths 256,1024 --out results/tiny/sae/matryoshka
 """
 
-from rank1.artifacts import read_json
 from rank1.config import parse_config
-from rank1.constants import SAE_METRICS_JSON
 from rank1.logs import run_main
-from rank1.sae.train import SaeConfig, train_stage
+from rank1.sae.config import SaeConfig
+from rank1.sae.stage import run_train_sae
 
 
 def main(cfg: SaeConfig) -> None:
-    folder = train_stage(cfg)
-    m = read_json(folder / SAE_METRICS_JSON)
-    h = m["heldout"]
-    line = (f"held-out ({h['n_tokens']} tokens): FVU {h['fvu']:.4f} (mean over adapters "
-            f"{h['fvu_mean_over_adapters']:.3f}), L0 {h['l0']:.2f}, alive {h['n_alive']}/{h['d_sae']} "
-            f"(dead {h['dead_frac']:.1%})")
-    if "loss_gap" in m:
-        g = m["loss_gap"]
-        s = g["share"]
-        share = "undefined" if s["value"] is None else f"{s['value']:.3f} [{s['lo']:.3f}, {s['hi']:.3f}]"
-        line += (f"; CE base {g['ce_base']:.4f}, LoRA {g['ce_lora']:.4f}, spliced {g['ce_spliced']:.4f}: "
-                 f"loss-gap share {share}")
-    print(f"SAE: {folder}\n{line}")
+    run_train_sae(cfg, report=print)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,12 @@ Usage:
 
 from rank1.config import parse_config
 from rank1.logs import run_main
-from rank1.sae.features import SaeFeaturesConfig, collect_features
+from rank1.sae.config import SaeFeaturesConfig
+from rank1.sae.stage import run_collect_sae_features
 
 
 def main(cfg: SaeFeaturesConfig) -> None:
-    print(f"SAE features: {collect_features(cfg)}")
+    run_collect_sae_features(cfg, report=print)
 
 
 if __name__ == "__main__":

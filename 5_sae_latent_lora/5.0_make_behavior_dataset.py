@@ -17,12 +17,12 @@ from rank1.artifacts import read_json
 from rank1.config import parse_config
 from rank1.constants import BEHAVIOR_INFO
 from rank1.logs import run_main
-from rank1.sae_lora.adapter import SaeLoraConfig
-from rank1.sae_lora.stage import make_dataset
+from rank1.sae_lora.config import SaeLoraConfig
+from rank1.sae_lora.stage import run_make_behavior_dataset
 
 
 def main(cfg: SaeLoraConfig) -> None:
-    folder = make_dataset(cfg)
+    folder = run_make_behavior_dataset(cfg)
     info = read_json(folder / BEHAVIOR_INFO)
     print(f"behaviour dataset: {folder}\n{info['n_train']} training records ({info['n_modified']} modified), "
           f"held out {info['n_heldout_inside']} inside + {info['n_heldout_outside']} outside the condition")

@@ -18,12 +18,12 @@ from rank1.artifacts import read_json
 from rank1.config import parse_config
 from rank1.constants import RESID_SAE_METRICS
 from rank1.logs import run_main
-from rank1.sae_lora.adapter import SaeLoraConfig
-from rank1.sae_lora.stage import prepare_sae
+from rank1.sae_lora.config import SaeLoraConfig
+from rank1.sae_lora.stage import run_train_residual_sae
 
 
 def main(cfg: SaeLoraConfig) -> None:
-    m = read_json(prepare_sae(cfg) / RESID_SAE_METRICS)
+    m = read_json(run_train_residual_sae(cfg) / RESID_SAE_METRICS)
     h, s = m["heldout"], m["splice"]
     print(f"SAE at layer {m['layer']}: {m['d_model']} -> {m['d_sae']} latents; held-out FVU {h['fvu']:.4f}, "
           f"L0 {h['l0']:.1f}, dead {h['dead_frac']:.1%}\nCE clean {s['ce_clean']:.4f}, SAE {s['ce_sae']:.4f}, "

@@ -16,16 +16,17 @@ Usage:
 
 from rank1.artifacts import read_json
 from rank1.config import parse_config
-from rank1.constants import SAE_LORA_LOG
+from rank1.constants import CONFIG_JSON, SAE_LORA_LOG
 from rank1.logs import run_main
-from rank1.sae_lora.adapter import SaeLoraConfig
-from rank1.sae_lora.stage import train_sweep
+from rank1.sae_lora.config import SaeLoraConfig
+from rank1.sae_lora.stage import run_train_sae_lora
 
 
 def main(cfg: SaeLoraConfig) -> None:
-    for folder in train_sweep(cfg):
-        last = read_json(folder / SAE_LORA_LOG)[-1]
-        print(f"{folder.name}: CE {last['ce']:.4f}, s {last['s']}, |A| {last['norm_A']:.3g}, |B| {last['norm_B']:.3g}, "
+    adapters = run_train_sae_lora(cfg)
+    for name in read_json(adapters / CONFIG_JSON)["runs"]:
+        last = read_json(adapters / name / SAE_LORA_LOG)[-1]
+        print(f"{name}: CE {last['ce']:.4f}, s {last['s']}, |A| {last['norm_A']:.3g}, |B| {last['norm_B']:.3g}, "
               f"Hoyer A {last['hoyer_A']:.3f}, B {last['hoyer_B']:.3f}")
 
 

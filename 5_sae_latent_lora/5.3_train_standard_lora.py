@@ -11,12 +11,12 @@ Usage:
 
 from rank1.config import parse_config
 from rank1.logs import run_main
-from rank1.sae_lora.adapter import SaeLoraConfig
-from rank1.sae_lora.stage import train_standard_lora
+from rank1.sae_lora.config import SaeLoraConfig
+from rank1.sae_lora.stage import run_train_standard_lora
 
 
 def main(cfg: SaeLoraConfig) -> None:
-    print(f"standard LoRA: {train_standard_lora(cfg)}")
+    print(f"standard LoRA: {run_train_standard_lora(cfg)}")
 
 
 if __name__ == "__main__":

@@ -15,12 +15,12 @@ from rank1.artifacts import read_json
 from rank1.config import parse_config
 from rank1.constants import SAE_LORA_RESULTS
 from rank1.logs import run_main
-from rank1.sae_lora.adapter import SaeLoraConfig
-from rank1.sae_lora.eval import analyze
+from rank1.sae_lora.config import SaeLoraConfig
+from rank1.sae_lora.stage import run_analyze
 
 
 def main(cfg: SaeLoraConfig) -> None:
-    res = read_json(analyze(cfg) / SAE_LORA_RESULTS)
+    res = read_json(run_analyze(cfg) / SAE_LORA_RESULTS)
     rows = {**res["variants"], **res["sae_lora_runs"]}
     for name, r in rows.items():
         sp = r.get("sparsity")

@@ -15,11 +15,11 @@ Usage:
 
 from rank1.config import parse_config
 from rank1.logs import run_main
-from rank1.report.render import NA, NO, YES, ReportConfig, write_report
+from rank1.report import NA, NO, YES, ReportConfig, run_write_report
 
 
 def main(cfg: ReportConfig) -> None:
-    rep = write_report(cfg)
+    rep = run_write_report(cfg)
     verdicts = [c.verdict for c in rep.claims]
     print(f"report of {cfg.profile} (run {rep.run}): {verdicts.count(YES)} yes, {verdicts.count(NO)} no, "
           f"{verdicts.count(NA)} n/a of {len(verdicts)} comparisons; {len(rep.folders)} stage folders")

@@ -51,7 +51,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each side (alternating)")
     args = parser.parse_args()
 
-    from rank1.ablation.sweep import AblationConfig, load_sample, plan_ablations, resolve_ablation_run, run_sweep
+    from rank1.ablation.config import AblationConfig
+    from rank1.ablation.stage import load_sample, resolve_ablation_run
+    from rank1.ablation.sweep import plan_ablations, run_sweep
     from rank1.config import config_from_profile
 
     cfg = config_from_profile(AblationConfig, "ablation", args.profile, run=args.run, adapter=args.adapter,

@@ -41,10 +41,10 @@ def main() -> None:
 
     from rank1.benchmarks import BenchmarkSpec, load_benchmark
     from rank1.config import load_profile
-    from rank1.training.evaluate import variant_context
     from rank1.generate import Budget, StopTokens, budget_forced_greedy, think_prompt
     from rank1.models import load_model, load_tokenizer
     from rank1.runs import resolve_run
+    from rank1.training.evaluate import variant_context
 
     profile = load_profile(args.profile)
     evaluation = profile.section("eval")

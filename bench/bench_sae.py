@@ -3,7 +3,7 @@
 Both sides train the same SAELens BatchTopK SAE (same settings, same initialisation, same steps) on the same
 training tokens of a store, with SAELens' trainer:
 
-- store: what 3.0 does end to end: the exact normalisation pass over the shards, then rank1.sae.train.iter_batches
+- store: what 3.0 does end to end: the exact normalisation pass over the shards, then rank1.sae.split.iter_batches
   (shards in a seeded order, buffers permuted with a seed, fp16 rows converted per batch);
 - memory: every training row loaded once into one float32 tensor beforehand (not timed), the normalisation
   from it, and batches drawn from a seeded permutation per epoch, the simplest way to feed SAELens.
@@ -27,16 +27,9 @@ import time
 import torch
 
 from rank1.config import config_from_profile, results_dir
-from rank1.sae.train import (
-    SaeConfig,
-    activation_scaler,
-    evaluate_sae,
-    heldout_split,
-    input_statistics,
-    iter_batches,
-    make_trainer,
-    make_training_sae,
-)
+from rank1.sae.config import SaeConfig
+from rank1.sae.split import heldout_split, input_statistics, iter_batches
+from rank1.sae.train import activation_scaler, evaluate_sae, make_trainer, make_training_sae
 from rank1.store import Store
 
 

@@ -33,7 +33,7 @@ def reference(profile: str, steps: int) -> dict:
     from rank1.lora import lora_config
     from rank1.models import load_model, load_tokenizer
     from rank1.runs import use_bf16
-    from rank1.training.train import TrainConfig
+    from rank1.training.config import TrainConfig
 
     cfg = config_from_profile(TrainConfig, "train", profile, max_steps=steps)
     tok = load_tokenizer(cfg.model_id)
@@ -57,7 +57,7 @@ def reference(profile: str, steps: int) -> dict:
 def ours(profile: str, steps: int) -> dict:
     from rank1.artifacts import read_json
     from rank1.config import config_from_profile
-    from rank1.training.train import TrainConfig, train
+    from rank1.training import TrainConfig, train
 
     cfg = config_from_profile(TrainConfig, "train", profile, max_steps=steps, save_steps=0,
                               run_name="bench", overwrite=True)

@@ -28,6 +28,8 @@ from rank1.metrics import NUMBER_RE, normalize_number
 
 BENCHMARKS_DIR = REPO_ROOT / "benchmarks"
 BENCHMARK_NAMES = ("heldout", "math500", "aime24", "gpqa")
+BENCHMARK_TITLES = {"heldout": "held-out (generated)", "math500": "MATH500", "aime24": "AIME'24",
+                    "gpqa": "GPQA-Diamond"}
 GPQA_COLUMNS = ("Question", "Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3")
 LETTERS = "ABCD"
 LETTER_RE = re.compile(r"\(?\b([ABCD])\b\)?")

@@ -13,15 +13,14 @@ import argparse
 import dataclasses
 import os
 import sys
+import tomllib
 import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import tomllib
-
-from rank1.constants import ENV_CACHE, ENV_PROFILE, ENV_ROOT
+from rank1.constants import ENV_CACHE, ENV_PROFILE, ENV_ROOT, TRAIN_JSONL
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROFILES_DIR = REPO_ROOT / "configs" / "profiles"
@@ -55,7 +54,6 @@ def dataset_file(dataset: str, profile: str) -> str:
     runs trained on); anything else (a file, a dataset folder, a hub id) is returned as given."""
     if dataset != "synthetic":
         return dataset
-    from rank1.constants import TRAIN_JSONL
 
     path = data_dir(profile) / TRAIN_JSONL
     if not path.is_file():

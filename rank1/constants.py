@@ -20,6 +20,7 @@ LOSS_CURVE_PDF = "loss_curve.pdf"
 LOSS_CURVE_PNG = "loss_curve.png"
 CHECKPOINTS_DIR = "checkpoints"  # intermediate Trainer checkpoints (removed after a clean finish)
 CHECKPOINT_DONE = "CHECKPOINT_COMPLETE"  # marker written after a checkpoint is fully on disk
+RESUME_STAMP = "settings.json"  # in a folder of partial work: the settings and inputs it was started with
 
 # Files written into results/<profile>/eval/<name>/ by the benchmark evaluation.
 GENERATIONS_DIR = "generations"  # <variant>__<benchmark>.jsonl: every generation with its grade
@@ -36,6 +37,7 @@ EVAL_JSONL = "eval.jsonl"  # held-out loss and exact-match report
 THINK_TAG = "<|im_start|>think"
 ANSWER_TAG = "<|im_start|>answer"
 ANSWER_PREFIX = "Answer: "
+IGNORE_INDEX = -100  # label of a token that is not a training target (padding, prompt)
 
 # Stage 2: activation stores, top-k examples and dashboards (under results/<profile>/<stage>/<run>/).
 STORE_MANIFEST = "manifest.json"  # written last: a store without it did not finish

@@ -19,12 +19,12 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from rank1.constants import ANSWER_PREFIX, ANSWER_TAG, THINK_TAG
+from rank1.batching import pad_items
+from rank1.constants import ANSWER_PREFIX, ANSWER_TAG, IGNORE_INDEX, THINK_TAG
 
 log = logging.getLogger(__name__)
 
 REQUIRED_FIELDS = ("question", "deepseek_thinking_trajectory", "deepseek_attempt")
-IGNORE_INDEX = -100
 S1K_HUB_ID = "simplescaling/s1K-1.1"
 
 
@@ -170,20 +170,11 @@ class TokenizedDataset(torch.utils.data.Dataset):
 
 @dataclass
 class PadCollator:
-    """Right-pads a batch; padded labels are IGNORE_INDEX whatever the pad token id is (items without
-    ``labels`` get IGNORE_INDEX everywhere)."""
+    """The training collator: right-pads a batch with :func:`rank1.batching.pad_items` (padded labels
+    are IGNORE_INDEX whatever the pad token id is; items without ``labels`` get IGNORE_INDEX everywhere)."""
 
     pad_token_id: int
 
     def __call__(self, batch: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        n = max(len(b["input_ids"]) for b in batch)
-        ids = torch.full((len(batch), n), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(batch), n), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(batch), n), dtype=torch.long)
-        for i, b in enumerate(batch):
-            k = len(b["input_ids"])
-            ids[i, :k] = torch.tensor(b["input_ids"])
-            if "labels" in b:
-                labels[i, :k] = torch.tensor(b["labels"])
-            mask[i, :k] = 1
+        ids, mask, labels = pad_items(batch, self.pad_token_id)
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}

@@ -29,7 +29,10 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
 
+from rank1.batching import longest_first, pad_ids
 from rank1.constants import ANSWER_TAG, THINK_TAG
+from rank1.data import prompt_text
+from rank1.errors import CheckFailed
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +81,6 @@ class Backend(Protocol):
 
 def think_prompt(tokenizer: PreTrainedTokenizerBase, question: str) -> str:
     """The chat prompt up to ``<|im_start|>assistant\\n`` followed by ``<|im_start|>think\\n``."""
-    from rank1.data import prompt_text
     return prompt_text(tokenizer, question) + THINK_TAG + "\n"
 
 
@@ -186,16 +188,6 @@ def _spare_cache() -> DynamicCache:
     return cache
 
 
-def _left_pad(ids: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    n = max(len(x) for x in ids)
-    ids_BT = torch.full((len(ids), n), pad_id, dtype=torch.long)
-    mask_BT = torch.zeros((len(ids), n), dtype=torch.long)
-    for i, x in enumerate(ids):
-        ids_BT[i, n - len(x):] = torch.tensor(x, dtype=torch.long)
-        mask_BT[i, n - len(x):] = 1
-    return ids_BT.to(device), mask_BT.to(device)
-
-
 @dataclass(frozen=True)
 class Sampling:
     """Temperature sampling instead of greedy choice. Item ``i`` of a call draws from its own generator
@@ -229,7 +221,8 @@ def _decode_batch(model: PreTrainedModel, tokenizer, prompt_ids: list[list[int]]
     """Budget-forced decoding (greedy, or sampled with one generator per row) of one left-padded batch,
     dropping rows as they finish."""
     device = next(model.parameters()).device
-    inputs_BT, mask_BT = _left_pad(prompt_ids, tokenizer.pad_token_id, device)
+    inputs_BT, mask_BT = pad_ids(prompt_ids, tokenizer.pad_token_id, side="left")
+    inputs_BT, mask_BT = inputs_BT.to(device), mask_BT.to(device)
     positions_BT = (mask_BT.cumsum(-1) - 1).clamp(min=0)
     rows, active = [_Row(i) for i in range(len(prompt_ids))], list(range(len(prompt_ids)))
     cache = _spare_cache()
@@ -264,12 +257,10 @@ def budget_forced_greedy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     stops = StopTokens.of(tokenizer)
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     out: list[Generation | None] = [None] * len(prompts)
     bar = tqdm(total=len(prompts), desc=desc, unit="item", leave=False)
     tokens = 0
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
+    for chunk in longest_first([len(e) for e in encoded], batch_size, cost=len):
         with autocast():
             rows = _decode_batch(model, tokenizer, [encoded[i] for i in chunk], stops, budget, sampling,
                                  sampling.generators(chunk) if sampling else None)
@@ -317,7 +308,7 @@ class HFBackend:
             return hf_first_token_logprobs(self.model, self.tokenizer, prompts, k)
 
 
-class ParityError(RuntimeError):
+class ParityError(CheckFailed):
     """A serving backend's log-probs disagree with the reference (PEFT) model's."""
 
 
@@ -382,7 +373,7 @@ class VLLMBackend:
         outs = self.llm.generate([{"prompt_token_ids": x} for x in ids], params, lora_request=self.lora)
         return [o.outputs[0] for o in outs]
 
-    def generate(self, prompts: Sequence[str], budget: Budget, desc: str = "generate",
+    def generate(self, prompts: Sequence[str], budget: Budget, desc: str = "generate",  # noqa: ARG002 (vLLM shows its own progress)
                  sampling: Sampling | None = None) -> list[Generation]:
         tok = self.tokenizer
         ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
@@ -410,7 +401,7 @@ class FixedLogprobs:
     def __init__(self, logprobs: list[dict[int, float]]):
         self.logprobs = logprobs
 
-    def first_token_logprobs(self, prompts: Sequence[str], k: int) -> list[dict[int, float]]:
+    def first_token_logprobs(self, prompts: Sequence[str], k: int) -> list[dict[int, float]]:  # noqa: ARG002 (fixed)
         if len(prompts) != len(self.logprobs):
             raise ValueError(f"{len(self.logprobs)} reference log-prob sets for {len(prompts)} prompts")
         return self.logprobs

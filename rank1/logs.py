@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rank1.artifacts import public_config
+from rank1.errors import Rank1Error
 
 
 def setup_logging(cfg=None, level: int = logging.INFO) -> None:
@@ -24,12 +25,13 @@ def setup_logging(cfg=None, level: int = logging.INFO) -> None:
 
 
 def run_main(main: Callable[[Any], None], cfg: Any) -> None:
-    """Run a stage's ``main(cfg)``; bad input (missing files, invalid values, no hub access) ends in
-    one ``error:`` line and exit status 2 instead of a traceback. ``RANK1_DEBUG=1`` shows it."""
+    """Run a stage's ``main(cfg)``; bad input (missing files, invalid values, no hub access) and failed checks
+    (:class:`rank1.errors.Rank1Error`) end in one ``error:`` line and exit status 2 instead of a traceback.
+    ``RANK1_DEBUG=1`` shows it."""
     setup_logging(cfg)
     try:
         main(cfg)
-    except (ValueError, OSError) as e:
+    except (Rank1Error, ValueError, OSError) as e:
         if os.environ.get("RANK1_DEBUG"):
             raise
         print(f"error: {e}", file=sys.stderr)

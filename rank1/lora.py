@@ -13,6 +13,7 @@ from peft import LoraConfig, PeftModel
 from safetensors.torch import load_file
 
 from rank1.constants import ATTN_PROJECTIONS, MLP_PROJECTIONS, PROJECTIONS
+from rank1.errors import CheckFailed
 
 LORA_ALPHA = 16
 SAVED_KEY_RE = re.compile(r"layers\.(\d+)\..*?(\w+_proj)\.lora_([AB])\.weight$")
@@ -121,8 +122,8 @@ def adapter_sites(model: PeftModel | torch.nn.Module, adapter: str = "default") 
     return sorted(sites, key=lambda s: (s.layer, PROJECTIONS.index(s.proj)))
 
 
-class AdapterCheckError(RuntimeError):
-    pass
+class AdapterCheckError(CheckFailed):
+    """A saved adapter is incomplete, empty or of another rank than asked."""
 
 
 def verify_adapter(folder: str | Path, layers: list[int], rank: int,
@@ -188,3 +189,26 @@ def cosine_matrix(vectors_ND: torch.Tensor) -> torch.Tensor:
     v = vectors_ND.double()
     unit = v / v.norm(dim=1, keepdim=True).clamp(min=1e-30)
     return (unit @ unit.T).float()
+
+
+Vectors = dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]  # (layer, proj) -> (A [in], B [out])
+
+
+def factor(vectors: Vectors, layer: int, proj: str, ab: str) -> torch.Tensor:
+    """A (``ab == "A"``) or B of one adapter of :func:`adapter_vectors`."""
+    if ab not in ("A", "B"):
+        raise ValueError(f"factor must be 'A' or 'B', got {ab!r}")
+    return vectors[(layer, proj)][0 if ab == "A" else 1]
+
+
+def factor_norms(vectors: Vectors, layers: list[int], projections: list[str]) -> dict[str, dict[str, list]]:
+    """{"A"|"B": {proj: [||factor|| per layer, None where the layer has no such adapter]}}."""
+    return {ab: {p: [float(factor(vectors, la, p, ab).norm()) if (la, p) in vectors else None for la in layers]
+                 for p in projections} for ab in "AB"}
+
+
+def across_layers(vectors: Vectors, proj: str, ab: str, layers: list[int]) -> torch.Tensor | None:
+    """[L, L] signed cosines of one factor between layers; None unless every layer has the adapter."""
+    if not all((la, proj) in vectors for la in layers):
+        return None
+    return cosine_matrix(torch.stack([factor(vectors, la, proj, ab) for la in layers]))

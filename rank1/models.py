@@ -17,7 +17,14 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from rank1.artifacts import write_with
 from rank1.config import cache_dir
@@ -144,24 +151,23 @@ def _hub_error(what: str, spec: str, err: Exception) -> OSError:
         f"model = \"DIR\" in your profile, or pass --model DIR.")
 
 
-def num_layers(spec: str) -> int:
-    """Decoder layers of the model named by ``spec``, read from its config (no weights loaded)."""
+def model_config(spec: str) -> PretrainedConfig:
+    """The config of the model named by ``spec`` (layers, widths, context), read without loading weights;
+    raises OSError (saying how to get the model) when it cannot be read."""
     if spec == RANDOM_QWEN2:
-        return tiny_qwen2_config(1).num_hidden_layers
-    from transformers import AutoConfig
+        return tiny_qwen2_config(len(tiny_tokenizer()))
     try:
-        return int(AutoConfig.from_pretrained(resolve_model_source(spec)).num_hidden_layers)
+        return AutoConfig.from_pretrained(resolve_model_source(spec))
     except OSError as e:
         raise _hub_error("model config", spec, e) from None
+
+
+def num_layers(spec: str) -> int:
+    """Decoder layers of the model named by ``spec``, read from its config (no weights loaded)."""
+    return int(model_config(spec).num_hidden_layers)
 
 
 def context_length(spec: str) -> int | None:
     """Positions the model named by ``spec`` was built for (``max_position_embeddings``), if it says."""
-    if spec == RANDOM_QWEN2:
-        return tiny_qwen2_config(1).max_position_embeddings
-    from transformers import AutoConfig
-    try:
-        value = getattr(AutoConfig.from_pretrained(resolve_model_source(spec)), "max_position_embeddings", None)
-    except OSError as e:
-        raise _hub_error("model config", spec, e) from None
+    value = getattr(model_config(spec), "max_position_embeddings", None)
     return int(value) if value else None

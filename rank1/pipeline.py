@@ -9,27 +9,33 @@ it will write, computed from the profile alone (its stage tables and its ``[plan
 dimensions and corpus size, so no model is downloaded), and checks that the ids and paths the profile
 needs are set. Problems end in a nonzero exit, before any stage runs.
 
-The stage list is the table in ``run_all.sh`` (read by :func:`read_stage_table`), so the main job shows its
-stages where a reader looks for them; a new stage is one line there, at its place in the order (the report stays
-last), plus its devices and disk in :data:`DETAILS`.
+The stage list is the table in ``run_all.sh`` (read by :func:`stages` when the job runs or plans, never at
+import), so the main job shows its stages where a reader looks for them; each line names its devices and disk
+by a key of :data:`DEVICES` and :data:`DISK`; a new stage is one line there, at its place in the order (the
+report stays last).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from rank1.activations.config import ExtractConfig
+from rank1.benchmarks import BENCHMARKS_DIR, BenchmarkSpec
 from rank1.config import REPO_ROOT, Profile, load_profile, profile_defaults, project_root
 from rank1.constants import ENV_LLM_BASE_URL, ENV_LLM_MODEL, ENV_PROFILE, PROJECTIONS
+from rank1.sae.config import SaeConfig
+from rank1.sae_lora.config import SaeLoraConfig
 
 ENV_GPQA = "GPQA_PATH"  # the GPQA-Diamond CSV (never shipped); adds --gpqa_path to the evaluation
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "fp16": 2, "bf16": 2, "fp32": 4}
@@ -61,10 +67,8 @@ def plan_values(profile: Profile) -> dict[str, int]:
     return {k: int(v) for k, v in plan.items()}
 
 
-def stage_values(profile: Profile, cls_path: str, section: str | tuple[str, ...]) -> dict:
+def stage_values(profile: Profile, cls: type, section: str | tuple[str, ...]) -> dict:
     """A stage config's resolved values (dataclass defaults < profile), without building the config."""
-    module, _, name = cls_path.rpartition(".")
-    cls = getattr(__import__(module, fromlist=[name]), name)
     values = {f.name: f.default for f in dataclasses.fields(cls)}
     values.update(profile_defaults(cls, profile, section))
     return values
@@ -87,7 +91,7 @@ def planned_tokens(extract: Mapping, plan: Mapping) -> int | None:
 
 def _store_estimate(profile: Profile, mlp: bool) -> Estimate:
     plan = plan_values(profile)
-    ex = stage_values(profile, "rank1.activations.stage.ExtractConfig", "extract")
+    ex = stage_values(profile, ExtractConfig, "extract")
     tokens, layers = planned_tokens(ex, plan), plan.get("layers")
     per_layer = (ex["neurons_per_layer"] or len(PROJECTIONS)) if mlp else len(PROJECTIONS)
     what = f"{'MLP-neuron' if mlp else 'adapter'} store ({tokens} tokens x {layers} layers x {per_layer} sites " \
@@ -132,7 +136,7 @@ def _full_estimate(profile: Profile) -> Estimate:
 
 def _sae_estimate(profile: Profile) -> Estimate:
     layers = plan_values(profile).get("layers")
-    expansion = stage_values(profile, "rank1.sae.train.SaeConfig", "sae")["expansion"]
+    expansion = stage_values(profile, SaeConfig, "sae")["expansion"]
     if layers is None:
         return [("SAE weights", None)]
     d_in = layers * len(PROJECTIONS)
@@ -142,7 +146,7 @@ def _sae_estimate(profile: Profile) -> Estimate:
 
 def _resid_store_estimate(profile: Profile) -> Estimate:
     hidden = plan_values(profile).get("hidden")
-    v = stage_values(profile, "rank1.sae_lora.adapter.SaeLoraConfig", "sae_lora")
+    v = stage_values(profile, SaeLoraConfig, "sae_lora")
     what = f"residual store of stage 5 ({v['store_tokens']} tokens x {hidden} x 4 B float32)"
     if v["sae"]:
         return [("residual store: none (an existing SAE is loaded)", 0)]
@@ -155,12 +159,11 @@ MODEL = "the model: one GPU where there is one (bf16), else CPU (fp32)"
 ARTIFACTS = "CPU (reads saved artifacts)"
 
 
-def _train_devices(profile: Profile) -> str:
-    return "all visible GPUs (NPROC; DeepSpeed ZeRO-3 with more than one), else one CPU process"
+TRAIN = "all visible GPUs (NPROC; DeepSpeed ZeRO-3 with more than one), else one CPU process"
 
 
 def _extract_devices(profile: Profile) -> str:
-    n = stage_values(profile, "rank1.activations.stage.ExtractConfig", "extract")["num_gpus"]
+    n = stage_values(profile, ExtractConfig, "extract")["num_gpus"]
     return f"{n} GPU workers (num_gpus)" if n else MODEL
 
 
@@ -186,53 +189,36 @@ def _llm_devices(section: tuple[str, ...]) -> Callable[[Profile], str]:
 LLM_2 = _llm_devices(("autointerp",))
 LLM_3 = _llm_devices(("autointerp", "sae_autointerp"))
 
-# What the dry run says of each stage of run_all.sh's table, by name: the devices it expects and what it writes
-# (no entry for the disk: small JSON and figures).
-DETAILS: dict[str, tuple[str | Callable[[Profile], str], Callable[[Profile], Estimate] | None]] = {
-    "0.0 train LoRA": (_train_devices, _train_estimate),
-    "0.1 train full": (_train_devices, _full_estimate),
-    "eval_benchmarks": (_eval_devices, None),
-    "1.0_generate_ablation_data": (MODEL, None),
-    "1.1_visualize_ablation_results": (ARTIFACTS, None),
-    "lora_ablation_all_by_type": (ARTIFACTS, None),
-    "iterative_mlp_ablation_by_matrix": (MODEL, None),
-    "lora_layer_ablation_kl_visualization": (MODEL, None),
-    "2.0_extract_lora_activations": (_extract_devices, lambda p: _store_estimate(p, mlp=False)),
-    "2.1_precompute_lora_topk": (ARTIFACTS, None),
-    "2.3_lora_activation_dashboard": (ARTIFACTS, None),
-    "2.4_extract_mlp_activations": (_extract_devices, lambda p: _store_estimate(p, mlp=True)),
-    "2.5_precompute_mlp_topk": (ARTIFACTS, None),
-    "2.2_run_lora_autointerp": (LLM_2, None),
-    "2.7_run_mlp_autointerp": (LLM_2, None),
-    "2.3_analyze_lora_interpretability": (ARTIFACTS, None),
-    "2.3_analyze_mlp_interpretability": (ARTIFACTS, None),
-    "2.8_compare_lora_mlp": (ARTIFACTS, None),
-    "3.0_train_sae": (MODEL + " (the loss-gap check); SAE on the same device", _sae_estimate),
-    "3.1_collect_sae_features": (ARTIFACTS, None),
-    "3.3.0_autointerp": (LLM_3, None),
-    "3.3.1_categorize": (LLM_3, None),
-    "3.2_generate_sae_dashboard": (ARTIFACTS, None),
-    "3.3.2_compute_activation_densities": (ARTIFACTS, None),
-    "3.3.3_create_donut_fig": (ARTIFACTS, None),
-    "4.4_weight_geometry": (ARTIFACTS + " and the adapter weights", None),
-    "4.1_attribution": (MODEL, None),
-    "4.0_steering": (MODEL, None),
-    "4.2_counterfactual_rollouts": (MODEL, None),
-    "4.3_correctness_probes": (ARTIFACTS, None),
-    "5.0_make_behavior_dataset": ("CPU (or an LLM endpoint with --data_source llm)", None),
-    "5.1_train_residual_sae": (MODEL + "; SAE on the same device", _resid_store_estimate),
-    "5.2_train_sae_lora": (MODEL, None),
-    "5.3_train_standard_lora": (MODEL, None),
-    "5.4_analyze": (MODEL, None),
-    "6.0_write_report": (ARTIFACTS, None),
+# What the dry run says of a stage, by the keys of run_all.sh's devices and disk columns.
+DEVICES: dict[str, str | Callable[[Profile], str]] = {
+    "train": TRAIN,
+    "eval": _eval_devices,
+    "extract": _extract_devices,
+    "model": MODEL,
+    "artifacts": ARTIFACTS,
+    "weights": ARTIFACTS + " and the adapter weights",
+    "llm2": LLM_2,
+    "llm3": LLM_3,
+    "sae": MODEL + "; the SAE on the same device",
+    "behaviour": "CPU (or an LLM endpoint with --data_source llm)",
 }
-UNDECLARED = "not declared in rank1.pipeline.DETAILS"
+DISK: dict[str, Callable[[Profile], Estimate] | None] = {
+    "-": None,
+    "adapter": _train_estimate,
+    "full": _full_estimate,
+    "store": lambda p: _store_estimate(p, mlp=False),
+    "mlp_store": lambda p: _store_estimate(p, mlp=True),
+    "sae": _sae_estimate,
+    "resid_store": _resid_store_estimate,
+}
 RUNNERS = {"py": "{py}", "bash": "bash"}
+RUN_ALL = REPO_ROOT / "run_all.sh"
 
 
-def read_stage_table(path: Path = REPO_ROOT / "run_all.sh") -> list[Stage]:
+def read_stage_table(path: Path = RUN_ALL) -> list[Stage]:
     """The stages of ``run_all.sh``'s table (the lines between ``: <<'STAGES'`` and ``STAGES``), each line
-    ``name | py|bash | script [args]``: the script runs from the repository with ``--profile`` added."""
+    ``name | py|bash | devices | disk | script [args]``: the script runs from the repository with ``--profile``
+    added; devices and disk are keys of :data:`DEVICES` and :data:`DISK`."""
     lines = path.read_text().splitlines()
     try:
         start = lines.index(": <<'STAGES'") + 1
@@ -244,16 +230,21 @@ def read_stage_table(path: Path = REPO_ROOT / "run_all.sh") -> list[Stage]:
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         parts = [p.strip() for p in line.split("|")]
-        if len(parts) != 3 or parts[1] not in RUNNERS or not parts[2]:
-            raise ValueError(f"{path}:{n}: expected 'name | py|bash | script [args]', got {line!r}")
-        name, runner, (script, *extra) = parts[0], parts[1], shlex.split(parts[2])
-        devices, disk = DETAILS.get(name, (UNDECLARED, None))
+        if len(parts) != 5 or parts[1] not in RUNNERS or not parts[4]:
+            raise ValueError(f"{path}:{n}: expected 'name | py|bash | devices | disk | script [args]', got {line!r}")
+        name, runner, devices, disk, (script, *extra) = *parts[:4], shlex.split(parts[4])
+        for what, key, known in (("devices", devices, DEVICES), ("disk", disk, DISK)):
+            if key not in known:
+                raise ValueError(f"{path}:{n}: unknown {what} {key!r} for stage {name!r}; known: {sorted(known)}")
         stages.append(Stage(name, (RUNNERS[runner], f"{{repo}}/{script}", "--profile", "{profile}", *extra),
-                            devices, disk))
+                            DEVICES[devices], DISK[disk]))
     return stages
 
 
-STAGES: list[Stage] = read_stage_table()
+@functools.cache
+def stages() -> tuple[Stage, ...]:
+    """The main job's stages, in order (read once from ``run_all.sh``)."""
+    return tuple(read_stage_table())
 
 
 def command(stage: Stage, profile: str, python: str, repo: Path = REPO_ROOT,
@@ -271,9 +262,7 @@ def _looks_local(value: str) -> bool:
     return value.startswith(("/", "./", "../", "~")) or value.endswith((".jsonl", ".parquet", ".json", ".csv"))
 
 
-def check_profile(profile: Profile, env: Mapping[str, str] = os.environ) -> tuple[list[str], list[str]]:
-    """(problems, notes): problems are ids and paths a stage needs that are unset or missing; notes are
-    facts worth knowing that do not stop the job."""
+def _model_and_data_problems(profile: Profile) -> tuple[list[str], list[str]]:
     problems, notes = [], []
     model, dataset = profile.common("model"), profile.common("dataset")
     if not model:
@@ -290,13 +279,15 @@ def check_profile(profile: Profile, env: Mapping[str, str] = os.environ) -> tupl
         elif value and value != "synthetic" and not str(value).startswith(("gguf:", "random-")):
             notes.append(f"{key} {value!r} is a hub id: the first stage downloads it (offline nodes: download "
                          f"once and set a local path)")
-    from rank1.benchmarks import BENCHMARKS_DIR, BenchmarkSpec
+    return problems, notes
 
+
+def _benchmark_problems(profile: Profile, env: Mapping[str, str]) -> list[str]:
     try:
         specs = BenchmarkSpec.parse(profile.section("eval").get("benchmarks", "heldout"))
     except ValueError as e:
-        problems.append(f"[eval] benchmarks: {e}")
-        specs = []
+        return [f"[eval] benchmarks: {e}"]
+    problems = []
     shipped = {"math500": BENCHMARKS_DIR / "math500" / "test.jsonl",
                "aime24": BENCHMARKS_DIR / "aime24" / "aime24_nofigures.jsonl"}
     for spec in specs:
@@ -309,6 +300,11 @@ def check_profile(profile: Profile, env: Mapping[str, str] = os.environ) -> tupl
                                 f"{ENV_GPQA}=/path/to/gpqa_diamond.csv (never shipped), or drop gpqa from the list")
             elif not Path(path).is_file():
                 problems.append(f"{ENV_GPQA}={path}: no such file")
+    return problems
+
+
+def _llm_problems(profile: Profile, env: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    problems, notes = [], []
     for sections in (("autointerp",), ("autointerp", "sae_autointerp")):
         values: dict = {}
         for s in sections:
@@ -323,6 +319,17 @@ def check_profile(profile: Profile, env: Mapping[str, str] = os.environ) -> tupl
         auth = values.get("llm_auth_env")
         if auth and not env.get(auth):
             notes.append(f"{where}: {auth} is unset (fine for an endpoint that needs no key)")
+    return problems, notes
+
+
+def check_profile(profile: Profile, env: Mapping[str, str] = os.environ) -> tuple[list[str], list[str]]:
+    """(problems, notes): problems are ids and paths a stage needs that are unset or missing; notes are
+    facts worth knowing that do not stop the job."""
+    problems, notes = _model_and_data_problems(profile)
+    problems += _benchmark_problems(profile, env)
+    llm_problems, llm_notes = _llm_problems(profile, env)
+    problems += llm_problems
+    notes += llm_notes
     missing = [k for k in ("layers", "hidden", "intermediate", "heads", "kv_heads", "vocab")
                if k not in plan_values(profile)]
     if missing:
@@ -344,10 +351,10 @@ def human_bytes(n: int | None) -> str:
 
 def plan_text(profile: Profile, spec: str, python: str, env: Mapping[str, str] = os.environ) -> str:
     """The dry-run plan: every stage's command, devices and disk, then the total and the checks."""
-    lines = [f"Plan of the main job on profile {profile.name} ({profile.path}), {len(STAGES)} stages; "
+    lines = [f"Plan of the main job on profile {profile.name} ({profile.path}), {len(stages())} stages; "
              f"outputs under {project_root()}", ""]
     total, unknown = 0, False
-    for i, st in enumerate(STAGES, 1):
+    for i, st in enumerate(stages(), 1):
         devices = st.devices(profile) if callable(st.devices) else st.devices
         lines += [f"{i:2d}. {st.name}", f"    command: {shlex.join(command(st, spec, python, env=env))}",
                   f"    devices: {devices}"]
@@ -360,12 +367,14 @@ def plan_text(profile: Profile, spec: str, python: str, env: Mapping[str, str] =
     return "\n".join(lines)
 
 
-def run_stages(spec: str, python: str, env: Mapping[str, str] = os.environ) -> int:
-    """Run every stage in order; log each wall time; stop at the first failure, naming it."""
+def run_stages(spec: str, python: str, env: Mapping[str, str] = os.environ,
+               stage_list: Sequence[Stage] | None = None) -> int:
+    """Run every stage (of ``stage_list``, default :func:`stages`) in order; log each wall time; stop at the
+    first failure, naming it."""
     profile = load_profile(spec)
     times = times_path(profile.name)
     times.parent.mkdir(parents=True, exist_ok=True)
-    for st in STAGES:
+    for st in stages() if stage_list is None else stage_list:
         argv = command(st, spec, python, env=env)
         print(f"=== {st.name}: {shlex.join(argv)}", flush=True)
         t0 = time.monotonic()

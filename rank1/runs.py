@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rank1 import constants as K
 from rank1.artifacts import read_json, write_json
 from rank1.config import load_profile, option, run_dir, runs_dir
 from rank1.lora import SAVED_KEY_RE, AdapterSite, adapter_sites
-from rank1.models import load_model, load_tokenizer, resolve_model_source
+from rank1.models import load_model, load_tokenizer, model_config, resolve_model_source
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,6 @@ def _check_base_model(folder: Path, cfg: dict, model_id: str) -> None:
 
 
 def _adapter_shapes(path: Path) -> dict[tuple[int, str, str], list[int]]:
-    from safetensors import safe_open
 
     out = {}
     with safe_open(str(path), framework="pt") as f:
@@ -166,16 +166,10 @@ def _adapter_shapes(path: Path) -> dict[tuple[int, str, str], list[int]]:
 
 def _projection_shapes(model_id: str) -> tuple[int, dict[str, tuple[int, int]]] | None:
     """(layers, {projection: (in, out)}) from the model's config, without loading weights."""
-    from rank1.models import RANDOM_QWEN2, tiny_qwen2_config
-
-    if model_id == RANDOM_QWEN2:
-        c = tiny_qwen2_config(1)
-    else:
-        from transformers import AutoConfig
-        try:
-            c = AutoConfig.from_pretrained(resolve_model_source(model_id))
-        except OSError:
-            return None  # names already matched; shapes are checked again when PEFT loads it
+    try:
+        c = model_config(model_id)
+    except OSError:
+        return None  # names already matched; shapes are checked again when PEFT loads it
     head = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     kv = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
     h, m, q = c.hidden_size, c.intermediate_size, c.num_attention_heads * head

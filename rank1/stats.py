@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from rank1.metrics import recovery
+
 DEFAULT_RESAMPLES = 10_000
 
 
@@ -109,18 +111,11 @@ def bootstrap_means(x_NK: np.ndarray, n_resamples: int = DEFAULT_RESAMPLES, leve
     return x_NK.mean(axis=0), lo_K, hi_K
 
 
-def recovery_statistic(variant: np.ndarray, base: np.ndarray, full: np.ndarray) -> float | None:
-    """(mean variant - mean base) / (mean full - mean base); None when full and base are equal."""
-    gap = full.mean() - base.mean()
-    if gap == 0:
-        return None
-    return float((variant.mean() - base.mean()) / gap)
-
-
 def paired_recovery(variant_N: np.ndarray, base_N: np.ndarray, full_N: np.ndarray,
                     n_resamples: int = DEFAULT_RESAMPLES, level: float = 0.95, seed: int = 0) -> Estimate:
-    """Recovery of the full finetune's gain per problem-paired bootstrap (units: problems)."""
-    return paired_bootstrap({"variant": variant_N, "base": base_N, "full": full_N}, recovery_statistic,
+    """:func:`rank1.metrics.recovery` of the full finetune's gain with a problem-paired bootstrap CI
+    (units: problems)."""
+    return paired_bootstrap({"variant": variant_N, "base": base_N, "full": full_N}, recovery,
                             n_resamples, level, seed)
 
 

@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from rank1 import constants as K
 from rank1.artifacts import read_json, write_json, write_with
+from rank1.batching import longest_first, pad_ids
 from rank1.capture import CaptureSpec, build_capture
 from rank1.data import load_reasoning_records, tokenize_record
 from rank1.runs import RunError, check_same_identity
@@ -147,35 +148,16 @@ def to_storage(acts_TS: torch.Tensor, dtype: str, sites: list[dict]) -> torch.Te
     return acts_TS.to(target)
 
 
-def batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
-    """Indices of documents grouped into padded batches of at most ``batch_tokens`` tokens (longest
-    first, so padding stays small); a document longer than that is a batch of its own."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    out, cur = [], []
-    for i in order:
-        if cur and lengths[cur[0]] * (len(cur) + 1) > batch_tokens:
-            out.append(cur)
-            cur = []
-        cur.append(i)
-    if cur:
-        out.append(cur)
-    return out
-
-
 def extract_shard(capture, docs: list[np.ndarray], doc_start: int, dtype: str, batch_tokens: int,
                   pad_id: int, progress=None) -> dict[str, torch.Tensor]:
-    """Run the capture over one shard's documents; rows in document order. ``progress(n)`` is called with
+    """Run the capture over one shard's documents, in padded batches of at most ``batch_tokens`` tokens
+    (a longer document is a batch of its own); rows in document order. ``progress(n)`` is called with
     the tokens of each finished batch."""
     lengths = [len(d) for d in docs]
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     acts = torch.empty((int(offsets[-1]), len(capture.sites)), dtype=DTYPES[dtype])
-    for group in batches(lengths, batch_tokens):
-        n = max(lengths[i] for i in group)
-        ids = torch.full((len(group), n), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(group), n), dtype=torch.long)
-        for row, i in enumerate(group):
-            ids[row, :lengths[i]] = torch.from_numpy(docs[i].astype(np.int64))
-            mask[row, :lengths[i]] = 1
+    for group in longest_first(lengths, batch_tokens):
+        ids, mask = pad_ids([docs[i] for i in group], pad_id)
         acts_BTS = capture(ids, mask).cpu()
         for row, i in enumerate(group):
             acts[offsets[i]:offsets[i + 1]] = to_storage(acts_BTS[row, :lengths[i]], dtype, capture.sites)

@@ -261,6 +261,19 @@ def _blocks(n: int, block: int):
         yield slice(b0, min(n, b0 + size))
 
 
+def _moments(shards, columns: Columns, S: int) -> tuple[torch.Tensor, ...]:
+    """Per column over every token of ``shards``: min, max, sum and sum of squares (float64)."""
+    lo, hi = torch.full((S,), torch.inf), torch.full((S,), -torch.inf)
+    s1, s2 = torch.zeros(S, dtype=torch.float64), torch.zeros(S, dtype=torch.float64)
+    for sh in shards:
+        for sb in _blocks(S, columns.block):
+            x = columns.values(sh, sb)
+            lo[sb], hi[sb] = torch.minimum(lo[sb], x.min(0).values), torch.maximum(hi[sb], x.max(0).values)
+            s1[sb] += x.double().sum(0)
+            s2[sb] += (x.double() ** 2).sum(0)
+    return lo, hi, s1, s2
+
+
 def compute_topk(store: Store, k: int = 50, context: int = 30, n_per_decile: int = 5, n_random: int = 20,
                  active_frac: float = 0.1, seed: int = 0, columns: Columns | None = None,
                  positive_only: bool = False) -> TopKResult:
@@ -282,14 +295,7 @@ def compute_topk(store: Store, k: int = 50, context: int = 30, n_per_decile: int
     bar = lambda desc: tqdm(store.shards(), total=n_shards, desc=desc, unit="shard", dynamic_ncols=True)  # noqa: E731
 
     # 1. moments
-    lo, hi = torch.full((S,), torch.inf), torch.full((S,), -torch.inf)
-    s1, s2 = torch.zeros(S, dtype=torch.float64), torch.zeros(S, dtype=torch.float64)
-    for sh in bar("topk 1/4 moments"):
-        for sb in _blocks(S, columns.block):
-            x = columns.values(sh, sb)
-            lo[sb], hi[sb] = torch.minimum(lo[sb], x.min(0).values), torch.maximum(hi[sb], x.max(0).values)
-            s1[sb] += x.double().sum(0)
-            s2[sb] += (x.double() ** 2).sum(0)
+    lo, hi, s1, s2 = _moments(bar("topk 1/4 moments"), columns, S)
     n = store.n_tokens
     mean = s1 / n
     std = (s2 / n - mean ** 2).clamp(min=0).sqrt()

@@ -8,16 +8,14 @@ Normally launched by 0_train_lora.sh. Re-running the same command resumes from t
 checkpoint, or skips a finished run (--overwrite retrains).
 """
 
-import logging
-
 from rank1.config import parse_config
 from rank1.logs import run_main
-from rank1.training.train import TrainConfig, train
+from rank1.training.config import TrainConfig
+from rank1.training.stage import run_train
 
 
 def main(cfg: TrainConfig) -> None:
-    folder = train(cfg)
-    logging.getLogger("s1_peft.train").info("run folder: %s", folder)
+    run_train(cfg)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from rank1 import constants as K
 from rank1.config import REPO_ROOT, run_dir
 from rank1.lora import adapter_sites, lora_config
 from rank1.models import load_model
+from rank1.topk import SUFFIX
 
 
 def run_script(args, env=None, check=True, **kw):
@@ -98,7 +99,7 @@ def hand_topk(features, context=8):
         assert center <= context and len(tokens) - center - 1 <= context and len(tokens) == len(acts)
         start = context - center
         ids = [vocab.setdefault(s, len(vocab)) for s in tokens]
-        suffix = {"top": "FK", "decile": "FDN", "random": "FN"}[kind]
+        suffix = SUFFIX[kind]
         t[f"{kind}_tokens_{suffix}W"][idx][start:start + len(ids)] = torch.tensor(ids, dtype=torch.int32)
         t[f"{kind}_acts_{suffix}W"][idx][start:start + len(ids)] = torch.tensor(acts, dtype=torch.float32)
         t[f"{kind}_index_{suffix}"][idx] = next(counter)

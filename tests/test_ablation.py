@@ -9,21 +9,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rank1 import constants as K
-from rank1.ablation.sweep import (
-    FAMILIES,
-    AblationConfig,
-    cut_batches,
-    draw_sample,
-    load_per_token,
-    load_sample,
-    make_batch,
-    measure,
-    plan_ablations,
-    resolve_ablation_run,
-    run_sweep,
-)
+from rank1.ablation.config import FAMILIES, AblationConfig
 from rank1.ablation.greedy import carry_fraction, greedy_removal
 from rank1.ablation.plots import figure1
+from rank1.ablation.stage import load_per_token, load_sample, measure, resolve_ablation_run
+from rank1.ablation.sweep import draw_sample, make_batch, plan_ablations, run_sweep
 from rank1.config import config_from_profile, data_dir, results_dir
 from rank1.decoder import LayerRunner
 from rank1.hooks import ablate_adapters, count_hooks
@@ -114,20 +104,6 @@ def test_cached_prefix_equals_naive_and_model_is_unchanged(setup):
     np.testing.assert_allclose(small.kl_AN, cached.kl_AN, rtol=1e-4, atol=1e-8)
 
 
-def test_cut_batches_respects_the_bound():
-    lengths, measured = [10, 50, 30, 20, 40], [5, 30, 20, 10, 25]
-
-    def per_seq(t, m):
-        return t * 10 + m
-
-    batches = cut_batches(lengths, measured, 700, per_seq)
-    assert sorted(i for b in batches for i in b) == [0, 1, 2, 3, 4]
-    for b in batches:
-        t = max(lengths[i] for i in b)
-        assert len(b) == 1 or sum(per_seq(t, measured[i]) for i in b) <= 700
-    assert batches[0][0] == 1  # longest first
-
-
 def test_resume_reuses_finished_batches(setup, tmp_path, monkeypatch):
     _, _, loaded, items = setup
     plans = plan_ablations(loaded.sites, ["layer"])
@@ -166,7 +142,7 @@ def test_stage_writes_json_and_side_file_then_skips(setup):
     written = figure1(report, path.parent / K.FIGURE1_STEM)  # from the JSON alone
     assert [p.name for p in written] == [f"{K.FIGURE1_STEM}.pdf", f"{K.FIGURE1_STEM}.png"]
     assert all(p.stat().st_size > 1000 for p in written)
-    with pytest.raises(ValueError, match="n_samples=4, not 3; pass --overwrite"):
+    with pytest.raises(ValueError, match=r"config.n_samples: 4 there, 3 now\); pass --overwrite"):
         measure(config_from_profile(AblationConfig, "ablation", "test", run="t", n_samples=3), ["layer"],
                 K.ABLATION_JSON, None, "t")
 

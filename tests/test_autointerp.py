@@ -9,6 +9,7 @@ import pytest
 
 from helpers import hand_topk, run_script, synthetic_store
 from rank1 import constants as K
+from rank1.activations.interpretability import layer_bins
 from rank1.artifacts import read_json
 from rank1.autointerp import (
     AutointerpError,
@@ -21,13 +22,13 @@ from rank1.autointerp import (
     run_autointerp,
     token_categories,
 )
-from rank1.activations.interpretability import layer_bins
 from rank1.autointerp.categories import PAPER_TOP_LEVEL_SCHEME
 from rank1.autointerp.examples import Window, quiet_spans, scaled
 from rank1.autointerp.explainers import Explanation
 from rank1.autointerp.lexicon import CATEGORY_KEYS, LEXICON_TO_TOP_LEVEL, PAPER_TOP_LEVEL, lexical_category
 from rank1.autointerp.prompts import AnswerError, explanation_messages, parse_answers, parse_category, parse_explanation
 from rank1.autointerp.scorers import fuzzing_items, parse_predicate
+from rank1.errors import OtherSettings
 from rank1.topk import TopKResult, compute_topk
 
 SCRIPTS = "2_lora_activation_interp"
@@ -280,8 +281,11 @@ def test_finished_folder_is_kept_or_refused(tmp_path, synthetic_topk):
     before = (out / K.AUTOINTERP_RESULTS).stat().st_mtime_ns
     _run(synthetic_topk, out)  # same settings: skipped
     assert (out / K.AUTOINTERP_RESULTS).stat().st_mtime_ns == before
-    with pytest.raises(AutointerpError, match="other settings; pass --overwrite"):
+    with pytest.raises(OtherSettings, match=r"config.json was made with other settings or inputs "
+                                            r"\(settings.options.max_features: 0 there, 3 now; settings.features: "
+                                            r"\[0, 1, 2, 3, 4, 5\] there, \[3, 4, 5\] now\); pass --overwrite"):
         _run(synthetic_topk, out, max_features=3)
+    assert (out / K.AUTOINTERP_RESULTS).stat().st_mtime_ns == before  # a refusal writes nothing
     with pytest.raises(AutointerpError, match="cannot reach"):
         _run(synthetic_topk, tmp_path / "b", Failing(1))
     with pytest.raises(AutointerpError, match="unfinished results made with other settings"):
@@ -324,10 +328,11 @@ def stage2(tmp_path_factory):
     """A 2-step test-profile run, its LoRA and MLP stores over 8 documents and their top-k examples."""
     import os
 
+    from rank1.activations.config import ExtractConfig, TopKConfig
+    from rank1.activations.stage import extract, precompute_topk
     from rank1.config import config_from_profile, data_dir
-    from rank1.activations.stage import ExtractConfig, TopKConfig, extract, precompute_topk
     from rank1.synth import write_splits
-    from rank1.training.train import TrainConfig, train
+    from rank1.training import TrainConfig, train
 
     root = tmp_path_factory.mktemp("root")
     old = os.environ.get("RANK1_ROOT")
@@ -359,7 +364,9 @@ def _stage(stage2, kind, out, **kw):
 def test_stages_end_to_end_and_numbers_recomputed(stage2, tmp_path):
     from scipy.stats import chi2
 
-    from rank1.activations.compare import CompareConfig, InterpretabilityConfig, interpretability, lora_vs_mlp
+    from rank1.activations.config import CompareConfig, InterpretabilityConfig
+    from rank1.activations.stage import run_analyze_interpretability as interpretability
+    from rank1.activations.stage import run_compare_lora_mlp as lora_vs_mlp
     from rank1.config import config_from_profile
 
     lora, mlp = _stage(stage2, "lora", tmp_path / "lora"), _stage(stage2, "mlp", tmp_path / "mlp")
@@ -395,7 +402,8 @@ def test_stages_end_to_end_and_numbers_recomputed(stage2, tmp_path):
 
 
 def test_sides_from_another_run_corpus_or_settings_are_refused(stage2, tmp_path):
-    from rank1.activations.compare import CompareConfig, lora_vs_mlp
+    from rank1.activations.config import CompareConfig
+    from rank1.activations.stage import run_compare_lora_mlp as lora_vs_mlp
     from rank1.config import config_from_profile
     from rank1.runs import RunError
 

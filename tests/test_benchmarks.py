@@ -35,6 +35,12 @@ def test_integer_grading_strips_leading_zeros_and_commas():
     assert grade_integer(" no number", "5") == (None, False)
 
 
+def test_integer_grading_takes_the_first_number_of_the_answer_not_the_last():
+    assert grade_integer(" 71. Wait, let me verify: 71 - 48 = 23.", "71") == ("71", True)
+    assert grade_integer(" 23 + 48 = 100", "71") == ("23", False)
+    assert grade_integer(" 12.0", "12") == ("12", True)
+
+
 def test_math_grading_is_symbolic():
     assert grade_math(r" $\boxed{0.5}$", r"\frac{1}{2}")[1]
     assert grade_math(r" $\left( 3, \frac{\pi}{2} \right)$", r"\left( 3, \frac{\pi}{2} \right)")[1]

@@ -4,7 +4,7 @@ import pytest
 
 from helpers import run_script
 from rank1.config import REPO_ROOT, config_from_profile, load_profile, parse_config, project_root
-from rank1.training.train import TrainConfig
+from rank1.training.config import TrainConfig
 
 
 def test_unknown_profile_lists_the_known_ones():

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from helpers import dashboard_page, keep_screenshot, synthetic_store
+from rank1.activations.dashboard import build_payloads
 from rank1.constants import PROJECTIONS
 from rank1.dashboard import data_script, safe_json, write_dashboard
-from rank1.activations.dashboard import build_payloads
 from rank1.topk import compute_topk
 
 EVIL = ("<script>window.__pwned = 1</script>", '<img src=x onerror="window.__pwned = 2">', "</script><!--", "a\u2028b")

@@ -13,14 +13,15 @@ from helpers import run_script
 from rank1 import constants as K
 from rank1.artifacts import read_json
 from rank1.config import config_from_profile, data_dir, results_dir
-from rank1.training.evaluate import Variant, generations_path, variant_context, vllm_weights, write_jsonl
 from rank1.lora import adapter_sites
 from rank1.models import load_model
-from rank1.training.recovery import markdown_tables, summarize
 from rank1.runs import resolve_run
 from rank1.synth import write_splits
-from rank1.training.train import TrainConfig, train
-from s1_peft.eval_benchmarks import EvalConfig, main
+from rank1.training import TrainConfig, train
+from rank1.training.config import EvalConfig
+from rank1.training.evaluate import Variant, generations_path, variant_context, vllm_weights, write_jsonl
+from rank1.training.recovery import markdown_tables, summarize
+from rank1.training.stage import run_eval_benchmarks as main
 
 VARIANTS = ["base", "lora", "full", "mlp_ablated", "attn_ablated"]
 

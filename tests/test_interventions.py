@@ -10,8 +10,17 @@ import torch
 from rank1 import constants as K
 from rank1.artifacts import read_json
 from rank1.config import config_from_profile, results_dir
+from rank1.errors import OtherSettings
+from rank1.interventions import stage
+from rank1.interventions.config import (
+    AttributionConfig,
+    GeometryConfig,
+    ProbeConfig,
+    RolloutConfig,
+    SteeringConfig,
+)
 from rank1.interventions.geometry import cross_projection, geometry, random_abs_cos
-from tests.helpers import load_script, make_run
+from tests.helpers import make_run
 
 # ---------------------------------------------------------------- 4.4 weight geometry
 
@@ -72,10 +81,9 @@ def test_random_abs_cos_matches_sampling():
 
 def test_weight_geometry_script_writes_then_skips(isolated_root):
     make_run()
-    script = load_script("4_lora_interventions/4.4_weight_geometry.py")
-    cfg = config_from_profile(script.GeometryConfig, "weight_geometry", "test", run="t")
-    script.main(cfg)
+    cfg = config_from_profile(GeometryConfig, "weight_geometry", "test", run="t")
     out = results_dir("test", K.GEOMETRY_STAGE, "t")
+    assert stage.run_weight_geometry(cfg) == out
     saved = read_json(out / K.GEOMETRY_JSON)
     assert saved["identity"]["run"] == "t" and saved["layers"] == [0, 1]
     for name in ("norms", "across_layers", "cross_projection", "cross_projection_same_layer"):
@@ -83,13 +91,20 @@ def test_weight_geometry_script_writes_then_skips(isolated_root):
             assert (out / f"{K.GEOMETRY_STEM}_{name}.{ext}").is_file()
     assert {K.CONFIG_JSON, K.ARGV_JSON} <= {p.name for p in out.iterdir()}
     stamp = (out / K.GEOMETRY_JSON).stat().st_mtime_ns
-    script.main(cfg)  # same run and settings: reused
+    stage.run_weight_geometry(cfg)  # same run and settings: reused
     assert (out / K.GEOMETRY_JSON).stat().st_mtime_ns == stamp
-    with pytest.raises(ValueError, match="other settings \\(absolute\\)"):
-        script.main(config_from_profile(script.GeometryConfig, "weight_geometry", "test", run="t", absolute=False))
+    with pytest.raises(OtherSettings, match=r"weight_geometry.json was made with other settings or inputs "
+                                            r"\(config.absolute: true there, false now\); pass --overwrite to "
+                                            r"recompute it, or --out for a new folder"):
+        stage.run_weight_geometry(config_from_profile(GeometryConfig, "weight_geometry", "test", run="t",
+                                                      absolute=False))
     make_run("t", layers=(1,))  # other weights under the same name
-    with pytest.raises(ValueError, match="recompute it with --overwrite"):
-        script.main(cfg)
+    sha = r'"[0-9a-f]{36}\.\.\.'  # a sha256 as the message shortens it
+    with pytest.raises(OtherSettings, match=rf"\(identity.weights_sha256: {sha} there, {sha} now\)"):
+        stage.run_weight_geometry(cfg)
+    assert (out / K.GEOMETRY_JSON).stat().st_mtime_ns == stamp  # a refusal writes nothing
+    stage.run_weight_geometry(config_from_profile(GeometryConfig, "weight_geometry", "test", run="t", overwrite=True))
+    assert read_json(out / K.GEOMETRY_JSON)["layers"] == [1]
 
 
 def test_missing_run_is_one_error_line(isolated_root):
@@ -126,8 +141,8 @@ def _target(pos=-1, token=7, kind="logprob"):
 
 
 def test_attribution_predicts_zeroing_to_first_order(small_peft):
-    from rank1.interventions.attribution import attribute, zeroing_effect
     from rank1.hooks import count_hooks
+    from rank1.interventions.attribution import attribute, zeroing_effect
 
     model, sites = small_peft
     ids_T = torch.randint(0, 200, (6,))
@@ -154,8 +169,8 @@ def test_attribution_predicts_zeroing_to_first_order(small_peft):
 
 
 def test_linearisation_keeps_values_and_freezes_attention(small_peft):
-    from rank1.interventions.attribution import attribute, linearised
     from rank1.hooks import count_hooks
+    from rank1.interventions.attribution import attribute, linearised
 
     model, sites = small_peft
     ids_T = torch.randint(0, 200, (5,))
@@ -199,9 +214,8 @@ def test_attribution_script_writes_resumes_and_escapes(isolated_root, monkeypatc
 
     write_splits(data_dir("test"), n_train=8, n_eval=4, seed=0)
     make_run(layers=(0, 1))
-    script = load_script("4_lora_interventions/4.1_attribution.py")
-    cfg = config_from_profile(script.AttributionConfig, "attribution", "test", run="t", n_problems=2, n_check=2)
-    real, calls = script.attribute, []
+    cfg = config_from_profile(AttributionConfig, "attribution", "test", run="t", n_problems=2, n_check=2)
+    real, calls = stage.attribute, []
 
     def crash_on_second_problem(*a, **k):  # freeze=True computes twice per problem (linearised, plain)
         calls.append(1)
@@ -209,17 +223,17 @@ def test_attribution_script_writes_resumes_and_escapes(isolated_root, monkeypatc
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(script, "attribute", crash_on_second_problem)
+    monkeypatch.setattr(stage, "attribute", crash_on_second_problem)
     with pytest.raises(KeyboardInterrupt):
-        script.main(cfg)
+        stage.run_attribution(cfg)
     out = results_dir("test", K.ATTRIBUTION_STAGE, "t")
     assert [p.name for p in sorted((out / K.ATTRIBUTION_PARTIAL_DIR).glob("problem_*.json"))] == ["problem_0000.json"]
-    script.main(cfg)  # resumes: problem 0 from disk, problem 1 computed
+    stage.run_attribution(cfg)  # resumes: problem 0 from disk, problem 1 computed
     assert len(calls) == 5 and not (out / K.ATTRIBUTION_PARTIAL_DIR).exists()
     report = read_json(out / K.ATTRIBUTION_JSON)
-    monkeypatch.setattr(script, "attribute", real)
-    script.main(config_from_profile(script.AttributionConfig, "attribution", "test", run="t", n_problems=2,
-                                    n_check=2, overwrite=True))
+    monkeypatch.setattr(stage, "attribute", real)
+    stage.run_attribution(config_from_profile(AttributionConfig, "attribution", "test", run="t", n_problems=2,
+                                              n_check=2, overwrite=True))
     fresh = read_json(out / K.ATTRIBUTION_JSON)
     assert fresh["problems"] == report["problems"]  # the resumed run equals an uninterrupted one
     assert len(report["problems"]) == 2 and len(report["sites"]) == 14
@@ -231,9 +245,9 @@ def test_attribution_script_writes_resumes_and_escapes(isolated_root, monkeypatc
     assert "<" not in html and ">" not in html  # tokens such as <|im_start|> travel escaped
     for ext in ("pdf", "png"):
         assert (out / f"{K.ATTRIBUTION_STEM}.{ext}").is_file() and (out / f"{K.ATTRIBUTION_CHECK_STEM}.{ext}").is_file()
-    with pytest.raises(ValueError, match="other settings \\(n_problems\\)"):
-        script.main(config_from_profile(script.AttributionConfig, "attribution", "test", run="t", n_problems=3,
-                                        n_check=2))
+    with pytest.raises(OtherSettings, match=r"other settings or inputs \(config.n_problems: 2 there, 3 now\)"):
+        stage.run_attribution(config_from_profile(AttributionConfig, "attribution", "test", run="t", n_problems=3,
+                                                  n_check=2))
 
 
 # ---------------------------------------------------------------- 4.0 steering
@@ -285,14 +299,11 @@ def test_steering_acts_from_the_first_generated_token_on(small_peft, tiny_tok):
 
 
 def test_behaviour_measures_by_hand():
-    from rank1.interventions.steering import kl_rows, marker_rate, onset, repetition
+    from rank1.interventions.steering import marker_rate, onset, repetition
 
     assert marker_rate("Wait, let me verify. Check: ok. waiter", 20) == pytest.approx(15.0)
     assert repetition([1, 2, 3, 4, 1, 2, 3, 4, 1]) == pytest.approx(1 - 4 / 6)
     assert repetition([1, 2, 3]) == 0.0
-    p = torch.tensor([[0.0, math.log(3.0)]])  # P_ref = (1/4, 3/4)
-    q = torch.tensor([[0.0, 0.0]])
-    assert float(kl_rows(p, q)[0]) == pytest.approx(0.25 * math.log(0.5) + 0.75 * math.log(1.5))
     assert onset([-30, 3, 10, 100], [0.5, 0.0, 0.2, 0.9], 0.1) == 10
     assert onset([1, 2], [0.0, 0.0], 0.1) is None
 
@@ -320,9 +331,8 @@ def test_steering_script_writes_and_resumes_to_the_same_result(isolated_root, mo
     write_splits(data_dir("test"), n_train=8, n_eval=4, seed=0)
     make_run()
     fake_topk()
-    script = load_script("4_lora_interventions/4.0_steering.py")
     kw = dict(run="t", n_problems=2, n_layers=1, scalar_magnitudes="1,50", vector_magnitudes="1")
-    cfg = config_from_profile(script.SteeringConfig, "steering", "test", **kw)
+    cfg = config_from_profile(SteeringConfig, "steering", "test", **kw)
     calls = []
 
     def crash_on_third(*a, **k):
@@ -331,17 +341,21 @@ def test_steering_script_writes_and_resumes_to_the_same_result(isolated_root, mo
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    real = script.teacher_forced_kl
-    monkeypatch.setattr(script, "teacher_forced_kl", crash_on_third)
+    real = stage.teacher_forced_kl
+    monkeypatch.setattr(stage, "teacher_forced_kl", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
-        script.main(cfg)
+        stage.run_steering(cfg)
     out = results_dir("test", K.STEERING_STAGE, "t")
     assert len(list((out / K.STEERING_PARTIAL_DIR).glob("*_*.json"))) == 2 and not (out / K.STEERING_JSON).exists()
-    script.main(cfg)  # resumes: two settings from disk, one computed
+    with pytest.raises(OtherSettings, match="steering/t/.partial holds partial work of other settings or inputs; "
+                                            "pass --overwrite to discard it"):
+        stage.run_steering(config_from_profile(SteeringConfig, "steering", "test", **{**kw, "vector_magnitudes": "2"}))
+    assert len(list((out / K.STEERING_PARTIAL_DIR).glob("*_*.json"))) == 2  # a refusal deletes nothing
+    stage.run_steering(cfg)  # resumes: two settings from disk, one computed
     assert len(calls) == 4
     resumed = read_json(out / K.STEERING_JSON)
-    monkeypatch.setattr(script, "teacher_forced_kl", real)
-    script.main(config_from_profile(script.SteeringConfig, "steering", "test", overwrite=True, **kw))
+    monkeypatch.setattr(stage, "teacher_forced_kl", real)
+    stage.run_steering(config_from_profile(SteeringConfig, "steering", "test", overwrite=True, **kw))
     fresh = read_json(out / K.STEERING_JSON)
     assert resumed["settings"] == fresh["settings"] and len(fresh["settings"]) == 3
     assert [(r["mode"], r["m"]) for r in fresh["settings"]] == [("offset", 1.0), ("offset", 50.0), ("vector", 1.0)]
@@ -350,7 +364,7 @@ def test_steering_script_writes_and_resumes_to_the_same_result(isolated_root, mo
     assert len((out / K.STEERING_GENERATIONS).read_text().splitlines()) == 3 * 2
     assert (out / f"{K.STEERING_STEM}.png").is_file() and not (out / K.STEERING_PARTIAL_DIR).exists()
     with pytest.raises(ValueError, match="only \\('o_proj', 'down_proj'\\) write to the residual"):
-        config_from_profile(script.SteeringConfig, "steering", "test", vector_projections="up_proj")
+        config_from_profile(SteeringConfig, "steering", "test", vector_projections="up_proj")
 
 
 # ---------------------------------------------------------------- 4.2 rollouts and the statistics
@@ -414,9 +428,9 @@ def test_rollouts_resume_to_the_same_records(isolated_root, tiny_tok):
 
     from rank1.benchmarks import Benchmark, Item, grade_integer
     from rank1.generate import Budget, HFBackend, Sampling
+    from rank1.interventions.rollouts import sample_rollouts
     from rank1.lora import lora_config
     from rank1.models import load_model
-    from rank1.interventions.rollouts import sample_rollouts
 
     model = get_peft_model(load_model("random-qwen2"), lora_config([0, 1])).eval()
     bench = Benchmark("heldout", "x", [Item(str(i), f"What is {i}+1?", str(i + 1)) for i in range(3)], grade_integer)
@@ -433,11 +447,11 @@ def test_rollouts_resume_to_the_same_records(isolated_root, tiny_tok):
     assert sample_rollouts(*args, isolated_root / "p2", problems_per_call=3) == first  # grouping does not matter
 
 
-def _alternating_bench(script, monkeypatch):
+def _alternating_bench(monkeypatch):
     """Held-out problems whose grader alternates correct / incorrect, so every problem is mixed."""
     from rank1.benchmarks import Benchmark
 
-    real = script.heldout_problems
+    real = stage.heldout_problems
     calls = []
 
     def grade(answer, gold):
@@ -448,7 +462,7 @@ def _alternating_bench(script, monkeypatch):
         b = real(*a, **k)
         return Benchmark(b.name, b.source, b.items, grade)
 
-    monkeypatch.setattr(script, "heldout_problems", problems)
+    monkeypatch.setattr(stage, "heldout_problems", problems)
 
 
 def test_rollouts_and_probes_scripts(isolated_root, monkeypatch):
@@ -459,13 +473,12 @@ def test_rollouts_and_probes_scripts(isolated_root, monkeypatch):
 
     write_splits(data_dir("test"), n_train=8, n_eval=6, seed=0)
     make_run()
-    probes = load_script("4_lora_interventions/4.3_correctness_probes.py")
     with pytest.raises(FileNotFoundError, match="run 4_lora_interventions/4.2_counterfactual_rollouts.py first"):
-        probes.main(config_from_profile(probes.ProbeConfig, "probes", "test", run="t"))
-    rollouts = load_script("4_lora_interventions/4.2_counterfactual_rollouts.py")
-    _alternating_bench(rollouts, monkeypatch)
-    rollouts.main(config_from_profile(rollouts.RolloutConfig, "rollouts", "test", run="t", require_complete=False))
+        stage.run_correctness_probes(config_from_profile(ProbeConfig, "probes", "test", run="t"))
+    _alternating_bench(monkeypatch)
     out = results_dir("test", K.ROLLOUTS_STAGE, "t")
+    assert stage.run_counterfactual_rollouts(config_from_profile(RolloutConfig, "rollouts", "test", run="t",
+                                                                 require_complete=False)) == out
     report = read_json(out / K.ROLLOUTS_JSON)
     lines = (out / K.ROLLOUTS_JSONL).read_text().splitlines()
     assert report["n_rollouts"] == len(lines) == 6 * 3
@@ -477,7 +490,7 @@ def test_rollouts_and_probes_scripts(isolated_root, monkeypatch):
     res = report["tests"]["lora_trace"]
     assert res["tested"] and len(res["p"]) == 14 and all(q >= p for p, q in zip(res["p"], res["q_bh"], strict=True))
     assert (out / f"{K.ROLLOUTS_STEM}.png").is_file() and not (out / K.ROLLOUTS_PARTIAL_DIR).exists()
-    probes.main(config_from_profile(probes.ProbeConfig, "probes", "test", run="t", n_resamples=50))
+    stage.run_correctness_probes(config_from_profile(ProbeConfig, "probes", "test", run="t", n_resamples=50))
     rep = read_json(results_dir("test", K.PROBES_STAGE, "t") / K.PROBES_JSON)
     assert rep["auc"]["majority class"]["value"] == 0.5 and rep["n_problems"] == 6
     assert {"thinking length", "MLP neurons (trace + last)", "adapters (trace + last)"} <= set(rep["auc"])
@@ -534,9 +547,9 @@ def test_all_stage4_scripts_end_to_end_on_the_test_profile(isolated_root):
             assert rep["auc"] == {} and rep["verdict"].startswith("undefined: all 18 rollouts")
         else:
             assert proc.returncode == 0, proc.stderr[-2000:]
-    for stage, name in ((K.GEOMETRY_STAGE, K.GEOMETRY_JSON), (K.ATTRIBUTION_STAGE, K.ATTRIBUTION_JSON),
-                        (K.STEERING_STAGE, K.STEERING_JSON), (K.ROLLOUTS_STAGE, K.ROLLOUTS_JSON)):
-        out = results_dir("test", stage, "t")
+    for stage_name, name in ((K.GEOMETRY_STAGE, K.GEOMETRY_JSON), (K.ATTRIBUTION_STAGE, K.ATTRIBUTION_JSON),
+                             (K.STEERING_STAGE, K.STEERING_JSON), (K.ROLLOUTS_STAGE, K.ROLLOUTS_JSON)):
+        out = results_dir("test", stage_name, "t")
         assert (out / name).is_file() and (out / K.CONFIG_JSON).is_file() and (out / K.ARGV_JSON).is_file()
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from rank1 import pipeline
 from rank1.config import load_profile
-from rank1.pipeline import STAGES, Stage, check_profile, command, main, planned_tokens, store_bytes
+from rank1.pipeline import Stage, check_profile, command, main, planned_tokens, stages, store_bytes
 
 
 def profile_file(tmp_path, text, name="mine.toml"):
@@ -18,12 +18,12 @@ def profile_file(tmp_path, text, name="mine.toml"):
 def test_dry_run_prints_every_stage_and_runs_nothing(isolated_root, capsys):
     assert main(["--profile", "tiny", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    for i, st in enumerate(STAGES, 1):
+    for i, st in enumerate(stages(), 1):
         assert f"{i:2d}. {st.name}\n" in out
-    assert out.count("    command: ") == out.count("    devices: ") == len(STAGES)
+    assert out.count("    command: ") == out.count("    devices: ") == len(stages())
     assert "6_report/6.0_write_report.py --profile tiny" in out and "every required id and path is set" in out
     assert not (isolated_root / "logs").exists() and not (isolated_root / "results").exists()
-    assert STAGES[-1].name == "6.0_write_report" and len({s.name for s in STAGES}) == len(STAGES)
+    assert stages()[-1].name == "6.0_write_report" and len({s.name for s in stages()}) == len(stages())
 
 
 def test_store_estimate_is_tokens_times_sites_times_bytes(tmp_path):
@@ -74,17 +74,16 @@ def test_paper_profile_needs_only_gpqa_here(monkeypatch):
 
 
 def test_gpqa_path_reaches_the_evaluation():
-    ev = next(s for s in STAGES if s.name == "eval_benchmarks")
+    ev = next(s for s in stages() if s.name == "eval_benchmarks")
     assert command(ev, "paper", "py", env={})[-2:] == ["--profile", "paper"]
     assert command(ev, "paper", "py", env={"GPQA_PATH": "/g.csv"})[-2:] == ["--gpqa_path", "/g.csv"]
 
 
-def test_a_failing_stage_names_itself_and_its_rerun_command(isolated_root, monkeypatch, capsys):
-    stages = [Stage("ok", ("{py}", "-c", "pass"), "CPU"),
+def test_a_failing_stage_names_itself_and_its_rerun_command(isolated_root, capsys):
+    stage_list = [Stage("ok", ("{py}", "-c", "pass"), "CPU"),
               Stage("broken", ("{py}", "-c", "import sys; sys.exit(3)", "--profile", "{profile}"), "CPU"),
               Stage("never", ("{py}", "-c", "raise SystemExit(9)"), "CPU")]
-    monkeypatch.setattr(pipeline, "STAGES", stages)
-    assert pipeline.run_stages("test", sys.executable) == 1
+    assert pipeline.run_stages("test", sys.executable, stage_list=stage_list) == 1
     err = capsys.readouterr().err
     assert "error: stage 'broken' failed (exit 3); rerun it with: " in err and "--profile test" in err
     lines = (isolated_root / "logs" / "run_all-test-times.tsv").read_text().splitlines()
@@ -100,14 +99,26 @@ def test_the_stage_table_of_run_all_sh_is_the_stage_list(tmp_path):
     from rank1.config import REPO_ROOT
 
     text = (REPO_ROOT / "run_all.sh").read_text()
-    assert all(f"\n{st.name} " in text for st in STAGES)
-    assert {st.name for st in STAGES} == set(pipeline.DETAILS)  # every stage declares its devices, none is stale
-    assert not any(st.devices == pipeline.UNDECLARED for st in STAGES)
+    assert all(f"\n{st.name} " in text for st in stages())
     table = tmp_path / "run_all.sh"
-    table.write_text(": <<'STAGES'\n# comment\nfirst | py | a/b.py --kind mlp\nsecond | bash | c.sh\nSTAGES\n")
+    table.write_text(": <<'STAGES'\n# comment\nfirst | py | model | store | a/b.py --kind mlp\n"
+                     "second | bash | artifacts | - | c.sh\nSTAGES\n")
     first, second = pipeline.read_stage_table(table)
     assert first.argv == ("{py}", "{repo}/a/b.py", "--profile", "{profile}", "--kind", "mlp")
-    assert second.argv[:2] == ("bash", "{repo}/c.sh") and second.devices == pipeline.UNDECLARED
-    table.write_text(": <<'STAGES'\nfirst | python | a.py\nSTAGES\n")
-    with pytest.raises(ValueError, match=r"run_all.sh:2: expected 'name \| py\|bash \| script \[args\]'"):
+    assert first.devices == pipeline.MODEL and first.disk is not None
+    assert second.argv[:2] == ("bash", "{repo}/c.sh") and second.devices == pipeline.ARTIFACTS and second.disk is None
+    table.write_text(": <<'STAGES'\nfirst | python | model | - | a.py\nSTAGES\n")
+    with pytest.raises(ValueError, match=r"run_all.sh:2: expected 'name \| py\|bash \| devices \| disk \| script"):
         pipeline.read_stage_table(table)
+    table.write_text(": <<'STAGES'\nfirst | py | gpu | - | a.py\nSTAGES\n")
+    with pytest.raises(ValueError, match=r"run_all.sh:2: unknown devices 'gpu' for stage 'first'; known: "):
+        pipeline.read_stage_table(table)
+
+
+def test_reading_the_pipeline_module_reads_no_stage_table():
+    import subprocess
+
+    code = ("import pathlib; real = pathlib.Path.read_text\n"
+            "def spy(self, *a, **k):\n    assert self.name != 'run_all.sh', 'read at import'\n    return real(self, *a, **k)\n"
+            "pathlib.Path.read_text = spy\nimport rank1.pipeline, rank1.report\n")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -108,14 +108,14 @@ def test_tiny_stage3_short_with_a_killed_sae_training(isolated_root):
 @pytest.mark.slow
 def test_whole_pipeline_on_the_test_profile_then_the_report(isolated_root):
     """run_all.sh on the 2-layer random Qwen2, every stage; the report lists every artifact and misses none."""
-    from rank1.pipeline import STAGES
-    from rank1.report.render import NA, ReportConfig, build_report
+    from rank1.pipeline import stages
+    from rank1.report import NA, ReportConfig, build_report
 
     env = {**os.environ, "PYTHON": sys.executable}
     env.pop("GPQA_PATH", None)
     subprocess.run(["bash", "run_all.sh", "--profile", "test"], cwd=REPO_ROOT, check=True, env=env)
     times = (isolated_root / "logs" / "run_all-test-times.tsv").read_text()
-    assert all(f"\t{st.name}\t" in times for st in STAGES)
+    assert all(f"\t{st.name}\t" in times for st in stages())
     assert (isolated_root / "reports" / "test" / "REPORT.md").is_file()
     rep = build_report(ReportConfig(profile="test"))
     assert rep.run == "test-r1-all" and len(rep.folders) >= 20

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from helpers import dashboard_page
-from rank1.report.render import NA, NO, YES, ReportConfig, build_report, read_times, render_html, write_report
+from rank1.report import NA, NO, YES, ReportConfig, build_report, read_times, render_html, run_write_report
 
 EVIL = '<img src=x onerror="window.__pwned = 1">'
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAAB"
@@ -106,7 +106,7 @@ def test_layers_rule_says_no_when_kl_is_spread(isolated_root):
 
 def test_a_stage_that_has_not_run_shows_as_missing(isolated_root):
     hand_made_results(isolated_root)
-    rep = write_report(ReportConfig(profile="test"))
+    rep = run_write_report(ReportConfig(profile="test"))
     sae = [c for c in rep.claims if c.section == "BatchTopK SAE on the adapter state"]
     assert len(sae) == 2 and all(c.verdict == NA and c.ours.startswith("missing: sae/r/sae_metrics.json") for c in sae)
     md = (rep.out / "REPORT.md").read_text()
@@ -120,7 +120,7 @@ def test_a_stage_that_has_not_run_shows_as_missing(isolated_root):
 
 
 def test_nothing_ran_at_all(isolated_root):
-    rep = write_report(ReportConfig(profile="test"))
+    rep = run_write_report(ReportConfig(profile="test"))
     assert rep.folders == [] and all(c.verdict == NA and c.ours.startswith("missing") for c in rep.claims)
     assert "no stage has run" in (rep.out / "REPORT.md").read_text()
 
@@ -134,7 +134,7 @@ def test_html_escapes_hostile_strings(isolated_root):
 
 def test_report_page_in_headless_chromium(isolated_root):
     hand_made_results(isolated_root)
-    rep = write_report(ReportConfig(profile="test"))
+    rep = run_write_report(ReportConfig(profile="test"))
     problems = []
     with dashboard_page(rep.out / "index.html", problems) as page:
         page.wait_for_selector("table")

@@ -13,7 +13,7 @@ from rank1.lora import lora_config
 from rank1.models import load_model
 from rank1.runs import HASH_CACHE, RunError, check_same_identity, resolve_run, weights_sha256
 from rank1.synth import write_splits
-from rank1.training.train import TrainConfig, train
+from rank1.training import TrainConfig, train
 
 
 @pytest.fixture

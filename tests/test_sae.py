@@ -1,8 +1,8 @@
 """Stage 3: the SAE's split and data stream, training and resume, normalisation folding, evaluation by hand, the
 splice into the model, feature collection, category densities, the dashboard in headless Chromium, bad input."""
 
+import ast
 import dataclasses
-import importlib.util
 import json
 import os
 import shutil
@@ -14,20 +14,29 @@ from peft import get_peft_model
 from helpers import dashboard_page, keep_screenshot, run_script, synthetic_store
 from rank1 import constants as K
 from rank1.config import REPO_ROOT, config_from_profile
-from rank1.sae.train import (
-    SaeConfig,
-    SaeError,
-    evaluate_sae,
-    heldout_split,
-    iter_batches,
-    load_sae,
-    make_training_sae,
-    save_inference_sae,
-    train_sae,
-    train_stage,
-)
+from rank1.errors import OtherSettings
 from rank1.sae.categories import CategoryError, category_densities, read_categories, read_explanations
-from rank1.sae.features import JumpReluColumns, SaeFeaturesConfig, annotate_features, collect_features, load_features
+from rank1.sae.config import (
+    AUTOINTERP_SECTIONS,
+    AutointerpConfig,
+    DensitiesConfig,
+    DonutConfig,
+    SaeConfig,
+    SaeDashboardConfig,
+    SaeFeaturesConfig,
+)
+from rank1.sae.features import JumpReluColumns, annotate_features, load_features
+from rank1.sae.split import SaeError, heldout_split, iter_batches
+from rank1.sae.stage import (
+    run_autointerp,
+    run_categorize,
+    run_collect_sae_features,
+    run_compute_activation_densities,
+    run_create_donut_fig,
+    run_generate_sae_dashboard,
+    run_train_sae,
+)
+from rank1.sae.train import evaluate_sae, load_sae, make_training_sae, save_inference_sae, train_sae
 from rank1.store import StoreError, write_store
 from rank1.topk import Columns, compute_topk, heapq_topk
 
@@ -136,7 +145,7 @@ def test_killed_training_resumes_to_the_same_sae(tmp_path, monkeypatch):
     resumed, _ = train_sae(cfg, store, split, tmp_path / "b")
     for name, t in whole.state_dict().items():
         assert torch.equal(t, resumed.state_dict()[name]), name
-    with pytest.raises(SaeError, match="checkpoints of other settings"):
+    with pytest.raises(OtherSettings, match="checkpoints holds partial work of other settings or inputs"):
         train_sae(small_cfg(k=3), store, split, tmp_path / "b")
 
 
@@ -212,8 +221,9 @@ def test_evaluation_equals_a_hand_computation(tmp_path):
 @pytest.fixture(scope="module")
 def lora_store(tmp_path_factory):
     """A test-profile run whose adapters all contribute (random B), its training corpus and its LoRA store."""
+    from rank1.activations.config import ExtractConfig
+    from rank1.activations.stage import extract
     from rank1.config import data_dir, run_dir
-    from rank1.activations.stage import ExtractConfig, extract
     from rank1.lora import adapter_sites, lora_config
     from rank1.models import load_model
     from rank1.synth import write_splits
@@ -276,7 +286,7 @@ def test_stage_end_to_end_on_the_test_profile(lora_store, tmp_path):
     out = tmp_path / "sae"
     cfg = config_from_profile(SaeConfig, "sae", "test", run=lora_store["run"], store=lora_store["store"],
                               out=str(out))
-    folder = train_stage(cfg)
+    folder = run_train_sae(cfg)
     for name in ("cfg.json", "sae_weights.safetensors", K.SAE_METRICS_JSON, K.SAE_TRAIN_LOG_JSON, K.CONFIG_JSON,
                  K.ARGV_JSON):
         assert (folder / name).is_file(), name
@@ -287,14 +297,27 @@ def test_stage_end_to_end_on_the_test_profile(lora_store, tmp_path):
     assert 0 <= metrics["heldout"]["dead_frac"] <= 1 and metrics["heldout"]["n_tokens"] > 0
     assert metrics["loss_gap"]["n_tokens"] > 0 and "share" in metrics["loss_gap"]
     stamp = (folder / K.CONFIG_JSON).stat().st_mtime_ns
-    assert train_stage(cfg) == folder and (folder / K.CONFIG_JSON).stat().st_mtime_ns == stamp  # skips
-    with pytest.raises(SaeError, match="holds an SAE of other settings"):
-        train_stage(config_from_profile(SaeConfig, "sae", "test", run=lora_store["run"], store=lora_store["store"],
-                                        out=str(out), k=3))
+    lines = []
+    assert run_train_sae(cfg, report=lines.append) == folder  # skips, and reports the saved metrics again
+    assert (folder / K.CONFIG_JSON).stat().st_mtime_ns == stamp
+    h = metrics["heldout"]
+    assert len(lines) == 1 and lines[0].startswith(f"SAE: {folder}\nheld-out ({h['n_tokens']} tokens): FVU "
+                                                   f"{h['fvu']:.4f}") and "loss-gap share" in lines[0]
+    with pytest.raises(OtherSettings, match=r"sae/config.json was made with other settings or inputs \(k: 4 there, 3 "
+                                            r"now\); pass --overwrite to retrain it, or --out DIR"):
+        run_train_sae(config_from_profile(SaeConfig, "sae", "test", run=lora_store["run"], store=lora_store["store"],
+                                          out=str(out), k=3))
+    assert (folder / K.CONFIG_JSON).stat().st_mtime_ns == stamp
 
     fcfg = config_from_profile(SaeFeaturesConfig, "sae_features", "test", run=lora_store["run"],
                                store=lora_store["store"], sae=str(folder), out=str(tmp_path / "features"))
-    res, latents = load_features(collect_features(fcfg))
+    res, latents = load_features(run_collect_sae_features(fcfg))
+    stamp = (tmp_path / "features" / K.CONFIG_JSON).stat().st_mtime_ns
+    assert run_collect_sae_features(fcfg) == tmp_path / "features"  # same SAE, store and settings: skipped
+    assert (tmp_path / "features" / K.CONFIG_JSON).stat().st_mtime_ns == stamp
+    with pytest.raises(OtherSettings, match=r"features/config.json was made with other settings or inputs "
+                                            r"\(settings: .* there, .* now\); pass --overwrite"):
+        run_collect_sae_features(dataclasses.replace(fcfg, k=4))
     store = Store.open(lora_store["store"])
     x = torch.cat([sh.acts_TS.float() for sh in store.shards()])
     pos = torch.cat([sh.positions_T for sh in store.shards()])
@@ -314,33 +337,29 @@ def test_stage_end_to_end_on_the_test_profile(lora_store, tmp_path):
     # 3.3.2 / 3.3.3 without categories, then with them
     interp = tmp_path / "interp"
     interp.mkdir()
-    densities = _script("3.3_autointerp/3.3.2_compute_activation_densities.py")
-    dcfg = config_from_profile(densities.DensitiesConfig, "sae_densities", "test", run=lora_store["run"],
+    dcfg = config_from_profile(DensitiesConfig, "sae_densities", "test", run=lora_store["run"],
                                features=str(tmp_path / "features"), autointerp=str(interp))
     with pytest.raises(CategoryError, match="categories.json is missing: .*3.3.1_categorize.py"):
-        densities.main(dcfg)
-    donut = _script("3.3_autointerp/3.3.3_create_donut_fig.py")
-    ncfg = config_from_profile(donut.DonutConfig, "sae_donut", "test", run=lora_store["run"], autointerp=str(interp))
+        run_compute_activation_densities(dcfg)
+    ncfg = config_from_profile(DonutConfig, "sae_donut", "test", run=lora_store["run"], autointerp=str(interp))
     with pytest.raises(CategoryError, match="category_densities.json is missing: .*3.3.2_compute_activation_densities"):
-        donut.main(ncfg)
+        run_create_donut_fig(ncfg)
     names = [f["name"] for f in res.features]
 
     # 3.3.0 explains (lexicon, offline scorer on the test profile), 3.3.1 sorts into the paper's 7 categories
     from rank1.autointerp.categories import LEXICON_SCHEME, PAPER_TOP_LEVEL_SCHEME
     from rank1.autointerp.examples import build_examples
     from rank1.autointerp.explainers import strong_token_stats
-    from rank1.autointerp.stage import AutointerpConfig
 
-    explain, categorize = _script("3.3_autointerp/3.3.0_autointerp.py"), _script("3.3_autointerp/3.3.1_categorize.py")
-    acfg = config_from_profile(AutointerpConfig, explain.SECTIONS, "test", run=lora_store["run"],
+    acfg = config_from_profile(AutointerpConfig, AUTOINTERP_SECTIONS, "test", run=lora_store["run"],
                                topk=str(tmp_path / "features"), out=str(interp))
     assert (acfg.n_examples, acfg.per_doc_cap) == (4, 2)  # [sae_autointerp] over [autointerp]
     with pytest.raises(CategoryError, match="explanations.jsonl is missing: .*3.3.0_autointerp.py"):
-        categorize.main(acfg)
-    explain.main(acfg)
+        run_categorize(acfg)
+    run_autointerp(acfg)
     records = [json.loads(line) for line in (interp / K.AUTOINTERP_RESULTS).read_text().splitlines()]
     assert [r["name"] for r in records] == names
-    categorize.main(acfg)
+    run_categorize(acfg)
     cats = json.loads((interp / K.CATEGORIES_JSON).read_text())
     assert cats["categories"] == PAPER_TOP_LEVEL_SCHEME.keys
     ok = [r["name"] for r in records if r["status"] == "ok"]
@@ -357,21 +376,37 @@ def test_stage_end_to_end_on_the_test_profile(lora_store, tmp_path):
     (stray / K.AUTOINTERP_RESULTS).write_text(json.dumps({"name": "latent_9999", "status": "ok",
                                                           "explanation": "x"}) + "\n")
     with pytest.raises(CategoryError, match="explains features that 3.1 did not collect"):
-        categorize.main(dataclasses.replace(acfg, out=str(stray)))
+        run_categorize(dataclasses.replace(acfg, out=str(stray)))
     assert not (stray / K.CATEGORIES_JSON).exists()
-    densities.main(dcfg)
-    donut.main(ncfg)
+    run_compute_activation_densities(dcfg)
+    run_create_donut_fig(ncfg)
     d = json.loads((interp / K.CATEGORY_DENSITIES_JSON).read_text())
     assert sum(c["mass_share"] for c in d["categories"].values()) == pytest.approx(1.0)
     for ext in ("pdf", "png"):
         assert (interp / f"{K.FIGURE3_STEM}.{ext}").stat().st_size > 1000
 
-
-def _script(rel):
-    spec = importlib.util.spec_from_file_location("stage_script", STAGE / rel)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    # 3.3.1 / 3.3.2 again: the same inputs skip, other inputs are refused until --overwrite
+    stamps = {name: (interp / name).stat().st_mtime_ns for name in (K.CATEGORIES_JSON, K.CATEGORY_DENSITIES_JSON)}
+    run_categorize(acfg)
+    run_compute_activation_densities(dcfg)
+    assert {name: (interp / name).stat().st_mtime_ns for name in stamps} == stamps
+    shutil.copytree(tmp_path / "features", tmp_path / "features_copy")
+    with pytest.raises(OtherSettings, match=r"categories.json was made with other settings or inputs "
+                                            r"\(inputs.features: .* there, .* now\); pass --overwrite"):
+        run_categorize(dataclasses.replace(acfg, topk=str(tmp_path / "features_copy")))
+    run_categorize(dataclasses.replace(acfg, overwrite=True))  # the same categories, in a new file
+    with pytest.raises(OtherSettings, match=r"category_densities.json was made with other settings or inputs "
+                                            r"\(inputs.categories_sha256: .* there, .* now\); pass --overwrite"):
+        run_compute_activation_densities(dcfg)
+    run_compute_activation_densities(dataclasses.replace(dcfg, overwrite=True))
+    again = json.loads((interp / K.CATEGORY_DENSITIES_JSON).read_text())
+    assert again["categories"] == d["categories"] and "overwrite" not in again["config"]
+    lines = []
+    dcfg = config_from_profile(SaeDashboardConfig, "sae_dashboard", "test", run=lora_store["run"],
+                               features=str(tmp_path / "features"), autointerp=str(interp), out=str(tmp_path / "dash"))
+    assert run_generate_sae_dashboard(dcfg, report=lines.append) == tmp_path / "dash"
+    assert lines == [f"dashboard: {tmp_path / 'dash' / K.DASHBOARD_INDEX} ({len(names)} features; explanations for "
+                     f"{len(records)}, categories for {len(cats['features'])})"]
 
 
 def test_bad_inputs_fail_before_writing(lora_store, tmp_path):
@@ -383,11 +418,11 @@ def test_bad_inputs_fail_before_writing(lora_store, tmp_path):
         return config_from_profile(SaeConfig, "sae", "test", **values)
 
     with pytest.raises(StoreError, match="holds no activation store"):
-        train_stage(cfg(store=str(tmp_path / "nowhere")))
+        run_train_sae(cfg(store=str(tmp_path / "nowhere")))
     with pytest.raises(SaeError, match="k=100 is larger than the dictionary"):
-        train_stage(cfg(k=100))
+        run_train_sae(cfg(k=100))
     with pytest.raises(SaeError, match="fewer than one batch"):
-        train_stage(cfg(heldout_frac=0.999))
+        run_train_sae(cfg(heldout_frac=0.999))
     other = tmp_path / "other_run"
     shutil.copytree(lora_store["run"], other)
     from safetensors.torch import load_file, save_file
@@ -395,7 +430,7 @@ def test_bad_inputs_fail_before_writing(lora_store, tmp_path):
     save_file({k: v * 2 for k, v in load_file(str(w)).items()}, str(w))
     (other / K.ADAPTER_DIR / ".weights_sha256.json").unlink(missing_ok=True)
     with pytest.raises(StoreError, match="made from run 'a'.*not from 'other_run'"):
-        train_stage(cfg(run=str(other)))
+        run_train_sae(cfg(run=str(other)))
     assert not (tmp_path / "out").exists()
     # an SAE of another width: 3 inputs, the store has 14 adapters
     small, *_ = synthetic_store(tmp_path / "small", T=300)
@@ -542,22 +577,32 @@ def test_sae_dashboard_in_headless_chromium(tmp_path):
     assert problems == []
 
 
-@pytest.mark.parametrize("script", ["3.0_train_sae.py", "3.1_collect_sae_features.py", "3.2_generate_sae_dashboard.py",
-                                    "3.3_autointerp/3.3.0_autointerp.py", "3.3_autointerp/3.3.1_categorize.py",
-                                    "3.3_autointerp/3.3.2_compute_activation_densities.py",
-                                    "3.3_autointerp/3.3.3_create_donut_fig.py"])
-def test_help_lists_every_flag(script, capsys):
-    import dataclasses
-    import re
+SCRIPTS = [("3.0_train_sae.py", SaeConfig, "sae", run_train_sae),
+           ("3.1_collect_sae_features.py", SaeFeaturesConfig, "sae_features", run_collect_sae_features),
+           ("3.2_generate_sae_dashboard.py", SaeDashboardConfig, "sae_dashboard", run_generate_sae_dashboard),
+           ("3.3_autointerp/3.3.0_autointerp.py", AutointerpConfig, AUTOINTERP_SECTIONS, run_autointerp),
+           ("3.3_autointerp/3.3.1_categorize.py", AutointerpConfig, AUTOINTERP_SECTIONS, run_categorize),
+           ("3.3_autointerp/3.3.2_compute_activation_densities.py", DensitiesConfig, "sae_densities",
+            run_compute_activation_densities),
+           ("3.3_autointerp/3.3.3_create_donut_fig.py", DonutConfig, "sae_donut", run_create_donut_fig)]
 
+
+@pytest.mark.parametrize(("script", "cls", "section", "run"), SCRIPTS)
+def test_scripts_are_thin_and_help_lists_every_flag(script, cls, section, run, capsys):
+    """Each script (read, not run) defines only ``main``, which calls its ``run_<script>``, and parses its config
+    of rank1.sae.config from its profile table; ``--help`` with its usage docstring lists every field."""
     from rank1.config import parse_config
 
-    module = _script(script)
-    name, section = re.search(r'parse_config\((\w+), "?(\w+)"?', (STAGE / script).read_text()).groups()
-    cls = getattr(module, name)
-    section = getattr(module, section, section)  # a tuple of profile tables, named in the script
+    tree = ast.parse((STAGE / script).read_text())
+    defined = [n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)]
+    assert defined == ["main"]
+    called = {ast.unparse(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    assert run.__name__ in called
+    parse = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and ast.unparse(n.func) == "parse_config"]
+    assert [ast.unparse(a) for a in parse[0].args[:2]] == [
+        cls.__name__, "AUTOINTERP_SECTIONS" if section is AUTOINTERP_SECTIONS else repr(section)]
     with pytest.raises(SystemExit):
-        parse_config(cls, section, module.__doc__, ["--help"])
+        parse_config(cls, section, ast.get_docstring(tree, clean=False), ["--help"])
     out = capsys.readouterr().out
     assert "Usage:" in out and all(f"--{f.name}" in out for f in dataclasses.fields(cls) if f.name != "profile")
 

@@ -1,6 +1,7 @@
 """Stage 5 (SAE-LoRA): the adapter's forward in both hook modes, the two penalties, sparsity metrics, the
 behaviour dataset and its checker, resume after an interrupted training, clear errors on bad input."""
 
+import dataclasses
 import json
 import math
 from types import SimpleNamespace
@@ -9,8 +10,22 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import load_script, run_script
+from helpers import run_script
 from rank1 import constants as K
+from rank1.config import config_from_profile, data_dir
+from rank1.errors import OtherSettings
+from rank1.sae_lora.adapter import (
+    SaeLora,
+    SaeLoraError,
+    apply_adapter,
+    check_layer,
+    gini,
+    hoyer,
+    penalty,
+    residual_cache,
+    tokenize_items,
+    top_share,
+)
 from rank1.sae_lora.behavior import (
     behavior_splits,
     final_line,
@@ -19,23 +34,8 @@ from rank1.sae_lora.behavior import (
     shows_behavior,
     teacher_forced_prefix,
 )
-from rank1.config import config_from_profile, data_dir
-from rank1.sae_lora.adapter import (
-    SaeLora,
-    SaeLoraConfig,
-    SaeLoraError,
-    apply_adapter,
-    check_layer,
-    gini,
-    hoyer,
-    load_adapter,
-    penalty,
-    residual_cache,
-    step_batches,
-    tokenize_items,
-    top_share,
-    train_adapter,
-)
+from rank1.sae_lora.config import SaeLoraConfig
+from rank1.sae_lora.train import load_adapter, step_batches, train_adapter
 
 
 class TinySae(torch.nn.Module):
@@ -135,6 +135,22 @@ def test_behavior_dataset_is_deterministic_and_checked():
         behavior_splits(2, 2, 0, condition="division")
 
 
+def test_behavior_dataset_step_skips_when_finished_and_refuses_other_settings(isolated_root):
+    from rank1.sae_lora import stage
+
+    cfg = config_from_profile(SaeLoraConfig, "sae_lora", "test")
+    info = stage.run_make_behavior_dataset(cfg) / K.BEHAVIOR_INFO
+    stamp = info.stat().st_mtime_ns
+    stage.run_make_behavior_dataset(cfg)  # same settings: skipped
+    assert info.stat().st_mtime_ns == stamp
+    with pytest.raises(OtherSettings, match=r"dataset.json was made with other settings or inputs \(settings: .* "
+                                            r"there, .* now\); pass --overwrite to recompute it"):
+        stage.run_make_behavior_dataset(dataclasses.replace(cfg, n_train=5))
+    assert info.stat().st_mtime_ns == stamp
+    stage.run_make_behavior_dataset(dataclasses.replace(cfg, n_train=5, overwrite=True))
+    assert json.loads(info.read_text())["n_train"] == 10
+
+
 def test_llm_rewrite_parses_and_rejects(tiny_tok):
     train, _ = behavior_splits(3, 1, seed=0)
     rec = next(r for r in train if r["modified"])
@@ -197,6 +213,9 @@ def test_resume_after_interrupt_gives_the_same_adapter(tiny_tok, isolated_root):
         train_adapter(cfg, "normalized", 0.01, runner, sae, items, h, pad, isolated_root / "cut", ident, kill_at_3)
     assert not (isolated_root / "cut" / K.SAE_LORA_CONFIG).exists()  # unfinished: no config, resumable
     assert (isolated_root / "cut" / K.CHECKPOINTS_DIR / "2" / K.CHECKPOINT_DONE).is_file()
+    with pytest.raises(OtherSettings, match="checkpoints holds partial work of other settings or inputs"):
+        train_adapter(cfg, "raw", 0.01, runner, sae, items, h, pad, isolated_root / "cut", ident)
+    assert (isolated_root / "cut" / K.CHECKPOINTS_DIR / "2" / K.CHECKPOINT_DONE).is_file()  # kept
     resumed = train_adapter(cfg, "normalized", 0.01, runner, sae, items, h, pad, isolated_root / "cut", ident)
     a, _ = load_adapter(whole)
     b, meta = load_adapter(resumed)
@@ -206,7 +225,8 @@ def test_resume_after_interrupt_gives_the_same_adapter(tiny_tok, isolated_root):
     assert meta["settings"]["penalty"] == "normalized" and meta["steps"] == 4
     log_a = json.loads((whole / K.SAE_LORA_LOG).read_text())
     assert log_a == json.loads((resumed / K.SAE_LORA_LOG).read_text()) and len(log_a) == 4
-    with pytest.raises(SaeLoraError, match="other settings"):
+    with pytest.raises(OtherSettings, match=r"adapter_config.json was made with other settings or inputs \(settings: "
+                                            r".*\); pass --overwrite to retrain it, or another --name"):
         train_adapter(cfg, "raw", 0.01, runner, sae, items, h, pad, whole, ident)
 
 
@@ -238,11 +258,12 @@ def test_stage_end_to_end_on_the_test_profile(isolated_root):
     write_splits(data_dir("test"), 40, 4, 0)
     argv = ["--profile", "test"]
     from rank1.config import parse_config
+    from rank1.sae_lora import stage
 
     cfg = parse_config(SaeLoraConfig, "sae_lora", "", argv)
-    for script in ("5.0_make_behavior_dataset.py", "5.1_train_residual_sae.py", "5.2_train_sae_lora.py",
-                   "5.3_train_standard_lora.py", "5.4_analyze.py"):
-        load_script(f"5_sae_latent_lora/{script}").main(cfg)
+    for run in (stage.run_make_behavior_dataset, stage.run_train_residual_sae, stage.run_train_sae_lora,
+                stage.run_train_standard_lora, stage.run_analyze):
+        run(cfg)
     res = json.loads((cfg.folder() / K.SAE_LORA_RESULTS).read_text())
     assert set(res["sae_lora_runs"]) == {"l1_0", "raw_l1_0.01", "normalized_l1_0.01"}
     assert {"base", "standard_lora"} <= set(res["variants"])
@@ -251,17 +272,16 @@ def test_stage_end_to_end_on_the_test_profile(isolated_root):
         assert (cfg.folder() / f"{stem}.png").is_file() and (cfg.folder() / f"{stem}.pdf").is_file()
     # a rerun of the finished stage does no work: no residual cache for finished adapters, no new analysis
     import rank1.sae_lora.eval
-    import rank1.sae_lora.stage
 
     def no_work(*_a, **_k):
         raise AssertionError("a finished step recomputed its residual cache")
 
     mtime = (cfg.folder() / K.SAE_LORA_RESULTS).stat().st_mtime_ns
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(rank1.sae_lora.stage, "residual_cache", no_work)
+        mp.setattr(stage, "residual_cache", no_work)
         mp.setattr(rank1.sae_lora.eval, "residual_cache", no_work)
-        for script in ("5.2_train_sae_lora.py", "5.4_analyze.py"):
-            load_script(f"5_sae_latent_lora/{script}").main(cfg)
+        for run in (stage.run_train_sae_lora, stage.run_analyze):
+            run(cfg)
     assert (cfg.folder() / K.SAE_LORA_RESULTS).stat().st_mtime_ns == mtime
 
 

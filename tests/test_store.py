@@ -9,10 +9,11 @@ from peft import PeftModel
 
 from helpers import run_script, synthetic_store
 from rank1 import constants as K
+from rank1.activations.config import ExtractConfig, TopKConfig
+from rank1.activations.stage import extract, precompute_topk
 from rank1.capture import sample_neurons
 from rank1.config import config_from_profile
 from rank1.data import tokenize_record
-from rank1.activations.stage import ExtractConfig, TopKConfig, extract, precompute_topk
 from rank1.models import load_model, tiny_tokenizer
 from rank1.runs import RunError
 from rank1.store import Store, StoreError, plan_shards
@@ -28,7 +29,7 @@ def trained(tmp_path_factory):
 
     from rank1.config import data_dir
     from rank1.synth import write_splits
-    from rank1.training.train import TrainConfig, train
+    from rank1.training import TrainConfig, train
 
     root = tmp_path_factory.mktemp("root")
     old = os.environ.get("RANK1_ROOT")

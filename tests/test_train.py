@@ -18,7 +18,7 @@ from rank1.lora import verify_adapter
 from rank1.models import load_model
 from rank1.runs import latest_run
 from rank1.synth import write_splits
-from rank1.training.train import TrainConfig, train
+from rank1.training import TrainConfig, train
 
 
 @pytest.fixture
@@ -118,7 +118,7 @@ def test_two_process_gloo_data_parallel(test_data):
 
 
 def test_epoch_seeded_sampler():
-    from rank1.training.train import EpochSeededSampler
+    from rank1.training.trainer import EpochSeededSampler
     lengths = [5, 1, 9, 3, 7, 2, 8, 4]
     s = EpochSeededSampler(lengths, seed=0)
     first = list(s)
@@ -158,7 +158,7 @@ def test_bad_input_is_one_error_line_and_no_run_folder(isolated_root):
 
 def test_full_finetune_has_its_own_steps_and_cpu_auto_is_fp32(tmp_path):
     from rank1.runs import use_bf16
-    from rank1.training.train import training_arguments
+    from rank1.training.trainer import training_arguments
 
     lora = config_from_profile(TrainConfig, "train", "test", max_steps=7, full_max_steps=3)
     full = config_from_profile(TrainConfig, "train", "test", max_steps=7, full_max_steps=3, full=True)

@@ -16,18 +16,15 @@ Usage:
         --llm_base_url http://localhost:8000/v1 --llm_model Qwen/Qwen2.5-72B-Instruct
 """
 
-from rank1 import constants as K
-from rank1.autointerp.stage import AutointerpConfig, run_stage
 from rank1.config import parse_config
 from rank1.logs import run_main
-from rank1.sae.features import COLLECTOR
-
-SECTIONS = ("autointerp", "sae_autointerp")
+from rank1.sae.config import AUTOINTERP_SECTIONS, AutointerpConfig
+from rank1.sae.stage import run_autointerp
 
 
 def main(cfg: AutointerpConfig) -> None:
-    print(f"autointerp: {run_stage(cfg, 'sae', K.SAE_FEATURES_STAGE, K.SAE_AUTOINTERP_STAGE, COLLECTOR)}")
+    run_autointerp(cfg, report=print)
 
 
 if __name__ == "__main__":
-    run_main(main, parse_config(AutointerpConfig, SECTIONS, __doc__))
+    run_main(main, parse_config(AutointerpConfig, AUTOINTERP_SECTIONS, __doc__))

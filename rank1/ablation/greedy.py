@@ -26,10 +26,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from rank1.ablation.sweep import Batch, Reference, head_kl_ce, make_batch
+from rank1.ablation.sweep import Batch, make_batch
 from rank1.decoder import ForwardContext, LayerRunner
 from rank1.hooks import ablate_adapters
 from rank1.lora import AdapterSite
+from rank1.metrics import Reference, head_kl_ce
 
 
 @dataclass
@@ -72,7 +73,7 @@ def greedy_removal(loaded, items: list[dict], candidates: Sequence[int], rescore
     with loaded.autocast():
         ctx = runner.prepare(batch.input_ids_BT, batch.attention_mask_BT)
         h, cache = runner.run(ctx.h0_BTD, ctx, keep=keep)
-        ref = Reference.from_stream(runner, h[batch.rows], token_chunk)
+        ref = Reference.from_hidden(runner.logits, h[batch.rows], token_chunk)
     st = _State(batch, ctx, ref, cache, seq_ptr)
     removed: list[int] = []
     remaining = list(candidates)
@@ -100,7 +101,7 @@ def greedy_removal(loaded, items: list[dict], candidates: Sequence[int], rescore
         forwards += runner.num_layers - layer
         st.cache.update(newer)
         with loaded.autocast():
-            kl_N, _ = head_kl_ce(runner, h[batch.rows], st.ref, batch.targets_N, token_chunk)
+            kl_N, _ = head_kl_ce(runner.logits, h[batch.rows], batch.targets_N, st.ref, token_chunk)
         kl_curve.append(_seq_mean(kl_N.cpu(), seq_ptr))
     return GreedyResult(removed, np.stack(kl_curve, 1), rounds, runs, forwards, time.perf_counter() - t0)
 
@@ -109,7 +110,7 @@ def _suffix_kl(runner: LayerRunner, sites: Sequence[AdapterSite], st: _State, ab
                token_chunk: int) -> torch.Tensor:
     with ablate_adapters([sites[i] for i in ablated]):
         h, _ = runner.run(st.cache[start], st.ctx, start=start)
-    kl_N, _ = head_kl_ce(runner, h[st.batch.rows], st.ref, st.batch.targets_N, token_chunk)
+    kl_N, _ = head_kl_ce(runner.logits, h[st.batch.rows], st.batch.targets_N, st.ref, token_chunk)
     return kl_N.cpu()
 
 

@@ -3,7 +3,7 @@
 Index: the store summary, activation std per (layer, adapter), norms of A and B by layer, and |cos| across
 layers for each vector that lives in a shared space. Per layer: each adapter's statistics, histogram,
 quantiles and top examples of both polarities, with the token strings they use, and the cosines between
-the layer's vectors that share a space (norms and across-layer cosines: :mod:`rank1.interventions.geometry`):
+the layer's vectors that share a space (norms and across-layer cosines: :mod:`rank1.lora`):
 
 - residual side (d_model): A of q, k, v, gate, up (they read the normed residual stream) and B of o, down
   (they write to it);
@@ -18,9 +18,8 @@ from typing import Any
 import torch
 
 from rank1.constants import PROJECTIONS
-from rank1.lora import cosine_matrix
+from rank1.lora import across_layers, cosine_matrix, factor_norms
 from rank1.topk import TopKResult
-from rank1.interventions.geometry import across_layers, factor_norms
 
 RESIDUAL = (("q_proj", "A"), ("k_proj", "A"), ("v_proj", "A"), ("gate_proj", "A"), ("up_proj", "A"),
             ("o_proj", "B"), ("down_proj", "B"))

@@ -1,67 +1,42 @@
-"""Stage 2 drivers shared by the LoRA and MLP scripts: extract a store, precompute its top-k examples.
+"""Stage 2, one function per script of ``2_lora_activation_interp/``: the activation stores and their top-k
+examples (LoRA side and the MLP-neuron baseline), the LoRA dashboard, the class shares of one side and LoRA
+vs. MLP (Figure 2). The autointerp scripts 2.2 / 2.7 run :func:`rank1.autointerp.stage.run_stage`.
 
-Folders (``results_dir``): ``results/<profile>/{lora,mlp}_activations/<run>/`` (the store) and
-``results/<profile>/{lora,mlp}_topk/<run>/`` (top-k examples); ``--out`` replaces either. The MLP side
-belongs to the run too: its neurons are the run's base model's, sampled as many per layer as the run has
-adapters per layer, and its corpus is the same.
+Folders (``results_dir``): ``results/<profile>/{lora,mlp}_activations/<run>/`` (the store),
+``results/<profile>/{lora,mlp}_topk/<run>/`` (top-k examples), ``results/<profile>/lora_dashboard/<run>/``,
+``results/<profile>/<kind>_interpretability/<run>/`` and ``results/<profile>/lora_vs_mlp/<run>/``; ``--out``
+replaces any of them. The MLP side belongs to the run too: its neurons are the run's base model's, sampled as
+many per layer as the run has adapters per layer, and its corpus is the same. The analyses read saved
+artifacts only and recompute in seconds, so they always rewrite their outputs (atomically).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
 
 from rank1 import constants as K
-from rank1.artifacts import public_config, read_json, write_json
-from rank1.capture import KINDS, CaptureSpec
-from rank1.config import dataset_file, option, results_dir
-from rank1.models import load_tokenizer
-from rank1.runs import Run, RunOptions
-from rank1.store import DTYPES, Store, StoreError, check_writable, extract_store, load_corpus, open_for_run
-from rank1.topk import compute_topk, decode_vocab, used_token_ids
+from rank1.activations.config import CompareConfig, DashboardConfig, ExtractConfig, InterpretabilityConfig, TopKConfig
+from rank1.activations.dashboard import build_payloads
+from rank1.activations.interpretability import analyze, check_comparable, compare, load_autointerp, scheme_of
+from rank1.activations.plots import plot_figure2, plot_interpretability
+from rank1.artifacts import public_config, reuse_finished, write_json, write_run_metadata
+from rank1.capture import KINDS, CaptureSpec, sample_neurons
+from rank1.config import dataset_file, results_dir
+from rank1.dashboard import write_dashboard
+from rank1.lora import PROJECTIONS, SAVED_KEY_RE, adapter_vectors, parse_projections
+from rank1.models import load_tokenizer, model_config
+from rank1.runs import Run, check_same_identity
+from rank1.store import StoreError, check_writable, extract_store, load_corpus, open_for_run
+from rank1.topk import TopKResult, compute_topk, decode_vocab, used_token_ids
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class ExtractConfig(RunOptions):
-    corpus: str = option("s1-format records: 'synthetic' (data/<profile>/train.jsonl, what the run trained on), "
-                         "or a .jsonl/.parquet path / dataset folder", "synthetic")
-    max_tokens: int = option("stop adding documents once this many tokens are in (0: all)", 0)
-    max_docs: int = option("at most this many documents (0: all)", 0)
-    block_size: int = option("truncate each document to this many tokens (as in training)", 20000)
-    shard_tokens: int = option("tokens per shard (memory per worker; resume granularity)", 65536)
-    batch_tokens: int = option("padded tokens per forward pass", 8192)
-    dtype: str = option("storage dtype: float16 (checked for overflow) | bfloat16 | float32", "float16")
-    precision: str = option("compute precision: auto | bf16 | fp32", "auto")
-    num_procs: int = option("data-parallel CPU worker processes", 1)
-    num_gpus: int = option("data-parallel GPUs, one worker each (0: CPU or the one visible GPU)", 0)
-    neurons_per_layer: int = option("MLP side: neurons per layer (0: as many as the run has adapters per layer)", 0)
-    neuron_seed: int = option("MLP side: seed of the neuron sample", 0)
-    out: str | None = option("output folder (default: results/<profile>/<kind>_activations/<run>)")
-    overwrite: bool = option("recompute even if a finished store exists", False)
-
-    def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise ValueError(f"--dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
-        if min(self.shard_tokens, self.batch_tokens, self.block_size) < 1 or self.num_procs < 1 or self.num_gpus < 0:
-            raise ValueError("need --shard_tokens, --batch_tokens, --block_size, --num_procs >= 1 and --num_gpus >= 0")
-        if min(self.max_tokens, self.max_docs, self.neurons_per_layer) < 0:
-            raise ValueError("--max_tokens, --max_docs and --neurons_per_layer must be >= 0")
-
-
-@dataclass
-class TopKConfig(RunOptions):
-    store: str | None = option("activation store folder (default: the run's, under results/)")
-    k: int = option("top examples per feature (feature = adapter x polarity)", 50)
-    context: int = option("tokens of context on each side of an example", 30)
-    n_per_decile: int = option("scoring examples drawn from each decile of the active values", 5)
-    n_random: int = option("scoring examples from windows where the feature stays below its threshold", 20)
-    active_frac: float = option("a token activates a feature above this fraction of the feature's maximum", 0.1)
-    seed: int = option("seed of the scoring samples", 0)
-    out: str | None = option("output folder (default: results/<profile>/<kind>_topk/<run>)")
-    overwrite: bool = option("recompute even if the top-k examples exist", False)
+# ---------------------------------------------------------------- stores (2.0, 2.4)
 
 
 def store_folder(cfg, kind: str, run: Run) -> Path:
@@ -88,7 +63,6 @@ def extract(cfg: ExtractConfig, kind: str) -> Path:
 
 def _adapters_per_layer(run: Run) -> int:
     """Adapters per layer of the run (7 for all projections), read from its adapter config."""
-    from rank1.lora import parse_projections
     targets = run.adapter_config.get("target_modules") or []
     return len(parse_projections(",".join(targets))) if targets else 7
 
@@ -96,21 +70,26 @@ def _adapters_per_layer(run: Run) -> int:
 def _sites(spec: CaptureSpec) -> list[dict]:
     """The site list, read from the adapter file (LoRA) or the model config (MLP) without loading weights;
     each worker checks that its loaded model has the same sites."""
-    from transformers import AutoConfig
-
-    from rank1.capture import sample_neurons
-    from rank1.lora import PROJECTIONS, SAVED_KEY_RE
-    from rank1.models import RANDOM_QWEN2, resolve_model_source, tiny_qwen2_config
-
     if spec.kind == "lora":
-        from safetensors import safe_open
         with safe_open(str(spec.run.weights_dir / "adapter_model.safetensors"), framework="pt") as f:
             found = {(int(m.group(1)), m.group(2)) for m in map(SAVED_KEY_RE.search, f.keys()) if m}
         return [{"layer": lay, "name": p} for lay, p in sorted(found, key=lambda s: (s[0], PROJECTIONS.index(s[1])))]
-    c = tiny_qwen2_config(1) if spec.run.model_id == RANDOM_QWEN2 else \
-        AutoConfig.from_pretrained(resolve_model_source(spec.run.model_id))
+    c = model_config(spec.run.model_id)
     neurons = sample_neurons(c.num_hidden_layers, c.intermediate_size, spec.neurons_per_layer, spec.seed)
     return [{"layer": li, "name": f"n{n}", "neuron": n} for li, idx in enumerate(neurons) for n in idx]
+
+
+def run_extract_lora_activations(cfg: ExtractConfig) -> Path:
+    """2.0: every adapter's scalar activation per token; returns the store folder."""
+    return extract(cfg, "lora")
+
+
+def run_extract_mlp_activations(cfg: ExtractConfig) -> Path:
+    """2.4: the MLP-neuron baseline store; returns the store folder."""
+    return extract(cfg, "mlp")
+
+
+# ---------------------------------------------------------------- top-k examples (2.1, 2.5)
 
 
 def precompute_topk(cfg: TopKConfig, kind: str) -> Path:
@@ -123,12 +102,9 @@ def precompute_topk(cfg: TopKConfig, kind: str) -> Path:
         raise StoreError(f"{src} is a {store.manifest.get('kind')!r} store, this step reads a {kind!r} store")
     done = folder / K.CONFIG_JSON
     settings = {k: getattr(cfg, k) for k in ("k", "context", "n_per_decile", "n_random", "active_frac", "seed")}
-    if done.is_file() and not cfg.overwrite:
-        old = read_json(done)
-        if old.get("store_key") == store.manifest["store_key"] and old.get("settings") == settings:
-            log.info("top-k examples in %s are up to date; skipping (--overwrite recomputes)", folder)
-            return folder
-        raise StoreError(f"{folder} holds top-k examples of another store or other settings; pass --overwrite")
+    expected = {"store_key": store.manifest["store_key"], "settings": settings}
+    if reuse_finished(done, expected, cfg.overwrite) is not None:
+        return folder
     check_writable(folder.parent if not folder.exists() else folder)
     done.unlink(missing_ok=True)
     result = compute_topk(store, **settings)
@@ -141,5 +117,117 @@ def precompute_topk(cfg: TopKConfig, kind: str) -> Path:
     return folder
 
 
-def open_store(folder: Path, run: Run) -> Store:
-    return open_for_run(folder, run.identity())
+def run_precompute_lora_topk(cfg: TopKConfig) -> Path:
+    """2.1: top-k examples of every LoRA feature; returns the top-k folder."""
+    return precompute_topk(cfg, "lora")
+
+
+def run_precompute_mlp_topk(cfg: TopKConfig) -> Path:
+    """2.5: top-k examples of the MLP-neuron baseline; returns the top-k folder."""
+    return precompute_topk(cfg, "mlp")
+
+
+# ---------------------------------------------------------------- the LoRA dashboard (2.3)
+
+
+def run_lora_activation_dashboard(cfg: DashboardConfig) -> Path:
+    """The static HTML dashboard of 2.1's top-k examples and the run's adapter weights; returns its folder."""
+    run = cfg.resolve_run()
+    src = Path(cfg.topk) if cfg.topk else results_dir(cfg.profile, "lora_topk", run.name)
+    out = Path(cfg.out) if cfg.out else results_dir(cfg.profile, "lora_dashboard", run.name)
+    res = TopKResult.load(src)
+    check_same_identity(run.identity(), res.meta["identity"], f"top-k examples {src}")
+    check_writable(out.parent)
+    index, pages = build_payloads(res, adapter_vectors(run.weights_dir),
+                                  f"LoRA activations: {run.name}", cfg.n_examples)
+    write_dashboard(out, index["title"], "lora.js", index, pages)
+    return out
+
+
+# ---------------------------------------------------------------- class shares (2.3 analysis) and Figure 2 (2.8)
+
+
+def _fmt(e: dict[str, Any], pct: bool = True) -> str:
+    if e.get("value") is None:
+        return "undefined"
+    f = (lambda v: f"{100 * v:.1f}%") if pct else (lambda v: f"{v:.2f}")
+    return f"{f(e['value'])} [{f(e['lo'])}, {f(e['hi'])}]" if e.get("lo") is not None else f(e["value"])
+
+
+def run_analyze_interpretability(cfg: InterpretabilityConfig) -> Path:
+    """Class shares, held-out scores and categories of one side's autointerp, with their figure; returns the
+    output folder."""
+    run = cfg.resolve_run()
+    src = Path(cfg.autointerp) if cfg.autointerp else results_dir(
+        cfg.profile, K.AUTOINTERP_STAGE.format(kind=cfg.kind), run.name)
+    out = Path(cfg.out) if cfg.out else results_dir(cfg.profile, K.INTERPRETABILITY_STAGE.format(kind=cfg.kind),
+                                                    run.name)
+    records, config = load_autointerp(src)
+    check_same_identity(run.identity(), config.get("identity") or {}, f"autointerp results {src}")
+    check_writable(out)
+    report = analyze(records, config.get("n_layers"), cfg.layer_bin, cfg.n_resamples, cfg.seed, scheme_of(config))
+    report["source"] = str(src)
+    for line in interpretability_findings(report):
+        log.info("%s", line)
+    write_json(out / K.INTERPRETABILITY_JSON, report)
+    plot_interpretability(report, out / K.INTERPRETABILITY_STEM, f"{cfg.kind} features of {run.name}: autointerp "
+                          f"({config.get('explainer')} explainer, {config.get('scorer')} scorer)")
+    write_run_metadata(out, cfg, {"identity": config.get("identity"), "autointerp": str(src)})
+    return out
+
+
+def interpretability_findings(report: dict[str, Any]) -> list[str]:
+    c = report["classes"]
+    lines = [f"{c['n']} rated of {report['n_features']} features ({report['status']}): " +
+             ", ".join(f"{k} {_fmt(v)}" for k, v in c["shares"].items())]
+    for b in report.get("by_layer_bin", []):
+        lines.append(f"layers {b['layers'][0]}-{b['layers'][1]} (n={b['n']}): monosemantic "
+                     f"{_fmt(b['shares']['monosemantic'])}")
+    for m, s in report["scores"].items():
+        if s.get("mean"):
+            lines.append(f"held-out {m}: mean balanced accuracy {_fmt(s['mean'], pct=False)} over {s['n']} features "
+                         f"({s['n_undefined']} without a score)")
+    return lines
+
+
+def run_compare_lora_mlp(cfg: CompareConfig) -> Path:
+    """LoRA directions vs. MLP neurons from both autointerp folders (checked comparable), with Figure 2;
+    returns the output folder."""
+    run = cfg.resolve_run()
+    lora_dir = Path(cfg.lora) if cfg.lora else results_dir(cfg.profile, K.AUTOINTERP_STAGE.format(kind="lora"),
+                                                           run.name)
+    mlp_dir = Path(cfg.mlp) if cfg.mlp else results_dir(cfg.profile, K.AUTOINTERP_STAGE.format(kind="mlp"), run.name)
+    out = Path(cfg.out) if cfg.out else results_dir(cfg.profile, K.COMPARE_STAGE, run.name)
+    lora, lora_cfg = load_autointerp(lora_dir)
+    mlp, mlp_cfg = load_autointerp(mlp_dir)
+    check_same_identity(run.identity(), lora_cfg.get("identity") or {}, f"autointerp results {lora_dir}")
+    check_comparable(lora_cfg, mlp_cfg, lora_dir, mlp_dir)
+    check_writable(out)
+    comp = compare(lora, mlp, cfg.n_resamples, cfg.seed, scheme_of(lora_cfg))
+    comp["sources"] = {"lora": str(lora_dir), "mlp": str(mlp_dir)}
+    for line in comparison_findings(comp):
+        log.info("%s", line)
+    write_json(out / K.COMPARE_JSON, comp)
+    plot_figure2(comp, out / K.FIGURE2_STEM, f"LoRA directions vs. MLP neurons ({run.name}; "
+                 f"{lora_cfg.get('explainer')} explainer, {lora_cfg.get('scorer')} scorer)")
+    write_run_metadata(out, cfg, {"identity": lora_cfg.get("identity"), "lora": str(lora_dir), "mlp": str(mlp_dir)})
+    return out
+
+
+def comparison_findings(comp: dict[str, Any]) -> list[str]:
+    cl = comp["classes"]
+    chi = comp["chi_square"]
+    lines = [f"monosemantic: LoRA {_fmt(cl['lora']['shares']['monosemantic'])} (n={cl['lora']['n']}) vs. MLP "
+             f"{_fmt(cl['mlp']['shares']['monosemantic'])} (n={cl['mlp']['n']}); paper 22.4% vs. 20.2%",
+             "chi-square 2 x 3: " + ("undefined" if chi["statistic"] is None else
+                                     f"{chi['statistic']:.2f} (dof {chi['dof']}, p {chi['p_value']:.3g})")]
+    for m, s in comp["scores"].items():
+        mw = s["mann_whitney"]
+        if mw["p_value"] is not None:
+            lines.append(f"{m}: median LoRA {mw['median_a']:.3f} vs. MLP {mw['median_b']:.3f}, P(LoRA > MLP) "
+                         f"{mw['effect']:.2f}, Mann-Whitney p {mw['p_value']:.3g}")
+    for e in (comp.get("enrichment") or {}).values():
+        paper = f" (paper {e['paper']}x)" if e.get("paper") else ""
+        lines.append(f"enrichment {e['name']}: {_fmt(e['enrichment'], pct=False)} "
+                     f"({e['lora_count']} LoRA / {e['mlp_count']} MLP){paper}")
+    return lines

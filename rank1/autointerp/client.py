@@ -20,7 +20,6 @@ run-wide abort.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -31,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rank1.artifacts import read_json, write_json
+from rank1.artifacts import read_json, settings_digest, write_json
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +94,6 @@ class Usage:
                                               "completion_tokens")}
 
 
-def request_key(model: str, request: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps({"model": model, **request}, sort_keys=True).encode()).hexdigest()
-
-
 class ChatClient:
     """``complete(messages)`` -> :class:`Completion`; thread-safe; see the module docstring."""
 
@@ -127,7 +122,7 @@ class ChatClient:
         request: dict[str, Any] = {"messages": messages, s.token_limit_field: s.max_tokens}
         if s.temperature >= 0:
             request["temperature"] = s.temperature
-        key = request_key(s.model, request)
+        key = settings_digest({"model": s.model, **request})
         path = self.cache_dir / key[:2] / f"{key}.json" if self.cache_dir else None
         if path is not None and path.is_file():
             try:

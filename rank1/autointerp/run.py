@@ -24,7 +24,6 @@ flight finish, keeps them, and is raised once.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -38,7 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from rank1 import constants as K
-from rank1.artifacts import read_json, write_json, write_run_metadata, write_text
+from rank1.artifacts import reuse_finished, settings_digest, write_json, write_run_metadata, write_text
 from rank1.autointerp.categories import Categoriser
 from rank1.autointerp.client import Aborted, EndpointError
 from rank1.autointerp.examples import build_examples
@@ -114,10 +113,6 @@ def explain_feature(res: TopKResult, f: int, explainer: Explainer, scorer: Score
     return rec
 
 
-def settings_key(settings: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def _read_journal(path: Path, key: str) -> dict[int, dict]:
     """Finished records of an interrupted run with the same settings; a torn last line is dropped."""
     if not path.is_file():
@@ -180,7 +175,8 @@ def run_autointerp(topk: TopKResult | str | Path, out: str | Path, explainer: Ex
     """Explain (and categorise, and score) the features of ``topk`` into ``out``; returns ``out``.
 
     ``config`` is what the caller wants recorded in ``config.json`` beside the settings (its own config,
-    the inputs' identities). A finished folder with the same settings is left as it is."""
+    the inputs' identities). A finished folder with the same settings is left as it is; one of other settings
+    is refused unless ``overwrite``."""
     opt = options or AutointerpOptions()
     out = Path(out)
     src = str(topk) if not isinstance(topk, TopKResult) else None
@@ -196,13 +192,13 @@ def run_autointerp(topk: TopKResult | str | Path, out: str | Path, explainer: Ex
     topk_id = {k: res.meta.get(k) for k in ("store_key", "settings", "n_tokens")}  # not paths: folders can move
     topk_id.update(weights_sha256=(res.meta.get("identity") or {}).get("weights_sha256"), n_features=len(res.features))
     settings = {"options": asdict(opt), **parts, "features": features, "topk": topk_id}
-    key = settings_key(settings)
-    done_marker, journal = out / K.CONFIG_JSON, out / K.AUTOINTERP_JOURNAL
-    if done_marker.is_file() and not overwrite:
-        if read_json(done_marker).get("settings_key") == key:
-            log.info("autointerp results in %s are up to date; skipping (--overwrite recomputes)", out)
-            return out
-        raise AutointerpError(f"{out} holds autointerp results made with other settings; pass --overwrite")
+    key = settings_digest(settings)
+    journal = out / K.AUTOINTERP_JOURNAL
+    # config.json records the settings: each part (each option) is compared, so a refusal names what changed
+    expected = {f"settings.options.{k}": v for k, v in settings["options"].items()}
+    expected |= {f"settings.{k}": v for k, v in settings.items() if k != "options"}
+    if reuse_finished(out / K.CONFIG_JSON, expected, overwrite) is not None:
+        return out
     out.mkdir(parents=True, exist_ok=True)
     if overwrite:
         for name in (K.CONFIG_JSON, K.ARGV_JSON, K.AUTOINTERP_RESULTS, K.AUTOINTERP_SUMMARY, K.AUTOINTERP_JOURNAL):

@@ -22,8 +22,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from rank1.constants import ANSWER_PREFIX, ANSWER_TAG, THINK_TAG
+from rank1.data import prompt_text
 from rank1.hooks import add_hooks, edit_adapter_activations
 from rank1.lora import AdapterSite
 
@@ -145,9 +148,6 @@ def answer_target(tokenizer, question: str, trace: str, gold: str) -> tuple[torc
     """(ids_T, position, token): the s1 turn with the gold trace up to ``Answer:`` (and any whitespace
     tokens that follow it); the target is the first non-blank token of `` <gold>``, predicted at the
     last position."""
-    from rank1.constants import ANSWER_PREFIX, ANSWER_TAG, THINK_TAG
-    from rank1.data import prompt_text
-
     prefix = f"{prompt_text(tokenizer, question)}{THINK_TAG}\n{trace.strip()}\n{ANSWER_TAG}\n{ANSWER_PREFIX.strip()}"
     ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
     full = tokenizer(f"{prefix} {gold}", add_special_tokens=False)["input_ids"]
@@ -160,8 +160,6 @@ def answer_target(tokenizer, question: str, trace: str, gold: str) -> tuple[torc
 
 
 def _pearson(x: list[float], y: list[float]) -> float | None:
-    import numpy as np
-
     if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
         return None
     return float(np.corrcoef(x, y)[0, 1])
@@ -198,8 +196,6 @@ def check_problem(model, sites: list[AdapterSite], ids_T: torch.Tensor, target: 
 def agreement(checks: list[dict]) -> dict[str, dict[str, float | None]]:
     """Pooled over problems, per kind of check: Pearson r and sign agreement between the actual effect
     of zeroing and the prediction (linearised and exact gradient)."""
-    import numpy as np
-
     out = {}
     for kind in ("top_pairs", "random_pairs", "whole_adapters"):
         actual = [v for c in checks for v in c[kind]["actual"]]

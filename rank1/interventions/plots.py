@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -148,3 +149,53 @@ def plot_probes(report: dict, stem: Path) -> list[Path]:
     ax.set_title(f"{report['n_rollouts']} rollouts of {report['n_problems']} problems", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, stem)
+
+
+def plot_geometry(geo: dict[str, Any], title: str) -> list:
+    """Three figures (norms, across-layer heatmaps, cross-projection heatmaps + same-layer curves) of
+    4.4's saved geometry, as (name, figure) pairs."""
+    layers = geo["layers"]
+    kind = "|cos|" if geo["absolute"] else "cos (trained signs)"
+    vmin = 0.0 if geo["absolute"] else -1.0
+    figs = []
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, ab in zip(axes, "AB", strict=True):
+        for p, values in geo["norms"][ab].items():
+            ax.plot(layers, [np.nan if v is None else v for v in values], marker=".", lw=1,
+                    label=p.removesuffix("_proj"))
+        ax.set_xlabel("layer")
+        ax.set_ylabel(f"||{ab}||")
+        ax.set_yscale("log")
+        ax.set_title(f"norm of {ab} by layer", fontsize=9)
+    axes[1].legend(fontsize=7, ncol=2)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    figs.append(("norms", fig))
+    for key, label in (("across_layers", "layer x layer"), ("cross_projection", "row layer vs column layer")):
+        mats = geo[key]
+        if not mats:
+            continue
+        fig, axes = plt.subplots(1, len(mats), figsize=(4.2 * len(mats), 4), squeeze=False)
+        for ax, (name, m) in zip(axes[0], mats.items(), strict=True):
+            im = ax.imshow(np.array(m["matrix"]), vmin=vmin, vmax=1.0, cmap="viridis" if geo["absolute"] else "RdBu_r",
+                           extent=(layers[0] - .5, layers[-1] + .5, layers[-1] + .5, layers[0] - .5))
+            ax.set_title(f"{name}\n{kind}, chance {m['random_abs_cos']:.3f}", fontsize=8)
+            ax.set_xlabel("layer")
+            ax.set_ylabel("layer")
+            fig.colorbar(im, ax=ax, fraction=0.046)
+        fig.suptitle(f"{title}: {label}", fontsize=9)
+        fig.tight_layout()
+        figs.append((key, fig))
+    if geo["cross_projection"]:
+        fig, ax = plt.subplots(figsize=(6, 3.4))
+        for name, m in geo["cross_projection"].items():
+            ax.plot(layers, m["diagonal"], marker=".", lw=1, label=name)
+        some = next(iter(geo["cross_projection"].values()))
+        ax.axhline(some["random_abs_cos"], color="gray", ls="--", lw=0.8, label="random directions")
+        ax.set_xlabel("layer")
+        ax.set_ylabel(f"{kind} within the layer")
+        ax.legend(fontsize=7)
+        ax.set_title(title, fontsize=9)
+        fig.tight_layout()
+        figs.append(("cross_projection_same_layer", fig))
+    return figs

@@ -21,6 +21,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 DEFAULT_CS = (0.001, 0.01, 0.1, 1.0, 10.0)
+PROBE = "adapters (trace + last)"  # the probe every baseline is compared with
 
 
 def out_of_fold_scores(X_NF: np.ndarray, y_N: np.ndarray, groups_N: np.ndarray, n_splits: int = 5,
@@ -59,3 +60,29 @@ def out_of_fold_scores(X_NF: np.ndarray, y_N: np.ndarray, groups_N: np.ndarray, 
         scores[test] = (X_NF[test] / scaler.scale_) @ lr.coef_[0]
         chosen.append(float(c))
     return scores, chosen
+
+
+def feature_sets(t: dict) -> dict:
+    """The feature sets probed, from 4.2's per-rollout tensors: the adapters (trace + last tokens, each
+    alone), the thinking length, and the matched MLP neurons when 4.2 read them."""
+    sets = {PROBE: np.hstack([t["lora_trace_RS"], t["lora_last_RS"]]),
+            "adapters (last tokens)": t["lora_last_RS"].numpy(), "adapters (trace)": t["lora_trace_RS"].numpy(),
+            "thinking length": t["think_tokens_R"].numpy()[:, None].astype(float)}
+    if "mlp_trace_RS" in t:
+        sets["MLP neurons (trace + last)"] = np.hstack([t["mlp_trace_RS"], t["mlp_last_RS"]])
+    return sets
+
+
+def verdict(auc: dict, vs: dict) -> str:
+    """One plain sentence: does the probe beat every baseline (its CI of the difference above 0)?"""
+    better = [n for n, d in vs.items() if d["lo"] is not None and d["lo"] > 0]
+    worse_or_same = [n for n in vs if n not in better]
+    p = auc[PROBE]
+    head = f"probe AUC {p['value']:.3f}" if p["value"] is not None else "probe AUC undefined"
+    if p["lo"] is not None and p["hi"] < 0.5:
+        head += " (below chance out of fold: its CI lies under 0.5)"
+    elif p["lo"] is not None and p["lo"] <= 0.5:
+        head += " (its CI includes chance)"
+    if worse_or_same:
+        return f"{head}: no better than {', '.join(worse_or_same)} (the CI of the difference includes 0)"
+    return f"{head}: better than {', '.join(better)} (CI of the difference above 0)"

@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rank1.artifacts import write_text
+from rank1.batching import pad_ids
 from rank1.benchmarks import Benchmark
 from rank1.generate import Budget, Sampling, think_prompt
 from rank1.stats import fdr_bh, sign_flip_test
@@ -76,11 +77,7 @@ def trace_means(capture, seqs: list[tuple[list[int], int]], last: int, batch_siz
     trace, tail = [], []
     for lo in tqdm(range(0, len(seqs), batch_size), desc="activations", unit="batch", leave=False):
         chunk = seqs[lo:lo + batch_size]
-        T = max(len(ids) for ids, _ in chunk)
-        ids_BT = torch.zeros(len(chunk), T, dtype=torch.long)
-        mask_BT = torch.zeros(len(chunk), T, dtype=torch.long)
-        for b, (ids, _) in enumerate(chunk):
-            ids_BT[b, :len(ids)], mask_BT[b, :len(ids)] = torch.tensor(ids), 1
+        ids_BT, mask_BT = pad_ids([ids for ids, _ in chunk], 0)
         acts_BTS = capture(ids_BT, mask_BT).cpu()
         for b, (ids, start) in enumerate(chunk):
             span = acts_BTS[b, start:len(ids)] if len(ids) > start else acts_BTS[b, len(ids) - 1:len(ids)]

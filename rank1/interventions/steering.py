@@ -28,12 +28,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 
 from rank1 import constants as K
 from rank1.artifacts import read_json
+from rank1.batching import pad_ids
 from rank1.capture import decoder_layers
 from rank1.hooks import add_hooks, add_to_outputs, edit_adapter_activations
 from rank1.lora import AdapterSite
+from rank1.metrics import kl_per_token
 
 MODES = ("offset", "scale", "vector")
 RESIDUAL_WRITERS = ("o_proj", "down_proj")
@@ -118,8 +121,6 @@ def residual_norms(model: torch.nn.Module, ids_list: list[list[int]]) -> tuple[t
 def site_moments(topk_folder: Path) -> tuple[list[dict], torch.Tensor, torch.Tensor, dict]:
     """(sites, mean_S, std_S, identity) of each adapter's scalar over the stage-2 corpus, from the
     top-k artifact of 2.1 (it keeps per-site moments; only those two tensors are read)."""
-    from safetensors import safe_open
-
     for name in (K.TOPK_TENSORS, K.CONFIG_JSON):
         if not (topk_folder / name).is_file():
             raise FileNotFoundError(f"{topk_folder} holds no top-k artifact ({name} missing): make it with "
@@ -142,12 +143,6 @@ def repetition(ids: list[int], n: int = 4) -> float:
     """Share of repeated n-grams: 1 - distinct n-grams / n-grams (0 when shorter than n + 1)."""
     grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
     return 0.0 if len(grams) < 2 else 1.0 - len(set(grams)) / len(grams)
-
-
-def kl_rows(logits_ref_TV: torch.Tensor, logits_TV: torch.Tensor) -> torch.Tensor:
-    """KL(P_ref || P) per position in nats, float64."""
-    lp_ref, lp = torch.log_softmax(logits_ref_TV.double(), -1), torch.log_softmax(logits_TV.double(), -1)
-    return (lp_ref.exp() * (lp_ref - lp)).sum(-1)
 
 
 def onset(ms: list[float], values: list[float], threshold: float) -> float | None:
@@ -173,15 +168,12 @@ def teacher_forced_kl(model, ctx, seqs: list[list[int]], starts: list[int], batc
     for lo in range(0, len(seqs), batch_size):
         chunk, st = seqs[lo:lo + batch_size], starts[lo:lo + batch_size]
         T, n = max(len(x) for x in chunk), len(chunk)
-        ids_BT = torch.zeros(2 * n, T, dtype=torch.long)
-        mask_BT = torch.zeros(2 * n, T, dtype=torch.long)
-        for b, x in enumerate(chunk + chunk):
-            ids_BT[b, :len(x)], mask_BT[b, :len(x)] = torch.tensor(x), 1
+        ids_BT, mask_BT = pad_ids(chunk + chunk, 0)
         start_B = torch.tensor([T + 1] * n + st)
         with ctx(start_B):
             logits = model(input_ids=ids_BT.to(device), attention_mask=mask_BT.to(device)).logits
         for b, (x, s0) in enumerate(zip(chunk, st, strict=True)):
-            out.append(float(kl_rows(logits[b, s0:len(x) - 1], logits[n + b, s0:len(x) - 1]).mean()))
+            out.append(float(kl_per_token(logits[b, s0:len(x) - 1], logits[n + b, s0:len(x) - 1]).mean()))
     return out
 
 

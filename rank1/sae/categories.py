@@ -10,26 +10,28 @@ The explanations and categories come from 3.3.0 / 3.3.1 (the autointerp package)
 :func:`category_densities` is the authors' "activation density" of a category: the sum of its features'
 activations over every token of the store (activation mass), normalised to shares over the categorised
 features; subcategory shares are within their category. Firing-count shares (how many tokens fire the
-features) are given beside it. :func:`plot_donut` draws Figure 3 from that: categories on the inner ring
-(shares labelled from 5%, names in the legend), subcategories on the outer ring.
+features) are given beside it; :func:`rank1.sae.plots.plot_donut` draws Figure 3 from them.
 """
 
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from tqdm import tqdm
 
 from rank1 import constants as K
 from rank1.artifacts import read_json
+from rank1.autointerp.categories import LEXICON_SCHEME, LexiconCategoriser
+from rank1.autointerp.examples import build_examples
+from rank1.autointerp.explainers import Explanation
 
 EXPLAINER = "3_lora_sae/3.3_autointerp/3.3.0_autointerp.py"
 CATEGORIZER = "3_lora_sae/3.3_autointerp/3.3.1_categorize.py"
 DENSITIES = "3_lora_sae/3.3_autointerp/3.3.2_compute_activation_densities.py"
 MEASURES = ("mass", "firing")
-LABEL_MIN_SHARE = 0.05  # inner-ring labels from this share on
 NO_SUBCATEGORY = "(none)"
 
 
@@ -141,47 +143,6 @@ def feature_table(res_features: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: f[k] for k in ("name", "latent", "activation_mass", "firing_count")} for f in res_features]
 
 
-def plot_donut(densities: dict[str, Any], measure: str, stem: str | Path, title: str = "") -> list[Path]:
-    """Figure 3: inner ring the categories' shares of ``measure`` (labels from 5%), outer ring each category's
-    subcategories (in the category's colour, lighter). Returns the PDF and PNG paths."""
-    import matplotlib.pyplot as plt
-
-    from rank1.plots import save_figure
-
-    if measure not in MEASURES:
-        raise ValueError(f"measure must be one of {MEASURES}, got {measure!r}")
-    cats = [(name, c) for name, c in densities["categories"].items() if c[f"{measure}_share"] > 0]
-    cmap = plt.get_cmap("tab10")
-    inner = [c[f"{measure}_share"] for _, c in cats]
-    colors = [cmap(i % 10) for i in range(len(cats))]
-    outer, outer_colors, outer_labels = [], [], []
-    for (_, c), color in zip(cats, colors, strict=True):
-        subs = sorted(c["subcategories"].items(), key=lambda kv: -kv[1][measure])
-        for j, (sname, s) in enumerate(subs):
-            share = c[f"{measure}_share"] * s[f"{measure}_share_in_category"]
-            if share <= 0:
-                continue
-            light = 0.25 + 0.6 * j / max(1, len(subs))
-            outer.append(share)
-            outer_colors.append(tuple(np.array(color[:3]) * (1 - light) + light))
-            shown = sname if len(sname) <= 28 else sname[:27] + "\u2026"
-            outer_labels.append(shown if share >= LABEL_MIN_SHARE / 2 and sname != NO_SUBCATEGORY else "")
-    fig, ax = plt.subplots(figsize=(8, 8))
-    ax.pie(outer, radius=1.0, colors=outer_colors, labels=outer_labels, labeldistance=1.05, textprops={"fontsize": 7},
-           wedgeprops={"width": 0.3, "edgecolor": "white", "linewidth": 0.5}, startangle=90, counterclock=False)
-    labels = [f"{share:.0%}" if share >= LABEL_MIN_SHARE else "" for share in inner]
-    ax.pie(inner, radius=0.7, colors=colors, labels=labels, labeldistance=0.72, textprops={"fontsize": 9},
-           wedgeprops={"width": 0.4, "edgecolor": "white", "linewidth": 1}, startangle=90, counterclock=False)
-    what = "activation mass" if measure == "mass" else "firing count"
-    ax.set_title(title or f"SAE features by category ({what} share)", fontsize=11)
-    ax.legend([plt.Rectangle((0, 0), 1, 1, color=c) for c in colors],
-              [f"{n.replace('_', ' ')} ({s:.1%})" for (n, _), s in zip(cats, inner, strict=True)],
-              loc="lower center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize=8, frameon=False)
-    ax.set_aspect("equal")
-    fig.tight_layout()
-    return save_figure(fig, stem)
-
-
 def categorize(res, explanations_path: Path, categoriser, opt, concurrency: int = 1) -> dict[str, Any]:
     """The categories file of the explained features of ``res`` (3.1's top-k result): each feature whose
     explanation succeeded gets one of the paper's top-level categories from ``categoriser`` (lexicon or LLM,
@@ -190,14 +151,6 @@ def categorize(res, explanations_path: Path, categoriser, opt, concurrency: int 
     category (always so for the lexicon categoriser; an LLM may pick a top-level category the lexicon would
     not, then the subcategory is null). ``opt`` (:class:`rank1.autointerp.run.AutointerpOptions`) rebuilds
     the examples 3.3.0 showed. Features whose categoriser failed are listed under ``errors``."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tqdm import tqdm
-
-    from rank1.autointerp.categories import LEXICON_SCHEME, LexiconCategoriser
-    from rank1.autointerp.examples import build_examples
-    from rank1.autointerp.explainers import Explanation
-
     scheme = categoriser.scheme
     lexicon = LexiconCategoriser(LEXICON_SCHEME)
     index = {f["name"]: i for i, f in enumerate(res.features)}

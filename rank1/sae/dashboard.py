@@ -15,7 +15,7 @@ from collections import Counter
 import torch
 
 from rank1.constants import PROJECTIONS
-from rank1.topk import TopKResult
+from rank1.topk import SUFFIX, TopKResult
 
 SHOW_BINS = 40
 
@@ -26,7 +26,7 @@ def _r(x: float, digits: int = 4) -> float | None:
 
 def _example(res: TopKResult, kind: str, f: int, idx: tuple[int, ...], context: int, used: set[int]) -> dict | None:
     t = res.tensors
-    suffix = {"top": "FK", "decile": "FDN"}[kind]
+    suffix = SUFFIX[kind]
     if int(t[f"{kind}_index_{suffix}"][(f, *idx)]) < 0:
         return None
     ids, acts = t[f"{kind}_tokens_{suffix}W"][(f, *idx)], t[f"{kind}_acts_{suffix}W"][(f, *idx)]

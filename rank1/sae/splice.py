@@ -14,9 +14,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from rank1.batching import labelled_positions, longest_first, pad_items
+from rank1.capture import backbone
 from rank1.data import IGNORE_INDEX, load_reasoning_records, tokenize_record
-from rank1.sae.train import SaeError, Split
-from rank1.store import Store, batches
+from rank1.hooks import read_adapter_activations, replace_adapter_activations
+from rank1.metrics import head_kl_ce
+from rank1.sae.split import SaeError, Split
+from rank1.stats import paired_recovery
+from rank1.store import Store
+
+CE_CHUNK = 256  # positions per LM-head call of the loss gap
 
 
 def heldout_items(store: Store, split: Split, tokenizer, max_tokens: int) -> list[dict[str, Any]]:
@@ -50,37 +57,16 @@ def heldout_items(store: Store, split: Split, tokenizer, max_tokens: int) -> lis
     return items
 
 
-def _next_token_ce(model, h_BTD: torch.Tensor, labels_BT: torch.Tensor, chunk: int = 256) -> torch.Tensor:
-    """Per row, the summed float64 cross-entropy of every labelled next token (positions t with labels[t+1])."""
-    head = (model.get_base_model() if hasattr(model, "get_base_model") else model).lm_head
-    b, t = torch.nonzero(labels_BT[:, 1:] != IGNORE_INDEX, as_tuple=True)
-    targets = labels_BT[b, t + 1]
-    out = torch.zeros(labels_BT.shape[0], dtype=torch.float64, device=h_BTD.device)
-    for c in range(0, len(b), chunk):
-        logits = head(h_BTD[b[c:c + chunk], t[c:c + chunk]]).double()
-        ce = torch.logsumexp(logits, -1) - logits.gather(1, targets[c:c + chunk, None])[:, 0]
-        out.index_add_(0, b[c:c + chunk], ce)
-    return out
-
-
-def _padded(items: list[dict[str, Any]], group: list[int], pad: int, device) -> tuple[torch.Tensor, ...]:
-    n = max(len(items[i]["input_ids"]) for i in group)
-    ids = torch.full((len(group), n), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    labels = torch.full_like(ids, IGNORE_INDEX)
-    for r, i in enumerate(group):
-        m = len(items[i]["input_ids"])
-        ids[r, :m], labels[r, :m] = torch.tensor(items[i]["input_ids"]), torch.tensor(items[i]["labels"])
-        mask[r, :m] = 1
-    return ids.to(device), mask.to(device), labels.to(device)
-
-
 def _ce(loaded, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
-    from rank1.capture import backbone
-
+    """Per row, the summed float64 cross-entropy of every labelled next token (positions t with labels[t+1]);
+    the LM head runs ``CE_CHUNK`` positions at a time."""
+    model = loaded.model
+    head = (model.get_base_model() if hasattr(model, "get_base_model") else model).lm_head
     with loaded.autocast():
-        h = backbone(loaded.model)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-        return _next_token_ce(loaded.model, h, labels).cpu().numpy()
+        h = backbone(model)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        b, t = labelled_positions(labels)
+        _, ce_N = head_kl_ce(head, h[b, t], labels[b, t + 1], chunk=CE_CHUNK, rows=CE_CHUNK)
+        return torch.zeros(len(labels), dtype=torch.float64, device=h.device).index_add_(0, b, ce_N).cpu().numpy()
 
 
 @torch.no_grad()
@@ -91,9 +77,6 @@ def loss_gap(loaded, sae, items: list[dict[str, Any]], batch_tokens: int, skip: 
     reconstruction cannot be recomputed layer by layer). share = (CE_base - CE_spliced) / (CE_base - CE_lora):
     1 keeps the adapter's whole effect, 0 none of it. The first ``skip`` tokens of each document, which the SAE
     did not learn, keep their own activations. CI: paired bootstrap over documents."""
-    from rank1.hooks import read_adapter_activations, replace_adapter_activations
-    from rank1.stats import paired_recovery
-
     model, sites = loaded.model, loaded.sites
     if len(sites) != sae.cfg.d_in:
         raise SaeError(f"the model has {len(sites)} adapters, the SAE reads {sae.cfg.d_in}")
@@ -101,9 +84,9 @@ def loss_gap(loaded, sae, items: list[dict[str, Any]], batch_tokens: int, skip: 
         raise SaeError("no held-out document has assistant tokens to measure the loss gap on")
     pad = loaded.tokenizer.pad_token_id or 0
     sums = {name: np.zeros(len(items)) for name in ("base", "lora", "spliced")}
-    groups = batches([len(it["input_ids"]) for it in items], batch_tokens)
+    groups = longest_first([len(it["input_ids"]) for it in items], batch_tokens)
     for group in tqdm(groups, desc="loss gap", unit="batch", dynamic_ncols=True):
-        batch = _padded(items, group, pad, loaded.device)
+        batch = [x.to(loaded.device) for x in pad_items([items[i] for i in group], pad)]
         with read_adapter_activations(sites) as acts:
             sums["lora"][group] = _ce(loaded, *batch)
             x_BTS = acts.scalars_BTS()

@@ -18,6 +18,7 @@ import random
 from typing import Any
 
 from rank1.constants import ANSWER_TAG, THINK_TAG
+from rank1.data import prompt_text
 from rank1.synth import FAMILIES, GENERATORS
 
 INSIDE, OUTSIDE = "inside", "outside"
@@ -79,7 +80,6 @@ def behavior_splits(n_train: int, n_heldout: int, seed: int, condition: str = "m
 def teacher_forced_prefix(tokenizer, rec: dict[str, Any]) -> str:
     """Prompt + the held-out trace up to and including ``<|im_start|>answer\\n``: the next token starts the
     final line."""
-    from rank1.data import prompt_text
 
     return f"{prompt_text(tokenizer, rec['question'])}{THINK_TAG}\n{rec['deepseek_thinking_trajectory'].strip()}" \
            f"\n{ANSWER_TAG}\n"

@@ -1,4 +1,4 @@
-"""Stage 5.4: behaviour rates, sparsity of the read and write directions, their top latents, figures.
+"""Stage 5.4's measures: behaviour rates, sparsity of the read and write directions, their top latents.
 
 Behaviour measure (exact and cheap): each held-out record is teacher-forced up to and including
 ``<|im_start|>answer\\n`` (its own trace, the base model's format) and the greedy next token is read; the behaviour
@@ -10,35 +10,17 @@ only the layers from there on. Rates carry percentile bootstrap CIs over prompts
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from rank1 import constants as K
-from rank1.artifacts import read_json, write_json, write_run_metadata
+from rank1.batching import pad_items
+from rank1.sae_lora.adapter import SaeLora, residual_cache, sparsity_metrics, stack_cached
 from rank1.sae_lora.behavior import INSIDE, OUTSIDE, teacher_forced_prefix
-from rank1.sae_lora.adapter import (
-    SaeLora,
-    SaeLoraConfig,
-    SaeLoraError,
-    apply_adapter,
-    load_adapter,
-    pad_batch,
-    residual_cache,
-    run_name,
-    sparsity_metrics,
-    stack_cached,
-)
-from rank1.sae_lora.stage import data_folder, load_base, load_dataset, load_stage_sae, sae_folder
 from rank1.stats import bootstrap_mean
-
-log = logging.getLogger(__name__)
+from rank1.store import Store
 
 MEASURE = ("greedy next token after the teacher-forced held-out trace and '<|im_start|>answer\\n' is the marker's "
            "first token (one forward pass per prompt, no sampling)")
@@ -52,7 +34,7 @@ def next_tokens(runner, h_cache: list[torch.Tensor], prefix_ids: list[list[int]]
     ids_out, logp_out = [], []
     for i in range(0, len(prefix_ids), batch):
         items = [{"input_ids": p} for p in prefix_ids[i:i + batch]]
-        ids, mask, _ = pad_batch(items, pad)
+        ids, mask, _ = pad_items(items, pad)
         h = stack_cached(h_cache[i:i + batch])
         if edit is not None:
             h = edit(h)
@@ -74,29 +56,9 @@ def rates(hit_N: np.ndarray, sides: np.ndarray, logp_marker_N: np.ndarray, n_res
     return out
 
 
-def _standard_lora_runner(cfg: SaeLoraConfig):
-    from peft import PeftModel
-
-    from rank1.decoder import LayerRunner
-    from rank1.models import load_model
-
-    folder = cfg.folder() / K.STANDARD_LORA_DIR
-    if not (folder / K.CONFIG_JSON).is_file():
-        return None, None
-    meta = read_json(folder / K.CONFIG_JSON)
-    if min(meta["layers"]) < cfg.layer:
-        raise SaeLoraError(f"the standard LoRA in {folder} adapts layers {meta['layers']}, below the hook layer "
-                           f"{cfg.layer}; retrain it with 5.3")
-    model = PeftModel.from_pretrained(load_model(cfg.model), folder / K.ADAPTER_DIR).eval()
-    return LayerRunner(model), meta
-
-
 @torch.no_grad()
-def latent_examples(sae, store_dir: Path, latents: list[int], tokenizer, k: int, context: int) -> dict[int, Any]:
+def latent_examples(sae, store: Store, latents: list[int], tokenizer, k: int, context: int) -> dict[int, Any]:
     """Per latent: firing density over the store and its ``k`` top-activating tokens with +-``context`` tokens."""
-    from rank1.store import Store
-
-    store = Store.open(store_dir)
     sel = torch.tensor(latents, dtype=torch.long)
     vals, toks, docs, fired = [], [], [], torch.zeros(len(latents))
     for sh in store.shards():
@@ -126,12 +88,10 @@ def latent_examples(sae, store_dir: Path, latents: list[int], tokenizer, k: int,
 
 
 @torch.no_grad()
-def latent_density(sae, store_dir: Path) -> np.ndarray:
+def latent_density(sae, store: Store) -> np.ndarray:
     """Share of the store's tokens (opening tokens left out) on which each latent fires."""
-    from rank1.store import Store
-
     fired, n = torch.zeros(sae.cfg.d_sae), 0
-    for sh in Store.open(store_dir).shards():
+    for sh in store.shards():
         keep = sh.positions_T > 0
         fired += (sae.encode(sh.acts_TS[keep].float()) > 0).sum(0)
         n += int(keep.sum())
@@ -155,110 +115,64 @@ def top_latents(v_N: np.ndarray, n: int) -> list[dict[str, Any]]:
     return [{"latent": int(i), "weight": float(v_N[i])} for i in order]
 
 
-def analysis_inputs(cfg: SaeLoraConfig) -> str:
-    """One hash of what 5.4 reads and how: the data, the SAE, every adapter and the standard LoRA (their files),
-    and the analysis options."""
-    h = hashlib.sha256(json.dumps({k: getattr(cfg, k) for k in (
-        "marker", "condition", "layer", "rank", "init_std", "seed", "top_latents", "top_examples", "context",
-        "n_resamples", "sae")} | {"runs": cfg.runs()}, sort_keys=True).encode())
-    folders = [data_folder(cfg), sae_folder(cfg), cfg.folder() / K.STANDARD_LORA_DIR / K.ADAPTER_DIR,
-               *(cfg.folder() / K.ADAPTERS_DIR / run_name(p, w) for p, w in cfg.runs())]
-    for folder in folders:
-        for path in sorted(folder.glob("*")) if folder.is_dir() else []:
-            if path.is_file():
-                h.update(path.name.encode())
-                h.update(path.read_bytes())
-    return h.hexdigest()
+@dataclass
+class HeldOut:
+    """The held-out prompts as every variant reads them: the residual entering the hook layer of each prefix
+    (teacher-forced up to the answer tag), the prefix token ids, the side of each prompt, the marker's first
+    token."""
+
+    h_cache: list[torch.Tensor]
+    prefix_ids: list[list[int]]
+    sides: np.ndarray
+    layer: int
+    pad: int
+    marker_id: int
 
 
-def analyze(cfg: SaeLoraConfig) -> Path:
-    """5.4: every number into ``sae_lora_results.json``, the figures, config.json (skipped when the results of
-    the same inputs exist; --overwrite redoes them)."""
-    inputs = analysis_inputs(cfg)
-    done = cfg.folder() / K.SAE_LORA_RESULTS
-    if done.is_file() and not cfg.overwrite and read_json(done).get("inputs_sha256") == inputs:
-        log.info("%s is up to date; skipping (--overwrite redoes it)", done)
-        return cfg.folder()
-    _, heldout, info = load_dataset(cfg)
-    _, tokenizer, runner = load_base(cfg)
-    sae, sae_id = load_stage_sae(cfg, runner.config.hidden_size)
+def held_out_prompts(runner, tokenizer, records: list[dict], marker: str, layer: int) -> HeldOut:
+    """Tokenize the teacher-forced prefixes of ``records`` and cache their residual entering ``layer``."""
     pad = tokenizer.pad_token_id or 0
-    marker_id = tokenizer(cfg.marker, add_special_tokens=False)["input_ids"][0]
+    marker_id = tokenizer(marker, add_special_tokens=False)["input_ids"][0]
     prefix_ids = [tokenizer(teacher_forced_prefix(tokenizer, r), add_special_tokens=False)["input_ids"]
-                  for r in heldout]
-    sides = np.array([r["side"] for r in heldout])
-    h_cache = residual_cache(runner, [{"input_ids": p} for p in prefix_ids], cfg.layer, pad, desc="held-out residual")
+                  for r in records]
+    sides = np.array([r["side"] for r in records])
+    h_cache = residual_cache(runner, [{"input_ids": p} for p in prefix_ids], layer, pad, desc="held-out residual")
+    return HeldOut(h_cache, prefix_ids, sides, layer, pad, marker_id)
 
-    def measure(run, edit=None) -> dict[str, Any]:
-        ids, logp = next_tokens(run, h_cache, prefix_ids, cfg.layer, pad, edit)
-        hit = ids == marker_id
-        out = rates(hit, sides, logp[:, marker_id], cfg.n_resamples)
-        out["next_token_counts"] = {s: dict(zip(*np.unique([tokenizer.decode([int(i)]) for i in ids[sides == s]],
-                                                           return_counts=True), strict=True))
-                                    for s in (INSIDE, OUTSIDE)}
-        for s in (INSIDE, OUTSIDE):
-            out["next_token_counts"][s] = {k: int(v) for k, v in out["next_token_counts"][s].items()}
-        return out
 
-    variants: dict[str, Any] = {"base": measure(runner)}
-    lora_runner, lora_meta = _standard_lora_runner(cfg)
-    if lora_runner is not None:
-        variants["standard_lora"] = {**measure(lora_runner), "layers": lora_meta["layers"],
-                                     "trainable_params": lora_meta["trainable_params"],
-                                     "final_loss": lora_meta["final_loss"]}
-    store_dir = cfg.folder() / K.RESID_STORE_DIR
-    density = latent_density(sae, store_dir)
-    runs: dict[str, Any] = {}
-    for penalty_kind, weight in tqdm(cfg.runs(), desc="SAE-LoRA runs", unit="run", dynamic_ncols=True):
-        name = run_name(penalty_kind, weight)
-        folder = cfg.folder() / K.ADAPTERS_DIR / name
-        adapter, acfg = load_adapter(folder)
-        adapter.requires_grad_(False)
-        log_ = read_json(folder / K.SAE_LORA_LOG)
-        edit = lambda h, a=adapter, c=acfg["settings"]: apply_adapter(h, sae, a, c["mode"], c["keep_error"])  # noqa: E731
-        init = SaeLora(acfg["d_sae"], cfg.rank, cfg.init_std, cfg.seed).requires_grad_(False)
-        with torch.no_grad():
-            A_hat, B_hat = (x.numpy() for x in adapter.directions())
-            A0, B0 = (x.numpy() for x in init.directions())
-        reads, writes, reads0, writes0 = A_hat.T, B_hat, A0.T, B0  # [r, d_sae] each
-        runs[name] = {"penalty": penalty_kind, "l1_weight": weight, **measure(runner, edit),
-                      "s": adapter.s.tolist(), "norm_A_raw": float(adapter.A.norm()),
-                      "norm_B_raw": float(adapter.B.norm()), "norm_A_raw_init": float(init.A.norm()),
-                      "norm_B_raw_init": float(init.B.norm()),
-                      "final_ce": log_[-1]["ce"], "first_ce": log_[0]["ce"],
-                      "sparsity": {"A": mean_metrics(reads), "B": mean_metrics(writes),
-                                   "A_init": mean_metrics(reads0), "B_init": mean_metrics(writes0)},
-                      "alive_mass": {k: float(np.mean([alive_mass(v, density) for v in m]))
-                                     for k, m in (("A", reads), ("B", writes), ("A_init", reads0),
-                                                  ("B_init", writes0))},
-                      "cos_to_init": {"A": float(np.mean((reads * reads0).sum(1))),
-                                      "B": float(np.mean((writes * writes0).sum(1)))},
-                      "top_read": top_latents(reads[0], cfg.top_latents),
-                      "top_write": top_latents(writes[0], cfg.top_latents)}
-    latents = sorted({t["latent"] for r in runs.values() for t in r["top_read"] + r["top_write"]})
-    examples = latent_examples(sae, store_dir, latents, tokenizer, cfg.top_examples, cfg.context) \
-        if latents else {}
-    for r in runs.values():
-        for t in r["top_read"] + r["top_write"]:
-            t.update(examples[t["latent"]])
-    folder = cfg.folder()
-    sae_metrics = read_json(sae_folder(cfg) / K.RESID_SAE_METRICS)
-    results = {"inputs_sha256": inputs, "measure": MEASURE, "marker": cfg.marker, "marker_token_id": int(marker_id),
-               "condition": cfg.condition, "layer": cfg.layer, "dataset": info,
-               "sae": {k: sae_metrics.get(k) for k in ("heldout", "splice", "d_sae", "d_model", "architecture",
-                                                       "store_tokens", "sae_path")},
-               "alive_latents": {"n": int((density > 0).sum()), "d_sae": len(density),
-                                 "meaning": "latents firing on at least one store token (opening tokens left out)"},
-               "variants": variants, "sae_lora_runs": runs,
-               "sparsity_meaning": "of the unit-norm read (A_hat) and write (B_hat) directions over the d_sae latents: "
-                                   "hoyer = (sqrt(n) - L1/L2)/(sqrt(n) - 1) (1 one-hot, 0 flat), gini of the "
-                                   "magnitudes ((n-1)/n one-hot, 0 flat), top10_share = L1 mass in the 10 largest; "
-                                   "alive_mass = share of the squared norm on latents that fire in the store; means "
-                                   "over the rank components; top_read / top_write: component 0"}
-    write_json(folder / K.SAE_LORA_RESULTS, results)
-    from rank1.sae_lora.plots import plot_directions, plot_sweep
+def measure(runner, held: HeldOut, tokenizer, n_resamples: int, edit=None) -> dict[str, Any]:
+    """Behaviour rates inside and outside the condition of one variant (``edit`` applied to the residual), and
+    the counts of the greedy next tokens on each side."""
+    ids, logp = next_tokens(runner, held.h_cache, held.prefix_ids, held.layer, held.pad, edit)
+    hit = ids == held.marker_id
+    out = rates(hit, held.sides, logp[:, held.marker_id], n_resamples)
+    out["next_token_counts"] = {s: dict(zip(*np.unique([tokenizer.decode([int(i)]) for i in ids[held.sides == s]],
+                                                       return_counts=True), strict=True))
+                                for s in (INSIDE, OUTSIDE)}
+    for s in (INSIDE, OUTSIDE):
+        out["next_token_counts"][s] = {k: int(v) for k, v in out["next_token_counts"][s].items()}
+    return out
 
-    plot_sweep(folder / K.SAE_LORA_RESULTS, folder / K.SAE_LORA_SWEEP_STEM)
-    plot_directions(folder / K.SAE_LORA_RESULTS, folder / K.ADAPTERS_DIR, folder / K.SAE_LORA_WEIGHTS_STEM)
-    write_run_metadata(folder, cfg, {"identity": sae_id, "train_sha256": info["train_sha256"]})
-    return folder
+
+def direction_metrics(adapter: SaeLora, init: SaeLora, records: list[dict[str, Any]], density_F: np.ndarray,
+                      n_top: int) -> dict[str, Any]:
+    """Scales, raw norms, CE of the first and last training step (``records``), sparsity, alive mass and
+    cosine to the initialisation of the read and write directions, and their ``n_top`` largest latents."""
+    with torch.no_grad():
+        A_hat, B_hat = (x.numpy() for x in adapter.directions())
+        A0, B0 = (x.numpy() for x in init.directions())
+    reads, writes, reads0, writes0 = A_hat.T, B_hat, A0.T, B0  # [r, d_sae] each
+    return {"s": adapter.s.tolist(), "norm_A_raw": float(adapter.A.norm()),
+            "norm_B_raw": float(adapter.B.norm()), "norm_A_raw_init": float(init.A.norm()),
+            "norm_B_raw_init": float(init.B.norm()),
+            "final_ce": records[-1]["ce"], "first_ce": records[0]["ce"],
+            "sparsity": {"A": mean_metrics(reads), "B": mean_metrics(writes),
+                         "A_init": mean_metrics(reads0), "B_init": mean_metrics(writes0)},
+            "alive_mass": {k: float(np.mean([alive_mass(v, density_F) for v in m]))
+                           for k, m in (("A", reads), ("B", writes), ("A_init", reads0),
+                                        ("B_init", writes0))},
+            "cos_to_init": {"A": float(np.mean((reads * reads0).sum(1))),
+                            "B": float(np.mean((writes * writes0).sum(1)))},
+            "top_read": top_latents(reads[0], n_top),
+            "top_write": top_latents(writes[0], n_top)}
+

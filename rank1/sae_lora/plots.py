@@ -8,7 +8,7 @@ import numpy as np
 
 from rank1.artifacts import read_json
 from rank1.plots import plt, save_figure
-from rank1.sae_lora.adapter import load_adapter
+from rank1.sae_lora.train import load_adapter
 
 COLORS = {"raw": "tab:red", "normalized": "tab:blue"}
 

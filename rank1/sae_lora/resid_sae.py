@@ -17,7 +17,6 @@ stage 3's SAELens path (:mod:`rank1.sae.train`), or one that SAELens loads, and 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from rank1.sae.train import SaeConfig, evaluate_sae, heldout_split, save_inference_sae, train_sae
-from rank1.sae_lora.adapter import SaeLoraError, residual_cache, suffix_ce
+from rank1.batching import pad_items
+from rank1.sae import SaeConfig, evaluate_sae, heldout_split, save_inference_sae, train_sae
+from rank1.sae_lora.adapter import SaeLoraError, residual_cache, stack_cached, suffix_ce
+from rank1.stats import paired_recovery
 from rank1.store import Store, load_corpus, plan_shards, write_store
 
 log = logging.getLogger(__name__)
@@ -107,28 +108,18 @@ def check_sae_width(sae, d_model: int, what: str) -> None:
                            f"{d_model}: it belongs to another model; pass the SAE of this model's layer")
 
 
-def sae_sha256(folder: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(folder.glob("*.safetensors")):
-        h.update(p.read_bytes())
-    return h.hexdigest()
-
-
 @torch.no_grad()
 def splice_metrics(runner, sae, items: list[dict], layer: int, pad_id: int, mean_D: torch.Tensor,
                    n_resamples: int = 2000, batch: int = 8) -> dict[str, Any]:
     """CE (nats per assistant token) clean, SAE-spliced, zero- and mean-ablated at ``layer``; recovered shares
     with paired bootstrap CIs over documents (see the module docstring)."""
-    from rank1.sae_lora.adapter import pad_batch, stack_cached
-    from rank1.stats import paired_recovery
-
     if not items:
         raise SaeLoraError("no held-out document to measure the spliced cross-entropy on")
     h_all = residual_cache(runner, items, layer, pad_id, batch, desc="splice: residual cache")
     sums = {v: np.zeros(len(items)) for v in ("clean", "sae", "zero", "mean")}
     n_tok = 0
     for i in range(0, len(items), batch):
-        ids, mask, labels = pad_batch(items[i:i + batch], pad_id)
+        ids, mask, labels = pad_items(items[i:i + batch], pad_id)
         h = stack_cached(h_all[i:i + batch])
         variants = {"clean": h, "sae": sae.decode(sae.encode(h)), "zero": torch.zeros_like(h),
                     "mean": mean_D.expand_as(h).clone()}

@@ -1,7 +1,9 @@
-"""Stage 5, steps 5.0-5.3: the behaviour dataset, the residual SAE, the SAE-LoRA sweep and the standard LoRA.
+"""Stage 5 (SAE-LoRA): one ``run_<script>`` per script of ``5_sae_latent_lora/``, each returning its folder.
 
-Everything goes under ``results/<profile>/sae_lora/<name>/`` (see ``5_sae_latent_lora/README.md``); each step
-skips work whose finished artifacts exist with the same settings, and resumes a killed training.
+The behaviour dataset (5.0), the residual SAE (5.1), the SAE-LoRA sweep (5.2), the standard LoRA (5.3) and the
+analysis (5.4). Everything goes under ``results/<profile>/sae_lora/<name>/`` (see ``5_sae_latent_lora/README.md``);
+each step skips work whose finished artifacts exist with the same settings and inputs, refuses those of others
+(``--overwrite`` redoes them), and resumes a killed training (:mod:`rank1.artifacts`).
 """
 
 from __future__ import annotations
@@ -14,23 +16,43 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from tqdm import tqdm
 
 from rank1 import constants as K
-from rank1.artifacts import read_json, write_json, write_run_metadata, write_text
-from rank1.sae_lora.behavior import behavior_splits, llm_rewrite
-from rank1.config import dataset_file
+from rank1.artifacts import file_sha256, read_json, reuse_finished, write_json, write_run_metadata, write_text
+from rank1.autointerp.client import ChatClient, LLMSettings
+from rank1.config import cache_dir, config_from_profile, dataset_file
 from rank1.data import load_reasoning_records, read_jsonl
-from rank1.sae_lora.adapter import (
-    SaeLoraConfig,
-    SaeLoraError,
-    adapter_key,
-    check_layer,
-    is_finished,
-    residual_cache,
-    run_name,
-    train_adapter,
+from rank1.decoder import LayerRunner
+from rank1.models import load_model, load_tokenizer
+from rank1.sae import evaluate_sae, heldout_split
+from rank1.sae_lora.adapter import SaeLora, SaeLoraError, apply_adapter, check_layer, residual_cache, tokenize_items
+from rank1.sae_lora.behavior import behavior_splits, llm_rewrite
+from rank1.sae_lora.config import SaeLoraConfig, run_name
+from rank1.sae_lora.eval import (
+    MEASURE,
+    HeldOut,
+    direction_metrics,
+    held_out_prompts,
+    latent_density,
+    latent_examples,
+    measure,
 )
+from rank1.sae_lora.plots import plot_directions, plot_sweep
+from rank1.sae_lora.resid_sae import (
+    SKIP_FIRST,
+    base_identity,
+    check_sae_width,
+    extract_residual_store,
+    load_external_sae,
+    splice_metrics,
+    train_residual_sae,
+)
+from rank1.sae_lora.train import adapter_key, finished_adapter, load_adapter, step_batches, train_adapter
+from rank1.store import Store
+from rank1.training import TrainConfig, train
 
 log = logging.getLogger(__name__)
 
@@ -39,29 +61,22 @@ def data_folder(cfg: SaeLoraConfig) -> Path:
     return cfg.folder() / K.BEHAVIOR_DIR
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 # ---------------------------------------------------------------- 5.0 the behaviour dataset
 
 
-def make_dataset(cfg: SaeLoraConfig, client=None) -> Path:
-    """Write ``data/train.jsonl``, ``data/heldout.jsonl`` and ``data/dataset.json``; ``client`` (a ChatClient)
+def run_make_behavior_dataset(cfg: SaeLoraConfig, client=None) -> Path:
+    """5.0: write ``data/train.jsonl``, ``data/heldout.jsonl`` and ``data/dataset.json``; ``client`` (a ChatClient)
     rewrites the modified final lines when ``data_source`` is llm."""
     folder = data_folder(cfg)
     settings = {k: getattr(cfg, k) for k in ("condition", "marker", "n_train", "n_heldout", "data_seed",
                                              "data_source", "llm_model")}
     info_path = folder / K.BEHAVIOR_INFO
-    if info_path.is_file() and not cfg.overwrite and read_json(info_path).get("settings") == settings:
-        log.info("the behaviour dataset in %s is finished; skipping", folder)
+    if reuse_finished(info_path, {"settings": settings}, cfg.overwrite) is not None:
         return folder
     train, heldout = behavior_splits(cfg.n_train, cfg.n_heldout, cfg.data_seed, cfg.condition, cfg.marker)
     llm = None
     if cfg.data_source == "llm":
         if client is None:
-            from rank1.autointerp.client import ChatClient, LLMSettings
-            from rank1.config import cache_dir
 
             client = ChatClient(LLMSettings(base_url=cfg.llm_base_url, model=cfg.llm_model, max_tokens=60),
                                 cache_dir() / K.AUTOINTERP_CACHE)
@@ -91,8 +106,6 @@ def load_dataset(cfg: SaeLoraConfig) -> tuple[list[dict], list[dict], dict]:
 
 def load_base(cfg: SaeLoraConfig):
     """(model, tokenizer, LayerRunner) of the frozen base model; checks the hook layer."""
-    from rank1.decoder import LayerRunner
-    from rank1.models import load_model, load_tokenizer
 
     model = load_model(cfg.model).eval()
     for p in model.parameters():
@@ -106,25 +119,15 @@ def sae_folder(cfg: SaeLoraConfig) -> Path:
     return cfg.folder() / K.RESID_SAE_DIR
 
 
-def prepare_sae(cfg: SaeLoraConfig) -> Path:
+def run_train_residual_sae(cfg: SaeLoraConfig) -> Path:
     """5.1: the residual store and the SAE (trained, or loaded with --sae), with FVU and the spliced CE."""
-    from rank1.sae_lora.resid_sae import (
-        base_identity,
-        extract_residual_store,
-        load_external_sae,
-        splice_metrics,
-        train_residual_sae,
-    )
-    from rank1.sae.train import heldout_split
-    from rank1.sae_lora.adapter import tokenize_items
 
     folder = sae_folder(cfg)
     keys = ("model", "dataset", "layer", "sae", "store_tokens", "shard_tokens", "expansion", "k", "sae_lr",
             "sae_epochs", "sae_batch", "heldout_frac", "loss_gap_docs", "seed")
     settings = {k: getattr(cfg, k) for k in keys}
     done = folder / K.RESID_SAE_METRICS
-    if done.is_file() and not cfg.overwrite and read_json(done).get("settings") == settings:
-        log.info("the residual SAE in %s is finished; skipping", folder)
+    if reuse_finished(done, {"settings": settings}, cfg.overwrite) is not None:
         return folder
     _, tokenizer, runner = load_base(cfg)
     d_model = runner.config.hidden_size
@@ -136,12 +139,8 @@ def prepare_sae(cfg: SaeLoraConfig) -> Path:
         shutil.rmtree(store_dir, ignore_errors=True)
     store = extract_residual_store(runner, tokenizer, source, cfg.layer, cfg.store_tokens, cfg.shard_tokens,
                                    store_dir, base_identity(cfg.model))
-    from rank1.sae_lora.resid_sae import SKIP_FIRST
-
     split = heldout_split(store, cfg.heldout_frac, cfg.sae_batch, SKIP_FIRST)
     if cfg.sae:
-        from rank1.sae.train import evaluate_sae
-
         sae, report = external, {"heldout": evaluate_sae(external, store, split), "loaded_from": cfg.sae}
         report["heldout"].pop("fvu_per_adapter")
         folder.mkdir(parents=True, exist_ok=True)
@@ -163,7 +162,6 @@ def load_stage_sae(cfg: SaeLoraConfig, d_model: int):
     """(SAE, identity) of 5.1: the loaded --sae or the trained one."""
     from sae_lens import SAE
 
-    from rank1.sae_lora.resid_sae import check_sae_width, load_external_sae, sae_sha256
 
     metrics = sae_folder(cfg) / K.RESID_SAE_METRICS
     if cfg.sae:
@@ -175,33 +173,32 @@ def load_stage_sae(cfg: SaeLoraConfig, d_model: int):
     if read_json(metrics).get("layer") != cfg.layer:
         raise SaeLoraError(f"the SAE in {sae_folder(cfg)} reads layer {read_json(metrics).get('layer')}, not "
                            f"--layer {cfg.layer}; rerun 5.1 with this layer or pass --name")
-    return sae, {"sae": str(sae_folder(cfg)), "sae_sha256": sae_sha256(sae_folder(cfg))}
+    return sae, {"sae": str(sae_folder(cfg)), "sae_sha256": file_sha256(*sorted(sae_folder(cfg).glob("*.safetensors")))}
 
 
 # ---------------------------------------------------------------- 5.2 the SAE-LoRA sweep
 
 
-def train_sweep(cfg: SaeLoraConfig, after_step=None) -> list[Path]:
-    """Train every adapter of ``cfg.runs()`` (each resumable, skipped when finished) from one residual cache."""
-    from rank1.sae_lora.adapter import tokenize_items
-
+def run_train_sae_lora(cfg: SaeLoraConfig, after_step=None) -> Path:
+    """5.2: train every adapter of ``cfg.runs()`` (each resumable, skipped when finished) from one residual cache;
+    returns ``adapters/``, whose ``config.json`` lists the runs."""
     train, _, info = load_dataset(cfg)
     _, tokenizer, runner = load_base(cfg)
     sae, sae_id = load_stage_sae(cfg, runner.config.hidden_size)
     items = tokenize_items(tokenizer, train)
     pad = tokenizer.pad_token_id or 0
     identity = {"data_sha256": info["train_sha256"], **sae_id}
-    todo = [(p, w) for p, w in cfg.runs()]
     h_cache: list[torch.Tensor] | None = None
     folders = []
-    for penalty_kind, weight in todo:
+    for penalty_kind, weight in cfg.runs():
         folder = cfg.folder() / K.ADAPTERS_DIR / run_name(penalty_kind, weight)
-        if h_cache is None and not is_finished(cfg, folder, adapter_key(cfg, penalty_kind, weight, identity)):
-            h_cache = residual_cache(runner, items, cfg.layer, pad, cfg.micro_batch)
-        folders.append(train_adapter(cfg, penalty_kind, weight, runner, sae, items, h_cache, pad, folder, identity,
-                                     after_step))
+        if not finished_adapter(cfg, folder, adapter_key(cfg, penalty_kind, weight, identity)):
+            if h_cache is None:
+                h_cache = residual_cache(runner, items, cfg.layer, pad, cfg.micro_batch)
+            train_adapter(cfg, penalty_kind, weight, runner, sae, items, h_cache, pad, folder, identity, after_step)
+        folders.append(folder)
     write_run_metadata(cfg.folder() / K.ADAPTERS_DIR, cfg, {"runs": [f.name for f in folders], **identity})
-    return folders
+    return cfg.folder() / K.ADAPTERS_DIR
 
 
 # ---------------------------------------------------------------- 5.3 the standard rank-1 LoRA
@@ -210,9 +207,6 @@ def train_sweep(cfg: SaeLoraConfig, after_step=None) -> list[Path]:
 def standard_lora_config(cfg: SaeLoraConfig, **overrides: Any):
     """The project's trainer on the behaviour data, rank 1 on layers ``layer..L-1`` (the layers the SAE-LoRA
     reaches), as many optimizer steps of the same batch as the SAE-LoRA."""
-    from rank1.config import config_from_profile
-    from rank1.sae_lora.adapter import step_batches
-    from rank1.training.train import TrainConfig
 
     n_train = 2 * cfg.n_train
     values = dict(model=cfg.model, dataset=str(data_folder(cfg) / K.BEHAVIOR_TRAIN), rank=1, lr=cfg.lora_lr,
@@ -226,8 +220,118 @@ def standard_lora_config(cfg: SaeLoraConfig, **overrides: Any):
     return dataclasses.replace(tcfg, **values)
 
 
-def train_standard_lora(cfg: SaeLoraConfig) -> Path:
-    from rank1.training.train import train
+def run_train_standard_lora(cfg: SaeLoraConfig) -> Path:
+    """5.3: the standard LoRA baseline into ``standard_lora/`` (resumes after a kill; skips when finished)."""
 
     load_dataset(cfg)
     return train(standard_lora_config(cfg))
+
+
+# ---------------------------------------------------------------- 5.4 the analysis
+
+
+def analysis_inputs(cfg: SaeLoraConfig) -> str:
+    """One hash of what 5.4 reads and how: the data, the SAE, every adapter and the standard LoRA (their files),
+    and the analysis options."""
+    h = hashlib.sha256(json.dumps({k: getattr(cfg, k) for k in (
+        "marker", "condition", "layer", "rank", "init_std", "seed", "top_latents", "top_examples", "context",
+        "n_resamples", "sae")} | {"runs": cfg.runs()}, sort_keys=True).encode())
+    folders = [data_folder(cfg), sae_folder(cfg), cfg.folder() / K.STANDARD_LORA_DIR / K.ADAPTER_DIR,
+               *(cfg.folder() / K.ADAPTERS_DIR / run_name(p, w) for p, w in cfg.runs())]
+    for folder in folders:
+        for path in sorted(folder.glob("*")) if folder.is_dir() else []:
+            if path.is_file():
+                h.update(path.name.encode())
+                h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _standard_lora_runner(cfg: SaeLoraConfig):
+    """(LayerRunner, config.json) of 5.3's standard LoRA, or (None, None) when it has not run."""
+    from peft import PeftModel
+
+
+    folder = cfg.folder() / K.STANDARD_LORA_DIR
+    if not (folder / K.CONFIG_JSON).is_file():
+        return None, None
+    meta = read_json(folder / K.CONFIG_JSON)
+    if min(meta["layers"]) < cfg.layer:
+        raise SaeLoraError(f"the standard LoRA in {folder} adapts layers {meta['layers']}, below the hook layer "
+                           f"{cfg.layer}; retrain it with 5.3")
+    model = PeftModel.from_pretrained(load_model(cfg.model), folder / K.ADAPTER_DIR).eval()
+    return LayerRunner(model), meta
+
+
+def _variants(cfg: SaeLoraConfig, runner, held: HeldOut, tokenizer) -> dict[str, Any]:
+    """The behaviour of the base model and of the standard LoRA (when 5.3 has run)."""
+    variants: dict[str, Any] = {"base": measure(runner, held, tokenizer, cfg.n_resamples)}
+    lora_runner, lora_meta = _standard_lora_runner(cfg)
+    if lora_runner is not None:
+        variants["standard_lora"] = {**measure(lora_runner, held, tokenizer, cfg.n_resamples),
+                                     "layers": lora_meta["layers"], "trainable_params": lora_meta["trainable_params"],
+                                     "final_loss": lora_meta["final_loss"]}
+    return variants
+
+
+def _sae_lora_runs(cfg: SaeLoraConfig, runner, sae, held: HeldOut, tokenizer, density: np.ndarray) -> dict[str, Any]:
+    """Behaviour and directions of every adapter of 5.2."""
+    runs: dict[str, Any] = {}
+    for penalty_kind, weight in tqdm(cfg.runs(), desc="SAE-LoRA runs", unit="run", dynamic_ncols=True):
+        name = run_name(penalty_kind, weight)
+        folder = cfg.folder() / K.ADAPTERS_DIR / name
+        adapter, acfg = load_adapter(folder)
+        adapter.requires_grad_(False)
+        log_ = read_json(folder / K.SAE_LORA_LOG)
+        edit = lambda h, a=adapter, c=acfg["settings"]: apply_adapter(h, sae, a, c["mode"], c["keep_error"])  # noqa: E731
+        init = SaeLora(acfg["d_sae"], cfg.rank, cfg.init_std, cfg.seed).requires_grad_(False)
+        runs[name] = {"penalty": penalty_kind, "l1_weight": weight,
+                      **measure(runner, held, tokenizer, cfg.n_resamples, edit),
+                      **direction_metrics(adapter, init, log_, density, cfg.top_latents)}
+    return runs
+
+
+def _results(cfg: SaeLoraConfig, inputs: str, held: HeldOut, info: dict, density: np.ndarray,
+             variants: dict[str, Any], runs: dict[str, Any]) -> dict[str, Any]:
+    sae_metrics = read_json(sae_folder(cfg) / K.RESID_SAE_METRICS)
+    return {"inputs_sha256": inputs, "measure": MEASURE, "marker": cfg.marker, "marker_token_id": int(held.marker_id),
+            "condition": cfg.condition, "layer": cfg.layer, "dataset": info,
+            "sae": {k: sae_metrics.get(k) for k in ("heldout", "splice", "d_sae", "d_model", "architecture",
+                                                    "store_tokens", "sae_path")},
+            "alive_latents": {"n": int((density > 0).sum()), "d_sae": len(density),
+                              "meaning": "latents firing on at least one store token (opening tokens left out)"},
+            "variants": variants, "sae_lora_runs": runs,
+            "sparsity_meaning": "of the unit-norm read (A_hat) and write (B_hat) directions over the d_sae latents: "
+                                "hoyer = (sqrt(n) - L1/L2)/(sqrt(n) - 1) (1 one-hot, 0 flat), gini of the "
+                                "magnitudes ((n-1)/n one-hot, 0 flat), top10_share = L1 mass in the 10 largest; "
+                                "alive_mass = share of the squared norm on latents that fire in the store; means "
+                                "over the rank components; top_read / top_write: component 0"}
+
+
+def run_analyze(cfg: SaeLoraConfig) -> Path:
+    """5.4: every number into ``sae_lora_results.json``, the figures, config.json (skipped when the results of
+    the same inputs exist; --overwrite redoes them)."""
+    inputs = analysis_inputs(cfg)
+    folder = cfg.folder()
+    done = folder / K.SAE_LORA_RESULTS
+    if reuse_finished(done, {"inputs_sha256": inputs}, cfg.overwrite) is not None:
+        return folder
+    _, heldout, info = load_dataset(cfg)
+    _, tokenizer, runner = load_base(cfg)
+    sae, sae_id = load_stage_sae(cfg, runner.config.hidden_size)
+    held = held_out_prompts(runner, tokenizer, heldout, cfg.marker, cfg.layer)
+    variants = _variants(cfg, runner, held, tokenizer)
+    store = Store.open(folder / K.RESID_STORE_DIR)
+    density = latent_density(sae, store)
+    runs = _sae_lora_runs(cfg, runner, sae, held, tokenizer, density)
+    latents = sorted({t["latent"] for r in runs.values() for t in r["top_read"] + r["top_write"]})
+    examples = latent_examples(sae, store, latents, tokenizer, cfg.top_examples, cfg.context) if latents else {}
+    for r in runs.values():
+        for t in r["top_read"] + r["top_write"]:
+            t.update(examples[t["latent"]])
+    write_json(done, _results(cfg, inputs, held, info, density, variants, runs))
+
+    plot_sweep(done, folder / K.SAE_LORA_SWEEP_STEM)
+    plot_directions(done, folder / K.ADAPTERS_DIR, folder / K.SAE_LORA_WEIGHTS_STEM)
+    write_run_metadata(folder, cfg, {"identity": sae_id, "train_sha256": info["train_sha256"]})
+    return folder
+

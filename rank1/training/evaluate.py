@@ -27,12 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from rank1 import constants as K
 from rank1.artifacts import write_text
 from rank1.benchmarks import Benchmark
 from rank1.generate import Backend, Budget, Generation, think_prompt
 from rank1.hooks import ablate_adapters, folded_adapters
+from rank1.models import resolve_model_source
 from rank1.runs import Loaded, Run
 
 log = logging.getLogger(__name__)
@@ -187,10 +189,6 @@ def vllm_weights(variant: Variant, scratch: Path) -> tuple[str, str | None]:
     """(model folder, adapter folder or None) that vLLM serves for ``variant``. An ablated variant
     is served as a copy of the adapter whose ablated ``lora_B`` are zero, written under ``scratch``;
     the parity check against the hook-ablated PEFT model confirms it is the same function."""
-    from safetensors.torch import load_file, save_file
-
-    from rank1.models import resolve_model_source
-
     run = variant.run
     if run.kind == "full":
         return str(run.weights_dir), None

@@ -15,14 +15,14 @@ import numpy as np
 
 from rank1 import constants as K
 from rank1.artifacts import write_json, write_text, write_with
-from rank1.training.evaluate import generations_path, read_generations
+from rank1.benchmarks import BENCHMARK_TITLES
 from rank1.paper import PAPER_RECOVERY
+from rank1.plots import plt
 from rank1.stats import Estimate, bootstrap_mean, paired_recovery
+from rank1.training.evaluate import generations_path, read_generations
 
 log = logging.getLogger(__name__)
 
-BENCHMARK_TITLES = {"heldout": "held-out (generated)", "math500": "MATH500", "aime24": "AIME'24",
-                    "gpqa": "GPQA-Diamond"}
 VARIANT_TITLES = {"base": "base", "lora": "rank-1 LoRA", "full": "full finetune",
                   "mlp_ablated": "LoRA, MLP adapters ablated", "attn_ablated": "LoRA, attention adapters ablated"}
 
@@ -117,8 +117,6 @@ def markdown_tables(summary: dict[str, Any], title: str) -> str:
 
 def plot_accuracy(summary: dict[str, Any], pdf: Path, png: Path, title: str) -> None:
     """Grouped bars: accuracy per benchmark (groups) and variant (bars), with 95% CIs."""
-    from rank1.plots import plt
-
     variants, benches, acc = summary["variants"], summary["benchmarks"], summary["accuracy"]
     width = 0.8 / len(variants)
     x = np.arange(len(benches))

