@@ -263,7 +263,8 @@ def run_autointerp(cfg: AutointerpConfig, report: Report = log.info) -> Path:
 
 def run_categorize(cfg: AutointerpConfig, report: Report = log.info) -> Path:
     """3.3.1: sort the explained features into the paper's 7 top-level categories (categories.json beside the
-    explanations; skipped when it is up to date with its inputs); returns that folder."""
+    explanations; skipped when it is up to date with its inputs, refused when made from others unless --overwrite);
+    returns that folder."""
     run, src, res, _ = load_run_features(cfg, cfg.topk)
     folder = Path(cfg.out) if cfg.out else results_dir(cfg.profile, K.SAE_AUTOINTERP_STAGE, run.name)
     explanations = folder / K.AUTOINTERP_RESULTS
@@ -293,7 +294,8 @@ def run_categorize(cfg: AutointerpConfig, report: Report = log.info) -> Path:
 
 def run_compute_activation_densities(cfg: DensitiesConfig, report: Report = log.info) -> Path:
     """3.3.2: activation-mass and firing-count shares per category and subcategory (category_densities.json
-    beside categories.json; skipped when it is up to date with its inputs); returns that folder."""
+    beside categories.json; skipped when it is up to date with its inputs, refused when made from others unless
+    --overwrite); returns that folder."""
     run, src, res, _ = load_run_features(cfg, cfg.features)
     folder = _autointerp_folder(cfg, run.name)
     categories = read_categories(folder, [f["name"] for f in res.features])

@@ -20,7 +20,7 @@ from rank1.interventions.config import (
     SteeringConfig,
 )
 from rank1.interventions.geometry import cross_projection, geometry, random_abs_cos
-from tests.helpers import make_run
+from helpers import make_run
 
 # ---------------------------------------------------------------- 4.4 weight geometry
 
@@ -108,7 +108,7 @@ def test_weight_geometry_script_writes_then_skips(isolated_root):
 
 
 def test_missing_run_is_one_error_line(isolated_root):
-    from tests.helpers import run_script
+    from helpers import run_script
 
     proc = run_script(["4_lora_interventions/4.4_weight_geometry.py", "--profile", "test", "--run", "nope"],
                       check=False)
@@ -528,7 +528,7 @@ def test_answer_target_is_the_first_digit_of_the_gold_answer(tiny_tok):
 def test_all_stage4_scripts_end_to_end_on_the_test_profile(isolated_root):
     from rank1.config import data_dir
     from rank1.synth import write_splits
-    from tests.helpers import run_script
+    from helpers import run_script
 
     write_splits(data_dir("test"), n_train=8, n_eval=6, seed=0)
     make_run()

@@ -18,7 +18,7 @@ from rank1.config import config_from_profile, data_dir, results_dir
 from rank1.decoder import LayerRunner
 from rank1.hooks import ablate_adapters, count_hooks
 from rank1.synth import write_splits
-from tests.helpers import make_run, run_script
+from helpers import make_run, run_script
 
 
 @pytest.fixture
