@@ -119,6 +119,8 @@ def test_reading_the_pipeline_module_reads_no_stage_table():
     import subprocess
 
     code = ("import pathlib; real = pathlib.Path.read_text\n"
-            "def spy(self, *a, **k):\n    assert self.name != 'run_all.sh', 'read at import'\n    return real(self, *a, **k)\n"
+            "def spy(self, *a, **k):\n"
+            "    assert self.name != 'run_all.sh', 'read at import'\n"
+            "    return real(self, *a, **k)\n"
             "pathlib.Path.read_text = spy\nimport rank1.pipeline, rank1.report\n")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from helpers import make_run, run_script
 from rank1 import constants as K
 from rank1.ablation.config import FAMILIES, AblationConfig
 from rank1.ablation.greedy import carry_fraction, greedy_removal
@@ -18,7 +19,6 @@ from rank1.config import config_from_profile, data_dir, results_dir
 from rank1.decoder import LayerRunner
 from rank1.hooks import ablate_adapters, count_hooks
 from rank1.synth import write_splits
-from helpers import make_run, run_script
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import make_run
 from rank1 import constants as K
 from rank1.artifacts import read_json
 from rank1.config import config_from_profile, results_dir
@@ -20,7 +21,6 @@ from rank1.interventions.config import (
     SteeringConfig,
 )
 from rank1.interventions.geometry import cross_projection, geometry, random_abs_cos
-from helpers import make_run
 
 # ---------------------------------------------------------------- 4.4 weight geometry
 
@@ -526,9 +526,9 @@ def test_answer_target_is_the_first_digit_of_the_gold_answer(tiny_tok):
 
 @pytest.mark.slow
 def test_all_stage4_scripts_end_to_end_on_the_test_profile(isolated_root):
+    from helpers import run_script
     from rank1.config import data_dir
     from rank1.synth import write_splits
-    from helpers import run_script
 
     write_splits(data_dir("test"), n_train=8, n_eval=6, seed=0)
     make_run()
