@@ -14,10 +14,12 @@ import torch
 from peft import get_peft_model
 
 from rank1 import constants as K
-from rank1.config import REPO_ROOT, run_dir
+from rank1.config import REPO_ROOT, config_from_profile, data_dir, run_dir
 from rank1.lora import adapter_sites, lora_config
 from rank1.models import load_model
+from rank1.synth import write_splits
 from rank1.topk import SUFFIX
+from rank1.training import TrainConfig, train
 
 
 def run_script(args, env=None, check=True, **kw):
@@ -159,3 +161,25 @@ def keep_screenshot(page, path) -> Path:
     if os.environ.get("RANK1_SCREENSHOT"):
         shutil.copyfile(path, os.environ["RANK1_SCREENSHOT"])
     return Path(path)
+
+
+@contextlib.contextmanager
+def outputs_under(root):
+    """``RANK1_ROOT`` set to ``root`` for a module-scoped fixture (pytest's monkeypatch is per test), restored
+    (or unset again) afterwards."""
+    old = os.environ.get("RANK1_ROOT")
+    os.environ["RANK1_ROOT"] = str(root)
+    try:
+        yield Path(root)
+    finally:
+        if old is None:
+            os.environ.pop("RANK1_ROOT", None)
+        else:
+            os.environ["RANK1_ROOT"] = old
+
+
+def train_test_run(n_train: int) -> Path:
+    """Under the current ``RANK1_ROOT``: ``n_train`` generated training documents and a 2-step test-profile
+    LoRA run named ``a``; returns the run folder."""
+    write_splits(data_dir("test"), n_train=n_train, n_eval=2, seed=0)
+    return train(config_from_profile(TrainConfig, "train", "test", max_steps=2, run_name="a", lr=0.5))

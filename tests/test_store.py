@@ -7,7 +7,7 @@ import pytest
 import torch
 from peft import PeftModel
 
-from helpers import run_script, synthetic_store
+from helpers import outputs_under, run_script, synthetic_store, train_test_run
 from rank1 import constants as K
 from rank1.activations.config import ExtractConfig, TopKConfig
 from rank1.activations.stage import extract, precompute_topk
@@ -25,20 +25,8 @@ SCRIPTS = "2_lora_activation_interp"
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A 2-step test-profile run and a 12-document corpus, shared by the tests of this module."""
-    import os
-
-    from rank1.config import data_dir
-    from rank1.synth import write_splits
-    from rank1.training import TrainConfig, train
-
-    root = tmp_path_factory.mktemp("root")
-    old = os.environ.get("RANK1_ROOT")
-    os.environ["RANK1_ROOT"] = str(root)
-    try:
-        write_splits(data_dir("test"), n_train=12, n_eval=2, seed=0)
-        run = train(config_from_profile(TrainConfig, "train", "test", max_steps=2, run_name="a", lr=0.5))
-    finally:
-        os.environ["RANK1_ROOT"] = old or ""
+    with outputs_under(tmp_path_factory.mktemp("root")) as root:
+        run = train_test_run(n_train=12)
     return {"run": str(run), "corpus": str(root / "data" / "test" / K.TRAIN_JSONL)}
 
 

@@ -123,6 +123,15 @@ def expected(run: Run, config: dict[str, Any], keys: tuple[str, ...]) -> dict[st
             **{f"config.{k}": config[k] for k in keys}}
 
 
+def start(cfg: StageOptions, stage: str, result: str, keys: tuple[str, ...]) -> tuple[Run, Path, dict, dict | None]:
+    """What every stage-4 run begins with: the run, its output folder, the public config, and the finished
+    result ``result`` in that folder to reuse (None: compute it)."""
+    run = cfg.resolve_run()
+    folder = output_folder(cfg, stage, run)
+    config = public_config(cfg)
+    return run, folder, config, reuse_finished(folder / result, expected(run, config, keys), cfg.overwrite, REDO)
+
+
 def partial_stamp(run: Run, config: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     """What the partial folder of an interrupted run records (:func:`rank1.artifacts.resume_partial`)."""
     return {k: config[k] for k in keys} | run.identity()
@@ -150,10 +159,7 @@ def heldout_problems(profile: str, n: int, offset: int = 0) -> Benchmark:
 
 def run_steering(cfg: SteeringConfig) -> Path:
     """4.0: sweep every steering setting (or reuse the saved sweep), log each adapter's KL onset, plot."""
-    run = cfg.resolve_run()
-    folder = output_folder(cfg, K.STEERING_STAGE, run)
-    config = public_config(cfg)
-    report = reuse_finished(folder / K.STEERING_JSON, expected(run, config, STEERING_SETTINGS), cfg.overwrite, REDO)
+    run, folder, config, report = start(cfg, K.STEERING_STAGE, K.STEERING_JSON, STEERING_SETTINGS)
     if report is None:
         report = _sweep(cfg, run, folder, config)
     for row in report["onsets"]:
@@ -251,11 +257,7 @@ def _sweep(cfg: SteeringConfig, run: Run, folder: Path, config: dict) -> dict:
 def run_attribution(cfg: AttributionConfig) -> Path:
     """4.1: attribute and check every problem (or reuse the saved report), log the agreement, plot, and
     write the dashboard."""
-    run = cfg.resolve_run()
-    folder = output_folder(cfg, K.ATTRIBUTION_STAGE, run)
-    config = public_config(cfg)
-    report = reuse_finished(folder / K.ATTRIBUTION_JSON, expected(run, config, ATTRIBUTION_SETTINGS), cfg.overwrite,
-                            REDO)
+    run, folder, config, report = start(cfg, K.ATTRIBUTION_STAGE, K.ATTRIBUTION_JSON, ATTRIBUTION_SETTINGS)
     tok = None
     if report is None:
         report, tok = _attribution_report(cfg, run, folder, config)
@@ -352,10 +354,7 @@ def attribute_all(cfg: AttributionConfig, loaded, problems: list[dict], partial:
 def run_counterfactual_rollouts(cfg: RolloutConfig) -> Path:
     """4.2: sample, grade and read the rollouts, test correct against incorrect per feature (or reuse
     the saved tests), log and plot."""
-    run = cfg.resolve_run()
-    folder = output_folder(cfg, K.ROLLOUTS_STAGE, run)
-    config = public_config(cfg)
-    report = reuse_finished(folder / K.ROLLOUTS_JSON, expected(run, config, ROLLOUT_SETTINGS), cfg.overwrite, REDO)
+    run, folder, config, report = start(cfg, K.ROLLOUTS_STAGE, K.ROLLOUTS_JSON, ROLLOUT_SETTINGS)
     if report is None:
         report = _rollouts_report(cfg, run, folder, config)
     rollouts_log.info("%d rollouts, accuracy %.3f; %d of %d problems mixed", report["n_rollouts"],
@@ -462,10 +461,7 @@ def _rollouts_report(cfg: RolloutConfig, run: Run, folder: Path, config: dict) -
 def run_correctness_probes(cfg: ProbeConfig) -> Path:
     """4.3: probe 4.2's rollouts for correctness against the baselines (or reuse the saved report), log
     the AUCs and the verdict, plot."""
-    run = cfg.resolve_run()
-    folder = output_folder(cfg, K.PROBES_STAGE, run)
-    config = public_config(cfg)
-    report = reuse_finished(folder / K.PROBES_JSON, expected(run, config, PROBE_SETTINGS), cfg.overwrite, REDO)
+    run, folder, config, report = start(cfg, K.PROBES_STAGE, K.PROBES_JSON, PROBE_SETTINGS)
     if report is None:
         report = _probe_report(cfg, run, folder, config)
     for name, e in report["auc"].items():
@@ -513,10 +509,7 @@ def _probe_report(cfg: ProbeConfig, run: Run, folder: Path, config: dict) -> dic
 
 def run_weight_geometry(cfg: GeometryConfig) -> Path:
     """4.4: the geometry of the saved rank-1 factors (or the saved one), logged and plotted."""
-    run = cfg.resolve_run()
-    folder = output_folder(cfg, K.GEOMETRY_STAGE, run)
-    config = public_config(cfg)
-    geo = reuse_finished(folder / K.GEOMETRY_JSON, expected(run, config, GEOMETRY_SETTINGS), cfg.overwrite, REDO)
+    run, folder, config, geo = start(cfg, K.GEOMETRY_STAGE, K.GEOMETRY_JSON, GEOMETRY_SETTINGS)
     if geo is None:
         geo = {"identity": run.identity(), "config": config, **geometry(adapter_vectors(run.weights_dir), cfg.absolute)}
         save_metadata(folder, cfg, run)

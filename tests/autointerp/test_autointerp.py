@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from helpers import hand_topk, run_script, synthetic_store
+from helpers import hand_topk, outputs_under, run_script, synthetic_store, train_test_run
 from rank1 import constants as K
 from rank1.activations.interpretability import layer_bins
 from rank1.artifacts import read_json
@@ -326,20 +326,12 @@ def test_layer_bins():
 @pytest.fixture(scope="module")
 def stage2(tmp_path_factory):
     """A 2-step test-profile run, its LoRA and MLP stores over 8 documents and their top-k examples."""
-    import os
-
     from rank1.activations.config import ExtractConfig, TopKConfig
     from rank1.activations.stage import extract, precompute_topk
-    from rank1.config import config_from_profile, data_dir
-    from rank1.synth import write_splits
-    from rank1.training import TrainConfig, train
+    from rank1.config import config_from_profile
 
-    root = tmp_path_factory.mktemp("root")
-    old = os.environ.get("RANK1_ROOT")
-    os.environ["RANK1_ROOT"] = str(root)
-    try:
-        write_splits(data_dir("test"), n_train=8, n_eval=2, seed=0)
-        run = train(config_from_profile(TrainConfig, "train", "test", max_steps=2, run_name="a", lr=0.5))
+    with outputs_under(tmp_path_factory.mktemp("root")) as root:
+        run = train_test_run(n_train=8)
         out = {"run": str(run), "root": root}
         for kind in ("lora", "mlp"):
             store = extract(config_from_profile(ExtractConfig, "extract", "test", run=str(run),
@@ -347,8 +339,6 @@ def stage2(tmp_path_factory):
             out[kind] = str(precompute_topk(config_from_profile(TopKConfig, "topk", "test", run=str(run),
                                                                 store=str(store), out=str(root / f"{kind}_topk")),
                                             kind))
-    finally:
-        os.environ["RANK1_ROOT"] = old or ""
     return out
 
 

@@ -4,14 +4,13 @@ splice into the model, feature collection, category densities, the stage scripts
 import ast
 import dataclasses
 import json
-import os
 import shutil
 
 import pytest
 import torch
 from peft import get_peft_model
 
-from helpers import run_script, synthetic_store
+from helpers import outputs_under, run_script, synthetic_store
 from rank1 import constants as K
 from rank1.config import REPO_ROOT, config_from_profile
 from rank1.errors import OtherSettings
@@ -226,10 +225,7 @@ def lora_store(tmp_path_factory):
     from rank1.models import load_model
     from rank1.synth import write_splits
 
-    root = tmp_path_factory.mktemp("root")
-    old = os.environ.get("RANK1_ROOT")
-    os.environ["RANK1_ROOT"] = str(root)
-    try:
+    with outputs_under(tmp_path_factory.mktemp("root")) as root:
         write_splits(data_dir("test"), n_train=24, n_eval=2, seed=0)
         torch.manual_seed(0)
         model = get_peft_model(load_model("random-qwen2"), lora_config([0, 1]))
@@ -242,8 +238,6 @@ def lora_store(tmp_path_factory):
         cfg = config_from_profile(ExtractConfig, "extract", "test", run=str(folder), corpus=str(corpus),
                                   out=str(root / "store"))
         extract(cfg, "lora")
-    finally:
-        os.environ["RANK1_ROOT"] = old or ""
     return {"run": str(folder), "store": str(root / "store"), "corpus": str(corpus)}
 
 
