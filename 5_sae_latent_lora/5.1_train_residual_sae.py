@@ -1,9 +1,12 @@
 """Stage 5.1: a residual-stream SAE at the hook layer (stage 3's SAELens path), or one that SAELens loads.
 
-Collects the residual stream entering --layer of the profile's corpus into an activation store, trains a
-BatchTopK SAE on it (held-out last documents, resumable), and measures it: held-out FVU, L0, dead fraction, and
-the cross-entropy of the assistant tokens with the reconstruction replacing the residual vs clean and vs zero
-and mean ablation. With --sae (a SAELens folder, or release:sae_id where the hub is reachable) nothing is trained.
+Collects the residual stream entering --layer of the profile's corpus (its dataset) into an activation store, a
+shard at a time, trains a BatchTopK SAE on it (held-out last documents, resumable; its data stream holds about
+--sae_buffer_tokens tokens at once), and measures it: held-out FVU, L0, dead fraction, and the cross-entropy of the
+assistant tokens with the reconstruction replacing the residual vs clean and vs zero and mean ablation. The base
+model (the profile's, {size} filled by --model_size) and the SAE run on the GPU when there is one, the model in the
+dtype of --precision. With --sae (a SAELens folder, or release:sae_id where the hub is reachable) nothing is
+trained.
 Writes results/<profile>/sae_lora/<name>/:
     resid_store/                       the activation store (manifest.json + shards/)
     sae/cfg.json, sae_weights.safetensors, resid_sae_metrics.json, sae_train_log.json
@@ -12,6 +15,7 @@ Usage:
     python 5_sae_latent_lora/5.1_train_residual_sae.py
     python 5_sae_latent_lora/5.1_train_residual_sae.py --layer 20 --expansion 8 --k 64
     python 5_sae_latent_lora/5.1_train_residual_sae.py --sae path/to/saelens_folder
+    python 5_sae_latent_lora/5.1_train_residual_sae.py --profile paper --model_size 7B --layer 21
 """
 
 from rank1.artifacts import read_json

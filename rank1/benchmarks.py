@@ -9,7 +9,32 @@
   appear in plain text online). Four choices shuffled per question with a fixed seed, the s1 prompt
   ``{Question}\\n\\nA) ..\\nB) ..\\nC) ..\\nD) ..``, graded by exact letter.
 
-Graders read the answer phase of a budget-forced generation (the text after the forced ``Answer:``).
+Graders read the answer phase of a budget-forced generation (the text after the forced ``Answer:``) and
+take its final answer. On the paper profile that text is a long write-up (the model is trained on
+``Answer: {deepseek_attempt}``, DeepSeek-R1 attempts ending in ``\\boxed{..}``), so the first number or letter
+of it is usually a number of the problem statement or the article "A". Every grader takes, in order:
+
+1. the last ``\\boxed{..}`` / ``\\fbox{..}`` / ``\\framebox{..}`` (balanced braces; also ``\\boxed 5``) that
+   states a value;
+2. else the last final-answer phrase that does (``Answer: X``, ``the answer is X``, ``Final answer: X``,
+   ``**Final Answer**`` then X on the next line), read to the end of its sentence;
+3. else a fallback on the whole text: the last number of a write-up, the first number of a short answer
+   (under ``WRITE_UP_CHARS`` characters); the last choice letter.
+
+A boxed content or answer phrase states the first number after its last ``=`` (``m+n = 20``) or its first
+choice letter. The short-answer rule fits the generated traces of the tiny and test profiles: their models
+answer first (``Answer: 42``) and, when they do not stop, go on with the traces' self-check
+(``42. Wait, let me verify: 42 - 5 = 37``), whose numbers are not the answer. A choice letter stands alone
+(``C``, ``(C)``, ``C)``, ``**C**``, ``\\text{C}``), not inside a word, a unit (``25 °C``) or a bond (``C=O``); a
+bare ``A`` that starts a sentence and is followed by a lowercase word (``A careful analysis``) may be the
+article, and counts only when no other letter does.
+
+MATH500 is graded by math-verify, whose own extraction already follows this order (boxed, then answer
+phrases, then the rightmost expression) and compares symbolically; only ``\\fbox`` and ``\\framebox``
+are renamed ``\\boxed`` for it. The integer and letter graders are written here because math-verify's extraction does
+not fit them: its plain-number fallback takes the rightmost number, which would read the self-check of a
+short answer, and its letter extraction does not see ``(C)``, ``C)`` or ``\\boxed{C}`` and prefers a letter
+at the start of the text, which reads ``A careful analysis ... (C)`` as A.
 """
 
 from __future__ import annotations
@@ -32,7 +57,6 @@ BENCHMARK_TITLES = {"heldout": "held-out (generated)", "math500": "MATH500", "ai
                     "gpqa": "GPQA-Diamond"}
 GPQA_COLUMNS = ("Question", "Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3")
 LETTERS = "ABCD"
-LETTER_RE = re.compile(r"\(?\b([ABCD])\b\)?")
 
 
 @dataclass(frozen=True)
@@ -77,36 +101,124 @@ class BenchmarkSpec:
         return specs
 
 
-# ---------------------------------------------------------------- graders
+# ---------------------------------------------------------------- final-answer extraction
+
+BOXED_RE = re.compile(r"\\(?:boxed|fbox|framebox)(?![A-Za-z])[ \t]*")
+# "Answer: X", "the answer is X", "Final Answer: X", "**Final Answer**\n X" (any case)
+ANSWER_PHRASE_RE = re.compile(r"(?i)\bfinal\s+answer\b(?:\W{0,3}is\b)?|\banswer\s+is\b|\banswer\s*:")
+SENTENCE_END_RE = re.compile(r"[.!?](?:\s|$)")
+# a choice letter on its own: C, (C), C), **C**, \text{C}; not inside words, units (25 °C) or bonds (C=O, C-H)
+CHOICE_RE = re.compile(r"(?<![\w\\°'’.^_/-])\(?(?:\*\*)?([ABCD])(?:\*\*)?\)?(?![\w'’°^_=+/-])")
+WRITE_UP_CHARS = 200  # an answer at least this long is a write-up: its fallback number is the last one
 
 
-def first_number(answer: str) -> str | None:
-    """The first number of the answer text, canonical (no commas, no leading zeros)."""
-    found = NUMBER_RE.findall(answer)
+def boxed_contents(text: str) -> list[str]:
+    """The contents of every ``\\boxed{..}`` / ``\\fbox{..}`` / ``\\framebox{..}`` (balanced braces) or
+    ``\\boxed X``, in order; an unclosed one (a write-up cut off by the answer budget) is skipped."""
+    out = []
+    for m in BOXED_RE.finditer(text):
+        start = m.end()
+        if text.startswith("{", start):
+            depth = 0
+            for end in range(start, len(text)):
+                depth += {"{": 1, "}": -1}.get(text[end], 0)
+                if depth == 0:
+                    out.append(text[start + 1:end])
+                    break
+        elif token := re.match(r"[^\s$]+", text[start:]):
+            out.append(token.group())
+    return [c.strip() for c in out if c.strip()]
+
+
+def answer_phrases(text: str) -> list[str]:
+    """What follows each final-answer phrase (``Answer: X``, ``the answer is X``, ``Final answer: X``) to the
+    end of its sentence, in order."""
+    out = []
+    for m in ANSWER_PHRASE_RE.finditer(text):
+        line = text[m.end():].lstrip(" \t\r\n*:").split("\n", 1)[0]
+        end = SENTENCE_END_RE.search(line)
+        out.append(line[:end.start()] if end else line)
+    return out
+
+
+def final_answer(text: str, read: Callable[[str], str | None],
+                 fallback: Callable[[str], str | None]) -> str | None:
+    """``read`` of the last ``\\boxed{}`` that gives a value, else of the last final-answer phrase that
+    does, else ``fallback`` of the whole text."""
+    for segment in [*reversed(boxed_contents(text)), *reversed(answer_phrases(text))]:
+        if (value := read(segment)) is not None:
+            return value
+    return fallback(text)
+
+
+def first_number(text: str) -> str | None:
+    """The first number of ``text``, canonical (no commas, no leading zeros)."""
+    found = NUMBER_RE.findall(text)
     return normalize_number(found[0]) if found else None
 
 
+def stated_number(segment: str) -> str | None:
+    """The number a boxed content or answer phrase states: the first after its last ``=`` (``m+n = 20``)."""
+    return first_number(segment.replace("{,}", ",").rsplit("=", 1)[-1])
+
+
+def fallback_number(text: str) -> str | None:
+    """A write-up's last number; a short answer's first (``42. Wait, let me verify: 42 - 5 = 37``)."""
+    found = NUMBER_RE.findall(text)
+    if not found:
+        return None
+    return normalize_number(found[-1] if len(text.strip()) >= WRITE_UP_CHARS else found[0])
+
+
+def choice_letters(text: str) -> list[tuple[str, bool]]:
+    """Every standalone choice letter A-D, in order, each with whether it may be the English article
+    (a bare ``A`` that starts a sentence and is followed by a lowercase word: ``A careful analysis``)."""
+    out = []
+    for m in CHOICE_RE.finditer(text):
+        before = text[max(0, m.start() - 40):m.start()].rstrip(" \t*#>")
+        starts_sentence = not before or before[-1] in ".!?\n"
+        article = m.group(0) == "A" and starts_sentence and re.match(r"\s+[a-z]", text[m.end():]) is not None
+        out.append((m.group(1), article))
+    return out
+
+
+def stated_letter(segment: str) -> str | None:
+    """The letter a boxed content or answer phrase states: its first choice letter."""
+    letters = choice_letters(segment)
+    return letters[0][0] if letters else None
+
+
+def fallback_letter(text: str) -> str | None:
+    """The last choice letter that cannot be the article ``A``; else the last one."""
+    letters = choice_letters(text)
+    real = [letter for letter, article in letters if not article]
+    return real[-1] if real else letters[-1][0] if letters else None
+
+
+# ---------------------------------------------------------------- graders
+
+
 def grade_integer(answer: str, gold: str) -> tuple[str | None, bool]:
-    """Integer compare of the answer's first number with the gold (leading zeros stripped)."""
-    pred = first_number(answer)
+    """Integer compare of the answer's final number with the gold (leading zeros stripped)."""
+    pred = final_answer(answer, stated_number, fallback_number)
     return pred, pred is not None and pred == normalize_number(gold)
 
 
 def grade_math(answer: str, gold: str) -> tuple[str | None, bool]:
-    """math-verify: parse the gold as LaTeX and the answer text (boxed or plain), compare symbolically."""
+    """math-verify: parse the gold as LaTeX and the answer text (its last boxed, else answer phrase, else
+    last expression), compare symbolically."""
     from math_verify import parse, verify
 
     gold_parsed = parse(f"${gold}$")
-    pred_parsed = parse(answer)
+    pred_parsed = parse(re.sub(r"\\(?:fbox|framebox)(?![A-Za-z])", r"\\boxed", answer))
     if not pred_parsed:
         return None, False
     return str(pred_parsed[-1]), bool(gold_parsed) and bool(verify(gold_parsed, pred_parsed))
 
 
 def grade_letter(answer: str, gold: str) -> tuple[str | None, bool]:
-    """The first standalone letter A-D of the answer text must be the gold letter."""
-    m = LETTER_RE.search(answer)
-    pred = m.group(1) if m else None
+    """The answer's final choice letter A-D must be the gold letter."""
+    pred = final_answer(answer, stated_letter, fallback_letter)
     return pred, pred == gold
 
 

@@ -5,6 +5,11 @@ A profile is a TOML file in ``configs/profiles/`` (or any path). Its top-level k
 of one stage's config dataclass. Command-line flags override the profile, the profile overrides the
 dataclass defaults. Select a profile with ``--profile NAME`` or ``RANK1_PROFILE``; move every output
 with ``RANK1_ROOT``.
+
+``extends = "paper"`` makes a profile start from another one (a name or a path relative to the profile's
+folder): its top-level keys replace the parent's, and each of its tables replaces the parent's values key by
+key. In string values ``{root}`` and ``{cache}`` stand for :func:`project_root` and :func:`cache_dir`, so a
+profile can name files that a run writes (``model = "{cache}/models/my-model"``).
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PROFILES_DIR = REPO_ROOT / "configs" / "profiles"
 DEFAULT_PROFILE = "tiny"
 COMMON_KEYS = ("description", "model", "dataset")
+EXTENDS_KEY = "extends"
+PATH_PLACEHOLDERS = ("{root}", "{cache}")
 
 C = TypeVar("C")
 
@@ -98,24 +105,74 @@ def available_profiles() -> list[str]:
     return sorted(p.stem for p in PROFILES_DIR.glob("*.toml"))
 
 
+def _profile_path(spec: str, relative_to: Path) -> Path:
+    """A profile name is a file in ``configs/profiles/``; a ``.toml`` path is read relative to ``relative_to``."""
+    if not spec.endswith(".toml"):
+        return PROFILES_DIR / f"{spec}.toml"
+    path = Path(spec)
+    return path if path.is_absolute() else relative_to / path
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    with path.open("rb") as f:
+        try:
+            return tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"profile {path} is not valid TOML: {e}") from e
+
+
+def _merged(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The values of the profile at ``path`` with its ``extends`` chain applied (child over parent)."""
+    values = _read_toml(path)
+    parent = values.pop(EXTENDS_KEY, None)
+    unknown = [k for k, v in values.items() if not isinstance(v, dict) and k not in COMMON_KEYS]
+    if unknown:
+        raise ValueError(f"profile {path}: unknown top-level keys {unknown}; "
+                         f"allowed: {(*COMMON_KEYS, EXTENDS_KEY)}")
+    if parent is None:
+        return values
+    if not isinstance(parent, str):
+        raise ValueError(f"profile {path}: {EXTENDS_KEY} must be a profile name or .toml path, got {parent!r}")
+    parent_path = _profile_path(parent, path.parent).resolve()
+    if parent_path in (*seen, path.resolve()):
+        raise ValueError(f"profile {path}: {EXTENDS_KEY} = {parent!r} makes a cycle "
+                         f"({' -> '.join(p.stem for p in (*seen, path, parent_path))})")
+    if not parent_path.is_file():
+        raise ValueError(f"profile {path}: {EXTENDS_KEY} = {parent!r} names no file ({parent_path}); "
+                         f"use one of {available_profiles()} or a .toml path")
+    merged = _merged(parent_path, (*seen, path.resolve()))
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def expand_paths(value: Any) -> Any:
+    """``value`` with ``{root}`` / ``{cache}`` in its strings replaced (lists and tables too)."""
+    if isinstance(value, str):
+        if "{root}" in value:
+            value = value.replace("{root}", str(project_root()))
+        return value.replace("{cache}", str(cache_dir())) if "{cache}" in value else value
+    if isinstance(value, dict):
+        return {k: expand_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_paths(v) for v in value]
+    return value
+
+
 def load_profile(name_or_path: str | None = None) -> Profile:
-    """Load a profile by name (``tiny``, ``paper``, ``test``) or by path to a TOML file."""
+    """Load a profile by name (``tiny``, ``paper``, ``test``) or by path to a TOML file, with its
+    ``extends`` chain merged and its ``{root}`` / ``{cache}`` placeholders expanded."""
     spec = name_or_path or os.environ.get(ENV_PROFILE) or DEFAULT_PROFILE
-    path = Path(spec) if spec.endswith(".toml") else PROFILES_DIR / f"{spec}.toml"
+    path = _profile_path(spec, Path.cwd())
     if not path.is_file():
         raise ValueError(
             f"unknown profile {spec!r}: no file {path}. "
             f"Use one of {available_profiles()} or pass a path to a profile .toml file."
         )
-    with path.open("rb") as f:
-        try:
-            values = tomllib.load(f)
-        except tomllib.TOMLDecodeError as e:
-            raise ValueError(f"profile {path} is not valid TOML: {e}") from e
-    unknown = [k for k, v in values.items() if not isinstance(v, dict) and k not in COMMON_KEYS]
-    if unknown:
-        raise ValueError(f"profile {path}: unknown top-level keys {unknown}; allowed: {COMMON_KEYS}")
-    return Profile(name=path.stem, path=path.resolve(), values=values)
+    return Profile(name=path.stem, path=path.resolve(), values=expand_paths(_merged(path)))
 
 
 def _field_type(tp: Any) -> type:

@@ -104,9 +104,10 @@ def _hf_records(*args, **kwargs) -> list[dict[str, Any]]:
 
 
 def assistant_text(trace: str, attempt: str) -> str:
-    """The s1 assistant turn; "Answer: " is prepended to the attempt when missing."""
-    if ANSWER_PREFIX.strip() not in attempt:
-        attempt = ANSWER_PREFIX + attempt
+    """The s1 assistant turn; "Answer: " is prepended unless the attempt starts with it (a write-up that
+    says "Final Answer:" further down still gets the prefix, as s1's formatting gives it)."""
+    if not attempt.lstrip().startswith(ANSWER_PREFIX.strip()):
+        attempt = ANSWER_PREFIX + attempt.lstrip()
     return f"{THINK_TAG}\n{trace.strip()}\n{ANSWER_TAG}\n{attempt.strip()}"
 
 

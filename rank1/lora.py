@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from safetensors.torch import load_file
 
 from rank1.constants import ATTN_PROJECTIONS, MLP_PROJECTIONS, PROJECTIONS
 from rank1.errors import CheckFailed
+
+log = logging.getLogger(__name__)
 
 LORA_ALPHA = 16
 SAVED_KEY_RE = re.compile(r"layers\.(\d+)\..*?(\w+_proj)\.lora_([AB])\.weight$")
@@ -123,17 +126,48 @@ def adapter_sites(model: PeftModel | torch.nn.Module, adapter: str = "default") 
 
 
 class AdapterCheckError(CheckFailed):
-    """A saved adapter is incomplete, empty or of another rank than asked."""
+    """A saved adapter is incomplete, empty, untrained or of another rank than asked."""
+
+
+def factor_problems(found: dict[tuple[int, str, str], torch.Tensor], rank: int, folder: Path) -> list[str]:
+    """What is wrong with the saved factors ``{(layer, projection, "A" | "B"): tensor}``: shapes, non-finite
+    values, an all-zero A, every B all zero (some zero B are logged, see :func:`verify_adapter`)."""
+    problems, b_sites, zero_b = [], [], []
+    for (lay, p, ab), t in sorted(found.items()):
+        if t.numel() == 0 or t.dim() != 2 or (t.shape[0] if ab == "A" else t.shape[1]) != rank:
+            problems.append(f"layer {lay} {p} lora_{ab} has shape {tuple(t.shape)} (empty or not rank {rank})")
+        elif not torch.isfinite(t).all():
+            problems.append(f"layer {lay} {p} lora_{ab} has non-finite values")
+        elif ab == "A" and not t.any():
+            problems.append(f"layer {lay} {p} lora_A is all zero")
+        elif ab == "B":
+            b_sites.append((lay, p))
+            if not t.any():
+                zero_b.append((lay, p))
+    if zero_b and len(zero_b) == len(b_sites):
+        problems.append(f"every lora_B ({len(zero_b)}) is all zero: the adapter was never trained (B starts "
+                        f"at zero, so it computes the base model); check the learning rate and the number "
+                        f"of steps (a one-step run spends its step in warmup, at lr 0)")
+    elif zero_b:
+        zero_b.sort(key=lambda site: (site[0], PROJECTIONS.index(site[1])))
+        shown = ", ".join(f"layer {lay} {p}" for lay, p in zero_b[:5]) + (", ..." if len(zero_b) > 5 else "")
+        log.warning("adapter in %s: lora_B is all zero at %d of %d sites (%s); those adapters contribute "
+                    "nothing", folder, len(zero_b), len(b_sites), shown)
+    return problems
 
 
 def verify_adapter(folder: str | Path, layers: list[int], rank: int,
                    projections: tuple[str, ...] = PROJECTIONS) -> int:
-    """Check a saved adapter is complete: every (layer, projection) has non-empty, finite
-    ``lora_A`` (rank x in) and ``lora_B`` (out x rank), A is not all zero, and the config says
-    rank ``rank`` with RSLoRA. Returns the number of adapters; raises AdapterCheckError otherwise.
+    """Check a saved adapter is complete and trained: every (layer, projection) has non-empty, finite
+    ``lora_A`` (rank x in) and ``lora_B`` (out x rank), no A is all zero, not every B is all zero, and
+    the config says rank ``rank`` with RSLoRA. Returns the number of adapters; raises
+    AdapterCheckError otherwise.
 
     Sharded engines (DeepSpeed ZeRO-3) can save placeholder tensors of shape (0,) when parameters
-    are not gathered: this is the check that catches it.
+    are not gathered: this is the check that catches it. B starts at zero and A at random, so an
+    adapter whose every B is zero is the untrained one (it computes the base model). Some zero B
+    beside trained ones is a valid adapter (an ablated copy zeroes the B of the adapters it
+    switches off): it passes, with a warning naming them.
     """
     folder = Path(folder)
     problems: list[str] = []
@@ -157,15 +191,9 @@ def verify_adapter(folder: str | Path, layers: list[int], rank: int,
         problems.append(f"{len(missing)} tensors missing, e.g. {missing[:3]}")
     if extra:
         problems.append(f"{len(extra)} unexpected tensors, e.g. {extra[:3]}")
-    for (lay, p, ab), t in sorted(found.items()):
-        if t.numel() == 0 or t.dim() != 2 or (t.shape[0] if ab == "A" else t.shape[1]) != rank:
-            problems.append(f"layer {lay} {p} lora_{ab} has shape {tuple(t.shape)} (empty or not rank {rank})")
-        elif not torch.isfinite(t).all():
-            problems.append(f"layer {lay} {p} lora_{ab} has non-finite values")
-        elif ab == "A" and not t.any():
-            problems.append(f"layer {lay} {p} lora_A is all zero")
+    problems += factor_problems(found, rank, folder)
     if problems:
-        raise AdapterCheckError(f"adapter in {folder} is incomplete:\n  " + "\n  ".join(problems[:10]))
+        raise AdapterCheckError(f"adapter in {folder} is incomplete or untrained:\n  " + "\n  ".join(problems[:10]))
     return len(expected) // 2
 
 

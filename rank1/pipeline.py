@@ -4,10 +4,13 @@
 exist, so a killed job continues where it stopped; every finished stage appends its wall time to
 ``logs/run_all-<profile>-times.tsv``; a failing stage names itself and the command that reruns it.
 
-``--dry-run`` prints, without running anything, each stage's command, the devices it expects and the disk
-it will write, computed from the profile alone (its stage tables and its ``[plan]`` table of model
-dimensions and corpus size, so no model is downloaded), and checks that the ids and paths the profile
-needs are set. Problems end in a nonzero exit, before any stage runs.
+``--dry-run`` prints, without running anything, each stage's command, the devices it expects, the disk it
+will write and the memory one device holds, computed from the profile alone (its stage tables and its ``[plan]``
+table of model dimensions, corpus size and hardware, so no model is downloaded), and checks every input a run
+reads: models and datasets (local, in the Hugging Face cache, or downloadable from here), the GPQA CSV, the LLM
+endpoint, DeepSpeed and vLLM where the profile needs them. Problems end in a nonzero exit, before any stage
+runs; what the check cannot be sure of (an endpoint that does not answer within a few seconds, a stage over one
+GPU's memory) is a note.
 
 The stage list is the table in ``run_all.sh`` (read by :func:`stages` when the job runs or plans, never at
 import), so the main job shows its stages where a reader looks for them; each line names its devices and disk
@@ -20,28 +23,62 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import importlib.util
+import json
 import os
 import shlex
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
+import huggingface_hub
+from huggingface_hub import constants as hf_constants
+
+from rank1.ablation.config import AblationConfig
 from rank1.activations.config import ExtractConfig
 from rank1.benchmarks import BENCHMARKS_DIR, BenchmarkSpec
 from rank1.config import REPO_ROOT, Profile, load_profile, profile_defaults, project_root
 from rank1.constants import ENV_LLM_BASE_URL, ENV_LLM_MODEL, ENV_PROFILE, PROJECTIONS
+from rank1.interventions.config import RolloutConfig, SteeringConfig
+from rank1.rehearsal import llm_endpoint, prepare
 from rank1.sae.config import SaeConfig
 from rank1.sae_lora.config import SaeLoraConfig
+from rank1.training.config import EvalConfig, TrainConfig
 
 ENV_GPQA = "GPQA_PATH"  # the GPQA-Diamond CSV (never shipped); adds --gpqa_path to the evaluation
+ENV_ENGINE = "ENGINE"  # 0_train_lora.sh: zero3 (DeepSpeed ZeRO-3, its default with more than one GPU) | ddp
+ENV_DS_CONFIG = "DS_CONFIG"  # 0_train_lora.sh: the DeepSpeed config (default below)
+DS_CONFIG = REPO_ROOT / "configs" / "deepspeed_zero3.json"
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "fp16": 2, "bf16": 2, "fp32": 4}
-PLAN_KEYS = ("layers", "hidden", "intermediate", "heads", "kv_heads", "vocab", "corpus_tokens")
+MODEL_KEYS = ("layers", "hidden", "intermediate", "heads", "kv_heads", "vocab")
+# [plan]: the model's dimensions and the corpus size, then the hardware the plan assumes: gpus (training GPUs, one
+# process each; ZeRO-3 above one, 0 a CPU), gpu_memory_gib (one GPU's memory, what every stage's estimate is checked
+# against) and prompt_tokens (an allowance for the prompt in front of each generation)
+PLAN_KEYS = (*MODEL_KEYS, "corpus_tokens", "gpus", "gpu_memory_gib", "prompt_tokens")
+CHECKPOINTS_KEPT = 2  # save_total_limit of the Trainer (rank1/training/trainer.py): one more while the next is written
+HUB_BYTES = 2  # per parameter of a downloaded snapshot (Qwen2.5 and SmolLM2 publish bf16 safetensors)
+ID_BYTES = 12  # per token of an activation store: token id, document and position, int32 each
+PROBE_TIMEOUT_S = 3.0  # an endpoint that does not answer within this is flagged
+HUB_URL = "https://huggingface.co"  # or HF_ENDPOINT
+GIB = 1 << 30
 
-Estimate = list[tuple[str, int | None]]  # (what, bytes; None where the profile does not say)
+
+class Part(NamedTuple):
+    """One line of a disk or memory estimate."""
+
+    what: str
+    size: int | None  # bytes; None where the profile does not say
+    kept: bool = True  # disk only: False for what exists only while the stage runs (training checkpoints)
+
+
+Estimate = list[Part]
 
 
 @dataclass(frozen=True)
@@ -50,16 +87,110 @@ class Stage:
     argv: tuple[str, ...]  # "{py}" the Python, "{repo}" the repository, "{profile}" the profile
     devices: str | Callable[[Profile], str]  # what it runs on
     disk: Callable[[Profile], Estimate] | None = None  # what it writes (None: small JSON and figures)
+    memory: Callable[[Profile], Estimate] | None = None  # what one device holds (None: nothing that matters)
 
 
 def times_path(profile_name: str) -> Path:
     return project_root() / "logs" / f"run_all-{profile_name}-times.tsv"
 
 
+# ---- sizes: pure functions of the model's dimensions -------------------------------------------------------
+
+def model_params(plan: Mapping) -> int | None:
+    """Parameters of a Qwen2-style decoder (biases and norms left out; untied embeddings)."""
+    if not all(k in plan for k in MODEL_KEYS):
+        return None
+    h, i = plan["hidden"], plan["intermediate"]
+    kv = h // plan["heads"] * plan["kv_heads"]
+    return plan["layers"] * (2 * h * h + 2 * h * kv + 3 * h * i) + 2 * plan["vocab"] * h
+
+
+def adapter_params(plan: Mapping, rank: int = 1) -> int | None:
+    """Parameters of a rank-r LoRA on the 7 projections of every layer: r x (in + out) per projection."""
+    if not all(k in plan for k in ("layers", "hidden", "intermediate", "heads", "kv_heads")):
+        return None
+    h, i = plan["hidden"], plan["intermediate"]
+    kv = h // plan["heads"] * plan["kv_heads"]
+    per_layer = (h + h) + 2 * (h + kv) + (h + h) + 2 * (h + i) + (i + h)
+    return rank * per_layer * plan["layers"]
+
+
+def store_bytes(tokens: int, sites: int, dtype: str) -> int:
+    """Activations of a store: tokens x sites x bytes per value (the ids add ID_BYTES per token)."""
+    return tokens * sites * DTYPE_BYTES[dtype]
+
+
+def kv_cache_bytes(plan: Mapping, tokens: int, batch: int, dtype_bytes: int) -> int | None:
+    """KV cache of ``batch`` sequences of ``tokens`` tokens: 2 (K and V) x layers x kv_heads x head_dim x bytes
+    x tokens x batch, head_dim = hidden / heads."""
+    if not all(k in plan for k in ("layers", "hidden", "heads", "kv_heads")):
+        return None
+    head_dim = plan["hidden"] // plan["heads"]
+    return 2 * plan["layers"] * plan["kv_heads"] * head_dim * dtype_bytes * tokens * batch
+
+
+def training_state_bytes(frozen: int, trainable: int, dtype_bytes: int, shards: int) -> int:
+    """Weights, gradients and optimizer of one training device: the frozen weights at ``dtype_bytes`` plus 16 B
+    per trainable parameter (in bf16 under ZeRO-3: weight 2 + gradient 2 + fp32 master 4 + Adam's two fp32 moments
+    8; otherwise the fp32 parameter 4 + gradient 4 + moments 8), divided over the ZeRO-3 shards (1 without)."""
+    return -(-(dtype_bytes * frozen + 16 * trainable) // shards)
+
+
+def checkpoint_bytes(params: int, zero3: bool, bf16: bool) -> int:
+    """One Trainer checkpoint of ``params`` trained parameters: the weights (bf16 as ZeRO-3 gathers them, else
+    the fp32 parameters) and the optimizer (ZeRO-3: fp32 master copies and Adam's two moments, 12 B; otherwise the
+    two moments, 8 B)."""
+    return params * ((2 if zero3 and bf16 else 4) + (12 if zero3 else 8))
+
+
+def checkpoints_at_peak(save_steps: int, steps: int) -> int:
+    """Checkpoints on disk at once: the Trainer keeps CHECKPOINTS_KEPT and writes the next one before it deletes
+    the oldest, so one more; fewer when the run saves fewer times (``steps`` // ``save_steps``; steps <= 0: the
+    step count depends on the data, so the most)."""
+    if save_steps <= 0:
+        return 0
+    return CHECKPOINTS_KEPT + 1 if steps <= 0 else min(CHECKPOINTS_KEPT + 1, steps // save_steps)
+
+
+def activation_parts(plan: Mapping, micro_batch: int, block_size: int, dtype_bytes: int,
+                     checkpointing: bool) -> Estimate:
+    """Activations of one training micro-batch: what the layers keep for backward (with gradient checkpointing
+    each layer's input, tokens x layers x hidden x bytes; without, about 10 x hidden + 4 x intermediate values per
+    token and layer: norms, q/k/v, attention output, residuals, gate, up, their activation and product), and the
+    logits the loss reads (tokens x vocab x the output's bytes + a float32 copy + a float32 log-softmax; in fp32
+    the copy is the output)."""
+    tokens, layers, h = micro_batch * block_size, plan["layers"], plan["hidden"]
+    logit_bytes = dtype_bytes + 8 if dtype_bytes < 4 else 8
+    if checkpointing:
+        saved = Part(f"checkpointed layer inputs ({tokens} tokens x {layers} layers x {h} x {dtype_bytes} B)",
+                     tokens * layers * h * dtype_bytes)
+    else:
+        width = 10 * h + 4 * plan["intermediate"]
+        saved = Part(f"activations kept for backward, no gradient checkpointing ({tokens} tokens x {layers} layers "
+                     f"x (10 x {h} + 4 x {plan['intermediate']}) x {dtype_bytes} B)",
+                     tokens * layers * width * dtype_bytes)
+    return [saved, Part(f"logits of a micro-batch ({tokens} tokens x {plan['vocab']} x {logit_bytes} B: output, "
+                        f"float32 copy, log-softmax)", tokens * plan["vocab"] * logit_bytes)]
+
+
+def forward_bytes(plan: Mapping, tokens: int, dtype_bytes: int, logits: bool = False) -> int:
+    """Working set of one forward pass over ``tokens`` tokens without gradients: the widest layer's (gate, up and
+    their product, 3 x intermediate; residual, normed input, attention output and the projection being computed,
+    4 x hidden) and, where the LM head runs, the logits (vocab), all at the compute dtype."""
+    width = 3 * plan["intermediate"] + 4 * plan["hidden"] + (plan["vocab"] if logits else 0)
+    return tokens * width * dtype_bytes
+
+
+def sae_training_bytes(d_in: int, d_sae: int, batch: int) -> int:
+    """An SAE trained in fp32 with Adam: 16 B per parameter (weight, gradient, two moments) of W_enc and W_dec
+    (d_in x d_sae each) and both biases, plus one batch's pre-activations and activations (2 x batch x d_sae x 4 B)."""
+    return 16 * (2 * d_in * d_sae + d_sae + d_in) + 2 * batch * d_sae * 4
+
+
 # ---- sizes from the profile ------------------------------------------------------------------------------
 
 def plan_values(profile: Profile) -> dict[str, int]:
-    """The profile's ``[plan]`` table: model dimensions and corpus size (for estimates only)."""
+    """The profile's ``[plan]`` table: model dimensions, corpus size and hardware (for estimates only)."""
     plan = profile.section("plan")
     unknown = sorted(set(plan) - set(PLAN_KEYS))
     if unknown:
@@ -74,12 +205,6 @@ def stage_values(profile: Profile, cls: type, section: str | tuple[str, ...]) ->
     return values
 
 
-def store_bytes(tokens: int, sites: int, dtype: str) -> int:
-    """Activations of a store: tokens x sites x bytes per value (token ids, documents and positions add 12
-    bytes per token)."""
-    return tokens * sites * DTYPE_BYTES[dtype]
-
-
 def planned_tokens(extract: Mapping, plan: Mapping) -> int | None:
     """Tokens an extraction reads: the smallest of max_tokens, max_docs x block_size and the corpus size
     (the ones that are set); None when none is."""
@@ -89,68 +214,223 @@ def planned_tokens(extract: Mapping, plan: Mapping) -> int | None:
     return min(bounds) if bounds else None
 
 
+def zero3_shards(plan: Mapping, env: Mapping[str, str] = os.environ) -> int:
+    """ZeRO-3 shards of training as 0_train_lora.sh runs it on [plan] gpus: ENGINE, else ZeRO-3 with more than
+    one GPU; 1 without ZeRO-3."""
+    gpus = plan.get("gpus", 0)
+    engine = env.get(ENV_ENGINE) or ("zero3" if gpus > 1 else "ddp")
+    return gpus if engine == "zero3" and gpus > 1 else 1
+
+
+def compute_bytes(precision: str, plan: Mapping) -> int:
+    """Bytes per weight of a stage's precision; auto is bf16 on the plan's GPUs ([plan] gpus > 0), else fp32."""
+    if precision == "auto":
+        return 2 if plan.get("gpus", 0) > 0 else 4
+    return DTYPE_BYTES[precision]
+
+
+def _weights(plan: Mapping, nbytes: int, what: str = "weights") -> Part:
+    n = model_params(plan)
+    return Part(f"{what} ({n} parameters x {nbytes} B)", None if n is None else n * nbytes)
+
+
 def _store_estimate(profile: Profile, mlp: bool) -> Estimate:
     plan = plan_values(profile)
     ex = stage_values(profile, ExtractConfig, "extract")
     tokens, layers = planned_tokens(ex, plan), plan.get("layers")
     per_layer = (ex["neurons_per_layer"] or len(PROJECTIONS)) if mlp else len(PROJECTIONS)
-    what = f"{'MLP-neuron' if mlp else 'adapter'} store ({tokens} tokens x {layers} layers x {per_layer} sites " \
-           f"x {DTYPE_BYTES[ex['dtype']]} B {ex['dtype']})"
+    what = f"{'MLP-neuron' if mlp else 'adapter'} store ({tokens} tokens x ({layers} layers x {per_layer} sites " \
+           f"x {DTYPE_BYTES[ex['dtype']]} B {ex['dtype']} + {ID_BYTES} B of ids))"
     if tokens is None or layers is None:
-        return [(what, None)]
-    return [(what, store_bytes(tokens, layers * per_layer, ex["dtype"]))]
+        return [Part(what, None)]
+    return [Part(what, store_bytes(tokens, layers * per_layer, ex["dtype"]) + tokens * ID_BYTES)]
 
 
-def adapter_params(plan: Mapping, rank: int = 1) -> int | None:
-    """Parameters of a rank-r LoRA on the 7 projections of every layer: r x (in + out) per projection."""
-    if not all(k in plan for k in ("layers", "hidden", "intermediate", "heads", "kv_heads")):
-        return None
-    h, i = plan["hidden"], plan["intermediate"]
-    kv = h // plan["heads"] * plan["kv_heads"]
-    per_layer = (h + h) + 2 * (h + kv) + (h + h) + 2 * (h + i) + (i + h)
-    return rank * per_layer * plan["layers"]
+def _download_estimate(profile: Profile, plan: Mapping) -> Estimate:
+    """The base model's download, where the profile names a hub id that is not in the Hugging Face cache."""
+    model = _fill_size(profile.common("model") or "", profile, {})
+    if not _is_hub_id(model) or _in_hub_cache(model, "model"):
+        return []
+    n = model_params(plan)
+    return [Part(f"base model download into the Hugging Face cache ({n} parameters x {HUB_BYTES} B)",
+                 None if n is None else n * HUB_BYTES)]
 
 
-def model_params(plan: Mapping) -> int | None:
-    """Parameters of a Qwen2-style decoder (biases and norms left out; untied embeddings)."""
-    if not all(k in plan for k in ("layers", "hidden", "intermediate", "heads", "kv_heads", "vocab")):
-        return None
-    h, i = plan["hidden"], plan["intermediate"]
-    kv = h // plan["heads"] * plan["kv_heads"]
-    return plan["layers"] * (2 * h * h + 2 * h * kv + 3 * h * i) + 2 * plan["vocab"] * h
+def _training_disk(profile: Profile, full: bool) -> Estimate:
+    """The run's final weights, the Trainer's checkpoints (kept only with keep_checkpoints) and, before the first
+    run, the base model's download."""
+    plan, tr = plan_values(profile), stage_values(profile, TrainConfig, "train")
+    zero3, bf16 = zero3_shards(plan) > 1, compute_bytes(tr["precision"], plan) == 2
+    n = model_params(plan) if full else adapter_params(plan, tr["rank"])
+    w = 2 if zero3 and bf16 else 4
+    parts = [] if full else _download_estimate(profile, plan)
+    parts.append(Part(f"{'full-finetune model' if full else 'adapter'} ({n} parameters x {w} B)",
+                      None if n is None else n * w))
+    steps = tr["full_max_steps"] if full and tr["full_max_steps"] > 0 else tr["max_steps"]
+    peak = checkpoints_at_peak(tr["save_steps"], steps)
+    if peak:
+        each = None if n is None else checkpoint_bytes(n, zero3, bf16)
+        optimizer = "fp32 master + Adam 12 B (ZeRO-3)" if zero3 else "Adam 8 B"
 
-
-def _train_estimate(profile: Profile) -> Estimate:
-    rank = int(profile.section("train").get("rank", 1))
-    n = adapter_params(plan_values(profile), rank)
-    return [(f"adapter (rank {rank}, fp32)", None if n is None else 4 * n)]
-
-
-def _full_estimate(profile: Profile) -> Estimate:
-    n = model_params(plan_values(profile))
-    bytes_ = 2 if profile.section("train").get("precision") == "bf16" else 4
-    return [(f"full-finetune weights ({n} parameters x {bytes_} B)", None if n is None else n * bytes_),
-            ("a checkpoint with optimizer state while training (about 3x the weights)",
-             None if n is None else 3 * n * bytes_)]
+        def what(k: int) -> str:
+            return f"{k} checkpoint{'s' if k > 1 else ''}, {human_bytes(each)} each ({n} x ({w} B weights + " \
+                   f"{optimizer}))"
+        kept = min(CHECKPOINTS_KEPT, peak) if tr["keep_checkpoints"] else 0
+        if kept:
+            parts.append(Part(f"{what(kept)}, kept after the run (keep_checkpoints)", each and kept * each))
+        if peak > kept:
+            parts.append(Part(f"{what(peak - kept)}, while training only", each and (peak - kept) * each, kept=False))
+    return parts
 
 
 def _sae_estimate(profile: Profile) -> Estimate:
     layers = plan_values(profile).get("layers")
     expansion = stage_values(profile, SaeConfig, "sae")["expansion"]
     if layers is None:
-        return [("SAE weights", None)]
+        return [Part("SAE weights", None)]
     d_in = layers * len(PROJECTIONS)
     d_sae = expansion * d_in
-    return [(f"SAE weights ({d_in} -> {d_sae} latents, fp32)", 4 * (2 * d_in * d_sae + d_sae + d_in))]
+    return [Part(f"SAE weights ({d_in} -> {d_sae} latents, fp32)", 4 * (2 * d_in * d_sae + d_sae + d_in))]
 
 
 def _resid_store_estimate(profile: Profile) -> Estimate:
     hidden = plan_values(profile).get("hidden")
     v = stage_values(profile, SaeLoraConfig, "sae_lora")
-    what = f"residual store of stage 5 ({v['store_tokens']} tokens x {hidden} x 4 B float32)"
     if v["sae"]:
-        return [("residual store: none (an existing SAE is loaded)", 0)]
-    return [(what, None if hidden is None else store_bytes(v["store_tokens"], hidden, "float32"))]
+        return [Part("residual store: none (an existing SAE is loaded)", 0)]
+    tokens, d_sae = v["store_tokens"], None if hidden is None else v["expansion"] * hidden
+    return [Part(f"residual store of stage 5 ({tokens} tokens x ({hidden} x 4 B float32 + {ID_BYTES} B of ids))",
+                 None if hidden is None else store_bytes(tokens, hidden, "float32") + tokens * ID_BYTES),
+            Part(f"residual SAE weights ({hidden} -> {d_sae} latents, fp32)",
+                 None if hidden is None else 4 * (2 * hidden * d_sae + d_sae + hidden))]
+
+
+# ---- memory per device -----------------------------------------------------------------------------------
+
+def _train_memory(profile: Profile, full: bool) -> Estimate:
+    plan, tr = plan_values(profile), stage_values(profile, TrainConfig, "train")
+    if not all(k in plan for k in MODEL_KEYS):
+        return [Part("training state ([plan] lacks the model's dimensions)", None)]
+    b, shards = compute_bytes(tr["precision"], plan), zero3_shards(plan)
+    n, lora = model_params(plan), adapter_params(plan, tr["rank"])
+    over = f", over {shards} ZeRO-3 shards" if shards > 1 else ""
+    what = (f"weights, gradients and Adam state ({n} x 16 B{over})" if full else
+            f"weights and the adapter's training state ({n} x {b} B + {lora} x 16 B{over})")
+    state = training_state_bytes(0 if full else n, n if full else lora, b, shards)
+    return [Part(what, state), *activation_parts(plan, tr["micro_batch"], tr["block_size"], b,
+                                                 tr["gradient_checkpointing"])]
+
+
+def _generation_memory(plan: Mapping, precision: str, batch: int, think: int, answer: int,
+                       backend: str = "hf", vllm_share: float = 0.9) -> Estimate:
+    """The weights and the KV cache of ``batch`` sequences of prompt + think + answer tokens; under vLLM its
+    share of the GPU instead (it pages the cache, so a batch that does not fit waits)."""
+    b = compute_bytes(precision, plan)
+    tokens = plan.get("prompt_tokens", 0) + think + answer
+    kv = kv_cache_bytes(plan, tokens, batch, b)
+    head_dim = plan.get("hidden", 0) // plan.get("heads", 1)
+    what = (f"KV cache ({batch} sequences x {tokens} tokens (prompt allowance + {think} + {answer}) x 2 x "
+            f"{plan.get('layers')} layers x {plan.get('kv_heads')} kv heads x {head_dim} x {b} B)")
+    gpu = plan.get("gpu_memory_gib")
+    if backend == "vllm" and gpu:
+        return [Part(f"vLLM's share of the GPU ({vllm_share} x {gpu} GiB: the weights and a paged KV cache; the batch "
+                     f"would need {human_bytes(kv)} of KV cache, so sequences wait their turn)",
+                     int(vllm_share * gpu * GIB))]
+    return [_weights(plan, b), Part(what, kv)]
+
+
+def _eval_memory(profile: Profile) -> Estimate:
+    v = stage_values(profile, EvalConfig, "eval")
+    return _generation_memory(plan_values(profile), v["precision"], v["batch_size"], v["think_tokens"],
+                              v["answer_tokens"], v["backend"], v["gpu_memory_utilization"])
+
+
+def _forward_part(plan: Mapping, sequences: int, tokens: int, dtype_bytes: int, logits: bool = False) -> Part:
+    if not all(k in plan for k in MODEL_KEYS):
+        return Part("a forward pass ([plan] lacks the model's dimensions)", None)
+    width = f"3 x {plan['intermediate']} + 4 x {plan['hidden']}" + (f" + {plan['vocab']} logits" if logits else "")
+    batch = f"{sequences} sequences x {tokens} tokens" if sequences > 1 else f"{tokens} tokens"
+    return Part(f"a forward pass ({batch} x ({width}) x {dtype_bytes} B)",
+                forward_bytes(plan, sequences * tokens, dtype_bytes, logits))
+
+
+def _largest_phase(phases: Mapping[str, Estimate]) -> Estimate:
+    """The parts of the phase that holds the most at once (a stage's phases run one after another)."""
+    name, parts = max(phases.items(), key=lambda kv: sum(p.size or 0 for p in kv[1]))
+    return [Part(f"{name}: {p.what}", p.size) for p in parts]
+
+
+def _steering_memory(profile: Profile) -> Estimate:
+    """Generation, then the teacher-forced KL: each batch twice (unsteered and steered) with every position's
+    logits."""
+    plan, v = plan_values(profile), stage_values(profile, SteeringConfig, "steering")
+    b = compute_bytes(v["precision"], plan)
+    tokens = plan.get("prompt_tokens", 0) + v["think_tokens"] + v["answer_tokens"]
+    return _largest_phase({
+        "generation": _generation_memory(plan, v["precision"], v["batch_size"], v["think_tokens"], v["answer_tokens"]),
+        "teacher-forced KL": [_weights(plan, b), _forward_part(plan, 2 * v["batch_size"], tokens, b, logits=True)]})
+
+
+def _rollouts_memory(profile: Profile) -> Estimate:
+    """Sampling, then reading the adapter (and MLP) activations of batch_size whole rollouts at a time."""
+    plan, v = plan_values(profile), stage_values(profile, RolloutConfig, "rollouts")
+    b = compute_bytes(v["precision"], plan)
+    tokens = plan.get("prompt_tokens", 0) + v["think_tokens"] + v["answer_tokens"]
+    return _largest_phase({
+        "sampling": _generation_memory(plan, v["precision"], v["batch_size"], v["think_tokens"], v["answer_tokens"],
+                                       v["backend"]),
+        "reading activations": [_weights(plan, b), _forward_part(plan, v["batch_size"], tokens, b)]})
+
+
+def _extract_memory(profile: Profile, mlp: bool) -> Estimate:
+    plan, ex = plan_values(profile), stage_values(profile, ExtractConfig, "extract")
+    if not all(k in plan for k in MODEL_KEYS):
+        return [Part("weights and a batch ([plan] lacks the model's dimensions)", None)]
+    b = compute_bytes(ex["precision"], plan)
+    sites = plan["layers"] * ((ex["neurons_per_layer"] or len(PROJECTIONS)) if mlp else len(PROJECTIONS))
+    return [_weights(plan, b, "weights, per worker"), _forward_part(plan, 1, ex["batch_tokens"], b),
+            Part(f"the captured sites ({ex['batch_tokens']} tokens x {sites} sites x 4 B float32)",
+                 ex["batch_tokens"] * sites * 4)]
+
+
+def _ablation_memory(profile: Profile) -> Estimate:
+    plan, v = plan_values(profile), stage_values(profile, AblationConfig, "ablation")
+    chunk, vocab = v["token_chunk"], plan.get("vocab")
+    return [_weights(plan, compute_bytes(v["precision"], plan)),
+            Part(f"cached prefix (cache_limit_mb = {v['cache_limit_mb']:g})", int(v["cache_limit_mb"] * (1 << 20))),
+            Part(f"float64 log-probs of a chunk, reference and ablated (2 x {chunk} positions x {vocab} x 8 B)",
+                 None if vocab is None else 2 * chunk * vocab * 8)]
+
+
+def _sae_memory(profile: Profile) -> Estimate:
+    plan, v = plan_values(profile), stage_values(profile, SaeConfig, "sae")
+    if "layers" not in plan:
+        return [Part("SAE training ([plan] lacks layers)", None)]
+    d_in = plan["layers"] * len(PROJECTIONS)
+    d_sae = v["expansion"] * d_in
+    sae = Part(f"SAE training ({d_in} -> {d_sae}, fp32 + Adam, batch {v['batch_size']})",
+               sae_training_bytes(d_in, d_sae, v["batch_size"]))
+    return [_weights(plan, compute_bytes(v["precision"], plan)), sae] if v["loss_gap"] else [sae]
+
+
+def _resid_sae_memory(profile: Profile) -> Estimate:
+    plan, v = plan_values(profile), stage_values(profile, SaeLoraConfig, "sae_lora")
+    if "hidden" not in plan:
+        return [Part("weights and SAE training ([plan] lacks hidden)", None)]
+    d_sae = v["expansion"] * plan["hidden"]
+    return [_weights(plan, compute_bytes(v.get("precision", "auto"), plan)),
+            Part(f"residual SAE training ({plan['hidden']} -> {d_sae}, fp32 + Adam, batch {v['sae_batch']})",
+                 sae_training_bytes(plan["hidden"], d_sae, v["sae_batch"]))]
+
+
+def _model_memory(profile: Profile) -> Estimate:
+    plan = plan_values(profile)
+    return [_weights(plan, compute_bytes("auto", plan))]
+
+
+def memory_device(profile: Profile) -> str:
+    """What a memory estimate is per: a GPU on a GPU plan ([plan] gpus > 0), else the host."""
+    return "per GPU" if plan_values(profile).get("gpus", 0) > 0 else "host RAM"
 
 
 # ---- devices --------------------------------------------------------------------------------------------
@@ -159,7 +439,11 @@ MODEL = "the model: one GPU where there is one (bf16), else CPU (fp32)"
 ARTIFACTS = "CPU (reads saved artifacts)"
 
 
-TRAIN = "all visible GPUs (NPROC; DeepSpeed ZeRO-3 with more than one), else one CPU process"
+def _train_devices(profile: Profile) -> str:
+    gpus, shards = plan_values(profile).get("gpus", 0), zero3_shards(plan_values(profile))
+    planned = (f"{gpus} GPUs ([plan] gpus; {'DeepSpeed ZeRO-3' if shards > 1 else 'torch DDP'})" if gpus > 1 else
+               "one GPU ([plan] gpus)" if gpus == 1 else "one CPU process ([plan] gpus = 0)")
+    return f"{planned}; at run time all visible GPUs (NPROC; ZeRO-3 with more than one, ENGINE), else one CPU process"
 
 
 def _extract_devices(profile: Profile) -> str:
@@ -191,7 +475,7 @@ LLM_3 = _llm_devices(("autointerp", "sae_autointerp"))
 
 # What the dry run says of a stage, by the keys of run_all.sh's devices and disk columns.
 DEVICES: dict[str, str | Callable[[Profile], str]] = {
-    "train": TRAIN,
+    "train": _train_devices,
     "eval": _eval_devices,
     "extract": _extract_devices,
     "model": MODEL,
@@ -204,13 +488,28 @@ DEVICES: dict[str, str | Callable[[Profile], str]] = {
 }
 DISK: dict[str, Callable[[Profile], Estimate] | None] = {
     "-": None,
-    "adapter": _train_estimate,
-    "full": _full_estimate,
+    "adapter": lambda p: _training_disk(p, full=False),
+    "full": lambda p: _training_disk(p, full=True),
     "store": lambda p: _store_estimate(p, mlp=False),
     "mlp_store": lambda p: _store_estimate(p, mlp=True),
     "sae": _sae_estimate,
     "resid_store": _resid_store_estimate,
 }
+# The memory of a stage: by its name where its working set beyond the weights matters, else by its devices key.
+STAGE_MEMORY: dict[str, Callable[[Profile], Estimate]] = {
+    "0.0 train LoRA": lambda p: _train_memory(p, full=False),
+    "0.1 train full": lambda p: _train_memory(p, full=True),
+    "eval_benchmarks": _eval_memory,
+    "1.0_generate_ablation_data": _ablation_memory,
+    "iterative_mlp_ablation_by_matrix": _ablation_memory,
+    "2.0_extract_lora_activations": lambda p: _extract_memory(p, mlp=False),
+    "2.4_extract_mlp_activations": lambda p: _extract_memory(p, mlp=True),
+    "3.0_train_sae": _sae_memory,
+    "4.0_steering": _steering_memory,
+    "4.2_counterfactual_rollouts": _rollouts_memory,
+    "5.1_train_residual_sae": _resid_sae_memory,
+}
+DEVICE_MEMORY: dict[str, Callable[[Profile], Estimate]] = {"model": _model_memory, "sae": _model_memory}
 RUNNERS = {"py": "{py}", "bash": "bash"}
 RUN_ALL = REPO_ROOT / "run_all.sh"
 
@@ -218,7 +517,8 @@ RUN_ALL = REPO_ROOT / "run_all.sh"
 def read_stage_table(path: Path = RUN_ALL) -> list[Stage]:
     """The stages of ``run_all.sh``'s table (the lines between ``: <<'STAGES'`` and ``STAGES``), each line
     ``name | py|bash | devices | disk | script [args]``: the script runs from the repository with ``--profile``
-    added; devices and disk are keys of :data:`DEVICES` and :data:`DISK`."""
+    added; devices and disk are keys of :data:`DEVICES` and :data:`DISK`; the memory estimate is the stage's in
+    :data:`STAGE_MEMORY`, else its devices key's in :data:`DEVICE_MEMORY`."""
     lines = path.read_text().splitlines()
     try:
         start = lines.index(": <<'STAGES'") + 1
@@ -237,7 +537,7 @@ def read_stage_table(path: Path = RUN_ALL) -> list[Stage]:
             if key not in known:
                 raise ValueError(f"{path}:{n}: unknown {what} {key!r} for stage {name!r}; known: {sorted(known)}")
         stages.append(Stage(name, (RUNNERS[runner], f"{{repo}}/{script}", "--profile", "{profile}", *extra),
-                            DEVICES[devices], DISK[disk]))
+                            DEVICES[devices], DISK[disk], STAGE_MEMORY.get(name) or DEVICE_MEMORY.get(devices)))
     return stages
 
 
@@ -256,13 +556,95 @@ def command(stage: Stage, profile: str, python: str, repo: Path = REPO_ROOT,
     return argv
 
 
-# ---- checks ---------------------------------------------------------------------------------------------
+# ---- checks: every input a real run reads ---------------------------------------------------------------
 
 def _looks_local(value: str) -> bool:
     return value.startswith(("/", "./", "../", "~")) or value.endswith((".jsonl", ".parquet", ".json", ".csv"))
 
 
-def _model_and_data_problems(profile: Profile) -> tuple[list[str], list[str]]:
+def _is_hub_id(value: str) -> bool:
+    return bool(value) and not _looks_local(value) and value != "synthetic" and not value.startswith(
+        ("gguf:", "random-"))
+
+
+def _fill_size(value: str, profile: Profile, table: Mapping) -> str:
+    size = table.get("model_size") or profile.section("train").get("model_size")
+    return value.replace("{size}", str(size)) if size else value
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _offline(env: Mapping[str, str]) -> bool:
+    return any(env.get(k, "").lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _unreachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """None when ``url`` answers HTTP within ``timeout`` seconds (any status), else why not."""
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return None  # it answered
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        return f"no answer within {timeout:g} s: {getattr(e, 'reason', e)}"
+    return None
+
+
+def _has_model_files(folder: Path) -> bool:
+    """A Hugging Face model folder: config.json and every weight file its index names (or one weights file)."""
+    index = folder / "model.safetensors.index.json"
+    if not (folder / "config.json").is_file():
+        return False
+    if index.is_file():
+        return all((folder / f).is_file() for f in set(json.loads(index.read_text())["weight_map"].values()))
+    return (folder / "model.safetensors").is_file() or any(folder.glob("*.bin"))
+
+
+def _in_hub_cache(repo_id: str, repo_type: str) -> bool:
+    """The Hugging Face cache holds ``repo_id`` (a model: its config and every weight file)."""
+    try:
+        folder = Path(huggingface_hub.snapshot_download(repo_id, repo_type=repo_type, local_files_only=True,
+                                                        cache_dir=hf_constants.HF_HUB_CACHE))
+    except (OSError, ValueError):
+        return False
+    return _has_model_files(folder) if repo_type == "model" else any(folder.iterdir())
+
+
+def _inputs(profile: Profile) -> list[tuple[str, str, str]]:
+    """(where, key, value) of every model and dataset the stages read: the profile's and any table's own, with
+    {size} filled in."""
+    found = [(key, key, profile.common(key), {}) for key in ("model", "dataset") if profile.common(key)]
+    for name, table in profile.values.items():
+        if isinstance(table, dict):
+            found += [(f"[{name}] {k}", k, table[k], table) for k in ("model", "dataset", "corpus")
+                      if isinstance(table.get(k), str) and table[k] and table[k] != profile.common(k)]
+    filled = [(where, key, _fill_size(value, profile, table)) for where, key, value, table in found]
+    return [f for i, f in enumerate(filled) if (f[1], f[2]) not in {(k, v) for _, k, v in filled[:i]}]
+
+
+def _hub_input(where: str, key: str, repo_id: str, env: Mapping[str, str],
+               probe: Callable[[str], str | None]) -> tuple[list[str], list[str]]:
+    repo_type = "model" if key == "model" else "dataset"
+    if _in_hub_cache(repo_id, repo_type):
+        return [], []
+    fetch = (f"`hf download {'--repo-type dataset ' if repo_type == 'dataset' else ''}{repo_id} --local-dir DIR` "
+             f"where there is internet and set {key} = \"DIR\"")
+    cache = hf_constants.HF_HUB_CACHE
+    if _offline(env):
+        return [f"{where} {repo_id!r} is a hub id that is not in the Hugging Face cache ({cache}) and "
+                f"HF_HUB_OFFLINE is set: {fetch}"], []
+    hub = env.get("HF_ENDPOINT") or HUB_URL
+    why = probe(hub)
+    if why:
+        return [], [f"{where} {repo_id!r} is not downloaded (not in {cache}) and {hub} does not answer here ({why}): a "
+                    f"real run here stops at the first stage that reads it; {fetch}"]
+    return [], [f"{where} {repo_id!r} is not downloaded yet: the first stage that reads it downloads it into {cache} "
+                f"(offline nodes: {fetch})"]
+
+
+def _model_and_data_problems(profile: Profile, env: Mapping[str, str],
+                             probe: Callable[[str], str | None]) -> tuple[list[str], list[str]]:
     problems, notes = [], []
     model, dataset = profile.common("model"), profile.common("dataset")
     if not model:
@@ -271,14 +653,21 @@ def _model_and_data_problems(profile: Profile) -> tuple[list[str], list[str]]:
         problems.append(f"model {model!r} has a {{size}} placeholder but [train] model_size is unset")
     if not dataset:
         problems.append("dataset is unset: set `dataset` (a hub id, a .jsonl/.parquet file or 'synthetic')")
-    for key, value in (("model", model), ("dataset", dataset)):
-        if value and _looks_local(value):
-            path = Path(os.path.expanduser(value.replace("{size}", str(profile.section("train").get("model_size")))))
+    for where, key, value in _inputs(profile):
+        if _looks_local(value):
+            path = Path(os.path.expanduser(value))
             if not path.exists():
-                problems.append(f"{key} {value!r}: no such file or folder")
-        elif value and value != "synthetic" and not str(value).startswith(("gguf:", "random-")):
-            notes.append(f"{key} {value!r} is a hub id: the first stage downloads it (offline nodes: download "
-                         f"once and set a local path)")
+                problems.append(f"{where} {value!r}: no such file or folder")
+            elif key == "model" and path.is_dir() and not _has_model_files(path):
+                problems.append(f"{where} {value!r} has no config.json or misses weight files: download the model "
+                                f"into it again (`hf download REPO --local-dir {value}`)")
+        elif _is_hub_id(value) and "{size}" not in value:
+            p, n = _hub_input(where, key, value, env, probe)
+            problems += p
+            notes += n
+    sae = profile.section("sae_lora").get("sae")
+    if sae and _looks_local(sae) and not Path(os.path.expanduser(sae)).exists():
+        problems.append(f"[sae_lora] sae {sae!r}: no such folder")
     return problems, notes
 
 
@@ -294,46 +683,98 @@ def _benchmark_problems(profile: Profile, env: Mapping[str, str]) -> list[str]:
         if spec.name in shipped and not shipped[spec.name].is_file():
             problems.append(f"benchmark {spec.name}: {shipped[spec.name]} is missing")
         if spec.name == "gpqa":
-            path = env.get(ENV_GPQA)
+            path = env.get(ENV_GPQA) or profile.section("eval").get("gpqa_path")
             if not path:
                 problems.append(f"benchmark gpqa is listed in [eval] benchmarks but {ENV_GPQA} is unset: export "
                                 f"{ENV_GPQA}=/path/to/gpqa_diamond.csv (never shipped), or drop gpqa from the list")
             elif not Path(path).is_file():
-                problems.append(f"{ENV_GPQA}={path}: no such file")
+                problems.append(f"GPQA CSV {path}: no such file ({ENV_GPQA} or [eval] gpqa_path)")
     return problems
 
 
-def _llm_problems(profile: Profile, env: Mapping[str, str]) -> tuple[list[str], list[str]]:
+def _llm_problems(profile: Profile, env: Mapping[str, str],
+                  probe: Callable[[str], str | None]) -> tuple[list[str], list[str]]:
     problems, notes = [], []
-    for sections in (("autointerp",), ("autointerp", "sae_autointerp")):
+    endpoints: dict[str, list[str]] = {}  # url -> the stages that need it
+    for sections, devices in ((("autointerp",), LLM_2), (("autointerp", "sae_autointerp"), LLM_3)):
         values: dict = {}
         for s in sections:
             values.update(profile.section(s))
         if "llm" not in {values.get(k) for k in ("explainer", "scorer", "categoriser")}:
             continue
         where = "[" + "] + [".join(sections) + "]"
-        if not (values.get("llm_base_url") or env.get(ENV_LLM_BASE_URL)):
+        url = values.get("llm_base_url") or env.get(ENV_LLM_BASE_URL)
+        if not url:
             problems.append(f"{where} uses an LLM but llm_base_url is unset (and {ENV_LLM_BASE_URL} too)")
+        else:
+            endpoints.setdefault(url, []).extend(st.name for st in stages() if st.devices is devices)
         if not (values.get("llm_model") or env.get(ENV_LLM_MODEL)):
             problems.append(f"{where} uses an LLM but llm_model is unset (and {ENV_LLM_MODEL} too)")
         auth = values.get("llm_auth_env")
         if auth and not env.get(auth):
             notes.append(f"{where}: {auth} is unset (fine for an endpoint that needs no key)")
+    behaviour = profile.section("sae_lora")
+    url = behaviour.get("llm_base_url") or env.get(ENV_LLM_BASE_URL)
+    if behaviour.get("data_source") == "llm" and url:
+        endpoints.setdefault(url, []).append("5.0_make_behavior_dataset (--data_source llm)")
+    for url, names in endpoints.items():
+        why = probe(url.rstrip("/") + "/models")
+        if why:
+            notes.append(f"LLM endpoint {url} does not answer here ({why}): stages {', '.join(dict.fromkeys(names))} "
+                         f"fail without it; start the server before them (e.g. `vllm serve MODEL --port PORT`) or set "
+                         f"llm_base_url to one that answers")
     return problems, notes
 
 
+def _engine_problems(profile: Profile, env: Mapping[str, str]) -> list[str]:
+    """DeepSpeed and its config where training runs ZeRO-3; vLLM where a table asks for it."""
+    problems = []
+    gpus = plan_values(profile).get("gpus", 0)
+    if zero3_shards(plan_values(profile), env) > 1:
+        if not _installed("deepspeed"):
+            problems.append(f"DeepSpeed is not installed, and training on [plan] gpus = {gpus} GPUs runs DeepSpeed "
+                            f"ZeRO-3: pip install deepspeed on the training machine (or ENGINE=ddp, where every GPU "
+                            f"holds the whole model and its optimizer)")
+        ds = env.get(ENV_DS_CONFIG) or str(DS_CONFIG)
+        if not Path(ds).is_file():
+            problems.append(f"DeepSpeed config {ds} ({ENV_DS_CONFIG}): no such file")
+    for name, table in profile.values.items():
+        if isinstance(table, dict) and table.get("backend") == "vllm" and not _installed("vllm"):
+            problems.append(f"[{name}] backend = \"vllm\" but vllm is not installed: pip install vllm on the GPU "
+                            f"machine (it needs a CUDA torch), or set backend = \"hf\"")
+    return problems
+
+
+def _memory_notes(profile: Profile) -> list[str]:
+    """Stages whose memory estimate exceeds one GPU ([plan] gpu_memory_gib) on a GPU plan."""
+    plan = plan_values(profile)
+    gib = plan.get("gpu_memory_gib")
+    if not gib or plan.get("gpus", 0) <= 0:
+        return []
+    notes = []
+    for st in stages():
+        parts = st.memory(profile) if st.memory else []
+        total = sum(p.size or 0 for p in parts)
+        if total > gib * GIB:
+            terms = " + ".join(f"{p.what.split(' (')[0]} {human_bytes(p.size)}" for p in parts)
+            notes.append(f"stage {st.name} needs about {human_bytes(total)} per GPU ({terms}), more than [plan] "
+                         f"gpu_memory_gib = {gib}: lower its batch or token budget, or plan larger GPUs")
+    return notes
+
+
 def check_profile(profile: Profile, env: Mapping[str, str] = os.environ) -> tuple[list[str], list[str]]:
-    """(problems, notes): problems are ids and paths a stage needs that are unset or missing; notes are
-    facts worth knowing that do not stop the job."""
-    problems, notes = _model_and_data_problems(profile)
+    """(problems, notes): problems are inputs a stage needs that are unset or missing (the job does not start);
+    notes are facts worth knowing, among them inputs a real run here would miss that the check cannot be sure of
+    (an endpoint or the hub not answering: probed with a short timeout) and stages over one GPU's memory."""
+    probe = functools.cache(_unreachable)  # each endpoint asked once
+    problems, notes = _model_and_data_problems(profile, env, probe)
     problems += _benchmark_problems(profile, env)
-    llm_problems, llm_notes = _llm_problems(profile, env)
-    problems += llm_problems
-    notes += llm_notes
-    missing = [k for k in ("layers", "hidden", "intermediate", "heads", "kv_heads", "vocab")
-               if k not in plan_values(profile)]
+    llm_problems, llm_notes = _llm_problems(profile, env, probe)
+    problems += llm_problems + _engine_problems(profile, env)
+    notes += llm_notes + _memory_notes(profile)
+    missing = [k for k in MODEL_KEYS if k not in plan_values(profile)]
     if missing:
-        notes.append(f"[plan] lacks {missing}: some disk estimates are unknown")
+        notes.append(f"[plan] lacks {missing}: some disk and memory estimates are unknown")
     return list(dict.fromkeys(problems)), list(dict.fromkeys(notes))
 
 
@@ -350,19 +791,29 @@ def human_bytes(n: int | None) -> str:
 
 
 def plan_text(profile: Profile, spec: str, python: str, env: Mapping[str, str] = os.environ) -> str:
-    """The dry-run plan: every stage's command, devices and disk, then the total and the checks."""
+    """The dry-run plan: every stage's command, devices, disk and memory, then the disk in all and at its peak."""
+    per = memory_device(profile)
     lines = [f"Plan of the main job on profile {profile.name} ({profile.path}), {len(stages())} stages; "
-             f"outputs under {project_root()}", ""]
-    total, unknown = 0, False
+             f"outputs under {project_root()}; memory is {per}", ""]
+    kept, peak, peak_stage, unknown = 0, 0, "", False
     for i, st in enumerate(stages(), 1):
         devices = st.devices(profile) if callable(st.devices) else st.devices
         lines += [f"{i:2d}. {st.name}", f"    command: {shlex.join(command(st, spec, python, env=env))}",
                   f"    devices: {devices}"]
-        for what, size in (st.disk(profile) if st.disk else []):
-            lines.append(f"    disk:    {human_bytes(size)}  {what}")
-            total += size or 0
-            unknown |= size is None
-    lines += ["", f"disk in all (estimated): {human_bytes(total)}{' + unknown parts' if unknown else ''}",
+        disk = st.disk(profile) if st.disk else []
+        for part in disk:
+            lines.append(f"    disk:    {human_bytes(part.size)}  {part.what}")
+            unknown |= part.size is None
+        kept += sum(p.size or 0 for p in disk if p.kept)
+        if kept + sum(p.size or 0 for p in disk if not p.kept) > peak:
+            peak, peak_stage = kept + sum(p.size or 0 for p in disk if not p.kept), st.name
+        memory = st.memory(profile) if st.memory else []
+        lines += [f"    memory:  {human_bytes(p.size)}  {p.what}" for p in memory]
+        if len(memory) > 1:
+            total = None if any(p.size is None for p in memory) else sum(p.size for p in memory)
+            lines.append(f"    memory:  {human_bytes(total)}  in all, {per}")
+    lines += ["", f"disk in all (estimated): {human_bytes(kept)} after the job{' + unknown parts' if unknown else ''}; "
+                  f"at most {human_bytes(peak)} at once (while {peak_stage} runs)",
               f"stage times go to {times_path(profile.name)}"]
     return "\n".join(lines)
 
@@ -400,6 +851,7 @@ def main(argv: list[str] | None = None) -> int:
     python = os.environ.get("PYTHON") or sys.executable
     try:
         profile = load_profile(args.profile)
+        rehearsal = prepare(profile)  # a rehearsal profile's fixtures exist before anything reads them
         problems, notes = check_profile(profile)
         if args.dry_run:
             print(plan_text(profile, args.profile, python))
@@ -416,7 +868,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(f"\nprofile {profile.name}: every required id and path is set")
         return 0
-    return run_stages(args.profile, python)
+    with llm_endpoint(profile, rehearsal, project_root() / "logs"):
+        return run_stages(args.profile, python)
 
 
 if __name__ == "__main__":

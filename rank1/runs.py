@@ -224,9 +224,10 @@ class Run:
         return {"run": self.name, "kind": self.kind, "base_model": self.model_id,
                 "weights": str(self.weights_dir), "weights_sha256": weights_sha256(self.weights_dir)}
 
-    def load(self, precision: str = "auto", device_map: str | None = None) -> Loaded:
+    def load(self, precision: str = "auto", device_map: str | dict | None = None) -> Loaded:
         """Base model + adapter (PEFT, unmerged, so hooks and ``disable_adapter`` work), or the full
-        finetune, on the GPU when there is one. ``device_map='auto'`` spreads a large model over GPUs."""
+        finetune, on the GPU when there is one. ``device_map='auto'`` spreads a large model over GPUs;
+        ``{"": "cuda"}`` loads the weights straight onto the GPU, without a copy of the model in host RAM."""
         device, dtype, autocast = device_and_dtype(precision)
         kwargs = {"device_map": device_map} if device_map else {}
         tokenizer = load_tokenizer(self.model_id)
@@ -235,7 +236,7 @@ class Run:
         else:
             from peft import PeftModel
             model = PeftModel.from_pretrained(load_model(self.model_id, dtype=dtype, **kwargs), self.weights_dir)
-        if not device_map:
+        if not isinstance(device_map, str):  # a no-op for weights loaded onto the device already
             model = model.to(device)
         model.eval()
         log.info("loaded %s (%s on %s, %s%s)", self.name, self.kind, device, dtype,

@@ -14,7 +14,9 @@ shard), consecutive in corpus order; the shard plan depends only on the document
 ``shard_tokens``. Each shard carries the store key (hash of run identity, site list, corpus and dtype) in
 its safetensors metadata, so an interrupted extraction keeps the finished shards that belong to the same
 store and redoes the rest. Memory is bounded by one shard per worker. Workers (``num_procs`` on CPU,
-``num_gpus`` on GPU) take every n-th shard.
+``num_gpus`` on GPU) take every n-th shard; GPU worker i runs on the i-th visible GPU (:func:`worker_gpus`) and
+loads the model straight onto it. A worker that fails or dies (OOM killer) fails the extraction at once, with
+its exit code; the finished shards stay, so a rerun resumes.
 
 Read a store with :meth:`Store.open` (checks the manifest, each shard's presence and size, and, if given,
 the run identity) and stream it with :meth:`Store.shards`.
@@ -27,10 +29,12 @@ import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +47,7 @@ from tqdm import tqdm
 from rank1 import constants as K
 from rank1.artifacts import read_json, write_json, write_with
 from rank1.batching import longest_first, pad_ids
-from rank1.capture import CaptureSpec, build_capture
+from rank1.capture import Capture, CaptureSpec
 from rank1.data import load_reasoning_records, tokenize_record
 from rank1.runs import RunError, check_same_identity
 
@@ -203,38 +207,75 @@ class Job:
     dtype: str
     batch_tokens: int
     threads: int = 0
-    gpu: int | None = None
+    rank: int = 0
+    on_gpu: bool = False  # a GPU worker: fails where it finds no CUDA device (never falls back to CPU)
+    gpu: str | None = None  # the CUDA_VISIBLE_DEVICES of the worker's process (None: inherited)
+
+    @property
+    def where(self) -> str:
+        return f"GPU {self.gpu}" if self.gpu is not None else "GPU" if self.on_gpu else "CPU"
 
 
-def run_job(job: Job, progress=None) -> None:
-    """Extract ``job.shards``; report tokens done through ``progress`` (a queue or a callable)."""
+def worker_gpus(num_gpus: int, visible: str | None, n_visible: int) -> list[str]:
+    """The CUDA_VISIBLE_DEVICES of each of ``num_gpus`` GPU workers: worker i gets the i-th entry of the
+    inherited list ``visible`` (indices or UUIDs, as a scheduler sets them: SLURM gives "4,5,6,7"), or "i"
+    where none is set. ``n_visible`` is how many GPUs this process sees (``torch.cuda.device_count()``, which
+    honours the list); asking for more fails here instead of sending the extra workers to the CPU."""
+    if visible is None:
+        entries = [str(i) for i in range(n_visible)]
+    else:
+        entries = [e.strip() for e in visible.split(",") if e.strip()][:n_visible]
+    if num_gpus > len(entries):
+        listed = f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else ""
+        raise StoreError(f"num_gpus={num_gpus} but this process sees {len(entries)} GPU(s){listed}: pass "
+                         f"--num_gpus {len(entries)} (0: CPU workers, --num_procs), or run where {num_gpus} GPUs "
+                         f"are visible")
+    return entries[:num_gpus]
+
+
+def run_job(job: Job, progress: Callable[[int], Any] | None = None) -> None:
+    """Extract ``job.shards`` (with ``job.threads`` CPU threads, restored afterwards); ``progress(n)`` gets the
+    tokens of each finished batch."""
     if job.gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(job.gpu)
-    if job.threads:
-        torch.set_num_threads(job.threads)
-    capture = build_capture(job.spec)
+        os.environ["CUDA_VISIBLE_DEVICES"] = job.gpu  # before the first CUDA call of this process
+    if job.on_gpu and not torch.cuda.is_available():
+        raise StoreError(f"extraction worker {job.rank} ({job.where}) finds no CUDA device; it does not fall back "
+                         f"to the CPU (one store would mix numerics): check the driver and CUDA_VISIBLE_DEVICES, "
+                         f"or pass --num_gpus 0")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(job.threads or threads)
+    try:
+        _extract_shards(job, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _extract_shards(job: Job, progress: Callable[[int], Any] | None) -> None:
+    # a GPU worker loads every weight straight onto its GPU, without a copy of the model in host RAM first
+    loaded = job.spec.run.load(job.spec.precision, device_map={"": "cuda"} if job.on_gpu else None)
+    capture = Capture(job.spec, loaded)
     if capture.sites != job.sites:
         raise StoreError(f"the loaded model has {len(capture.sites)} sites, the plan {len(job.sites)}: "
                          f"the run changed while extracting; rerun")
-    pad_id = capture.loaded.tokenizer.pad_token_id or 0
-    report = None if progress is None else progress if callable(progress) else progress.put
+    pad_id = loaded.tokenizer.pad_token_id or 0
     for i in job.shards:
         start, end = job.plan[i]
         tensors = extract_shard(capture, job.corpus.docs[start:end], start, job.dtype, job.batch_tokens, pad_id,
-                                report)
+                                progress)
         n = tensors["acts_TS"].shape[0]
         _save_shard(job.folder / K.STORE_SHARDS_DIR / shard_name(i), tensors,
                     {"store_key": job.key, "shard": str(i), "doc_start": str(start), "doc_end": str(end),
                      "n_tokens": str(n)})
 
 
-def _worker(job: Job, queue) -> None:
+def _worker(job: Job, conn) -> None:
+    """A worker process: token counts, then ("done", None) or ("error", message), through ``conn``."""
     try:
-        run_job(job, queue)
+        run_job(job, conn.send)
     except BaseException as e:  # the parent reports it as one line
-        queue.put(("error", f"{type(e).__name__}: {e}"))
+        conn.send(("error", f"{type(e).__name__}: {e}"))
         raise SystemExit(1) from None
-    queue.put(("done", None))
+    conn.send(("done", None))
 
 
 def check_writable(folder: Path) -> None:
@@ -269,6 +310,7 @@ def extract_store(spec: CaptureSpec, corpus: Corpus, folder: Path, *, sites: lis
             return folder
         except StoreError as e:
             log.warning("%s; redoing the missing shards", e)
+    gpu_ids = worker_gpus(gpus, os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.device_count()) if gpus else []
     check_writable(folder)
     if overwrite:
         manifest_path.unlink(missing_ok=True)
@@ -284,9 +326,11 @@ def extract_store(spec: CaptureSpec, corpus: Corpus, folder: Path, *, sites: lis
     bar = tqdm(total=sum(lengths[i] for i in todo), desc=f"extract {spec.kind}", unit="tok", unit_scale=True,
                dynamic_ncols=True)
     n_workers = max(1, min(gpus or workers, len(todo) or 1))
-    jobs = [Job(spec, sites, corpus, plan, todo[r::n_workers], folder, key, dtype, batch_tokens,
-                threads=0 if gpus or n_workers == 1 else max(1, (os.cpu_count() or 1) // n_workers),
-                gpu=r if gpus and n_workers > 1 else None) for r in range(n_workers)]
+    # CPU threads per process from the workers asked for, not from the shards left: a resumed store is computed
+    # as an uninterrupted one (the last shard of a rerun runs in this process, with a worker's threads)
+    threads = 0 if gpus or workers == 1 else max(1, (os.cpu_count() or 1) // workers)
+    jobs = [Job(spec, sites, corpus, plan, todo[r::n_workers], folder, key, dtype, batch_tokens, threads, rank=r,
+                on_gpu=bool(gpus), gpu=gpu_ids[r] if gpus and n_workers > 1 else None) for r in range(n_workers)]
     if n_workers == 1:
         run_job(jobs[0], bar.update)
     else:
@@ -327,29 +371,71 @@ def write_store(folder: Path, shards: list[dict[str, torch.Tensor]], sites: list
 
 
 def _run_parallel(jobs: list[Job], bar: tqdm) -> None:
+    """Each job in a spawned process; the first worker that reports an error or dies without reporting
+    (killed by the OOM killer, a crash) stops the others and fails the extraction."""
     ctx = torch.multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(job, queue), daemon=True) for job in jobs]
-    for p in procs:
-        p.start()
-    running, error = len(procs), None
+    procs, conns = [], []
     try:
-        while running:
-            msg = queue.get()
-            if isinstance(msg, tuple):
-                running -= 1
-                if msg[0] == "error":
-                    error = msg[1]
-                    break
-            else:
-                bar.update(msg)
+        for job in jobs:
+            recv, send = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_worker, args=(job, send), name=f"extract-worker-{job.rank}", daemon=True)
+            proc.start()
+            send.close()  # the worker holds the only write end
+            procs.append(proc)
+            conns.append(recv)
+        pending = set(range(len(jobs)))
+        while pending:
+            ready = set(wait([conns[r] for r in pending] + [procs[r].sentinel for r in pending]))
+            for r in sorted(pending):
+                if conns[r] not in ready and procs[r].sentinel not in ready:
+                    continue
+                final = _read_messages(conns[r], bar)
+                if final is not None and final[0] == "error":
+                    raise StoreError(f"extraction worker {r} ({jobs[r].where}) failed: {final[1]}; finished "
+                                     f"shards are kept: rerun to resume")
+                if final is not None:
+                    pending.discard(r)
+                elif procs[r].sentinel in ready or conns[r].closed:
+                    procs[r].join(5)
+                    raise StoreError(f"extraction worker {r} ({jobs[r].where}) died with exit code "
+                                     f"{procs[r].exitcode}{_exit_reason(procs[r].exitcode)}; finished shards "
+                                     f"are kept: rerun to resume")
     finally:
-        for p in procs:
-            if error:
-                p.terminate()
-            p.join()
-    if error:
-        raise StoreError(f"an extraction worker failed: {error} (finished shards are kept; rerun to resume)")
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+            proc.join(30)
+            if proc.is_alive():  # ignored SIGTERM (or is stopped)
+                proc.kill()
+                proc.join()
+        for conn in conns:
+            conn.close()
+
+
+def _read_messages(conn, bar: tqdm) -> tuple | None:
+    """Read what a worker sent so far: token counts go to ``bar``; returns its final message, if it came.
+    Closes ``conn`` at end of file (the worker is gone)."""
+    while not conn.closed and conn.poll():
+        try:
+            msg = conn.recv()
+        except EOFError:
+            conn.close()
+            return None
+        if isinstance(msg, tuple):
+            return msg
+        bar.update(msg)
+    return None
+
+
+def _exit_reason(code: int | None) -> str:
+    """What a negative exit code (killed by a signal) means, for the error message."""
+    if code is None or code >= 0:
+        return ""
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    return f" (killed by {name}: out of memory?)" if -code == signal.SIGKILL else f" (killed by {name})"
 
 
 # ---------------------------------------------------------------- reading

@@ -9,7 +9,9 @@ import pytest
 from rank1.benchmarks import (
     BENCHMARKS_DIR,
     GPQA_COLUMNS,
+    WRITE_UP_CHARS,
     BenchmarkSpec,
+    boxed_contents,
     gpqa_items,
     grade_integer,
     grade_letter,
@@ -17,6 +19,7 @@ from rank1.benchmarks import (
     load_benchmark,
 )
 from rank1.config import data_dir
+from rank1.synth import generate_splits
 
 
 def test_spec_parsing():
@@ -51,8 +54,113 @@ def test_math_grading_is_symbolic():
 def test_letter_grading():
     assert grade_letter(" B) because", "B") == ("B", True)
     assert grade_letter(" (C)", "B") == ("C", False)
-    assert grade_letter(" A lot of text", "A") == ("A", True)  # the first standalone letter counts
+    assert grade_letter(" A lot of text", "A") == ("A", True)  # no other letter: the article is all there is
     assert grade_letter(" none", "A") == (None, False)
+
+
+# ---------------------------------------------------------------- write-ups (s1K-style attempts)
+
+AIME_WRITE_UP = r"""Given the 3 conditions, write $m = 2^a 3^b$ with $a, b \ge 0$.
+
+**Step 1.** From the first condition, $a + b = 4$, so there are 5 pairs $(a, b)$.
+
+**Step 2.** Checking each pair against the second condition leaves $m = 7$ and $n = 13$ (with 1 and 2
+ruled out above).
+
+Therefore $m+n=\boxed{20}$."""
+
+
+def test_aime_write_up_is_graded_by_its_last_boxed():
+    assert grade_integer(AIME_WRITE_UP, "20") == ("20", True)
+    assert grade_integer(AIME_WRITE_UP, "3") == ("20", False)  # not the first number
+    assert grade_integer(AIME_WRITE_UP.replace(r"\boxed{20}", r"\boxed{m + n = 20}"), "20") == ("20", True)
+    earlier_box = r"First $\boxed{5}$ cases, then more work with 8 and 9." + "\n" + AIME_WRITE_UP
+    assert grade_integer(earlier_box, "20") == ("20", True)  # the last box, not the first
+    leading_zeros = "We count 12 + 61 = 73 paths and check 3 of them again.\n\n**Final Answer**\n\\boxed{073}"
+    assert grade_integer(leading_zeros, "073") == ("73", True)
+    assert grade_integer(leading_zeros, "72") == ("73", False)
+
+
+def test_boxed_contents_balance_braces_and_skip_an_unclosed_box():
+    text = r"So $\boxed{\frac{1}{2}}$, $\fbox{7}$, \boxed 9$, $\framebox{204}$ and, cut off, \boxed{\frac{3}{"
+    assert boxed_contents(text) == [r"\frac{1}{2}", "7", "9", "204"]
+    assert boxed_contents(r"\boxed{}, \boxedx{3} and \boxed {4}") == ["4"]
+
+
+def test_an_answer_phrase_is_read_when_there_is_no_box():
+    steps = "There are 3 cases; in each, 12 choices remain, and 5 of them repeat.\n"
+    assert grade_integer(steps + "Answer: 31", "31") == ("31", True)
+    assert grade_integer(steps + "So the answer is 31. (Check: 3 * 12 - 5 = 31, not 30.)", "31") == ("31", True)
+    assert grade_integer(steps + "**Final Answer:** 031, since 36 - 5 = 31 of the 40", "31") == ("31", True)
+    assert grade_integer(steps + "**Final Answer**\n\n031", "31") == ("31", True)
+    assert grade_integer(steps + "The final answer is $m + n = 31$.", "31") == ("31", True)
+
+
+def test_a_write_up_without_box_or_phrase_gives_its_last_number():
+    body = "We have 3 conditions and 12 cases; removing the 5 repeats leaves the count we want. " * 3
+    write_up = body + "That leaves 31"
+    assert len(write_up) >= WRITE_UP_CHARS
+    assert grade_integer(write_up, "31") == ("31", True)
+    short = "3 conditions, 12 cases, 31 left"  # too short to be a write-up: its first number
+    assert len(short) < WRITE_UP_CHARS
+    assert grade_integer(short, "31") == ("3", False)
+
+
+GPQA_WRITE_UPS = [
+    "A careful analysis of the spectrum shows two peaks, so options A and B are out. The compound is (C).",
+    "Option A) fails the charge count, B) the spin count. Hence $\\boxed{C}$",
+    "A quick check: D) is too heavy and B) too light.\n\n**C**",
+    "Both A) and B) break symmetry, so the answer is C.",
+    "A and B are ruled out by the selection rules; D by energy.\nAnswer: C",
+    "Option B) fails at 100 °C; the only one left is C) 4.2 eV.",
+    "A careful analysis shows that B) overcounts. The answer is (C), since D) breaks the selection rule.",
+]
+
+
+@pytest.mark.parametrize("write_up", GPQA_WRITE_UPS)
+def test_gpqa_write_up_is_graded_by_its_final_letter(write_up):
+    assert grade_letter(write_up, "C") == ("C", True)
+    assert grade_letter(write_up, "A") == ("C", False)
+
+
+def test_the_article_a_counts_only_when_no_other_letter_follows():
+    assert grade_letter("A careful analysis rules nothing out. So (A).", "A") == ("A", True)
+    assert grade_letter("B) is ruled out, so A is correct.", "A") == ("A", True)  # mid-sentence: a letter
+    assert grade_letter("Only A) survives at 100 °C and keeps its C=O and C-H bonds.", "A") == ("A", True)
+
+
+MATH_WRITE_UP = r"""Let $x = 3$ first: then $2x = 6$, which fails. Trying $x = \frac{1}{3}$ gives $\frac{2}{3}$.
+
+The only value that works is
+$$\boxed{\frac{1}{2}}$$"""
+
+
+def test_math_write_up_is_graded_by_its_last_boxed():
+    pred, ok = grade_math(MATH_WRITE_UP, r"\frac{1}{2}")
+    assert ok and pred == r"\frac{1}{2}"
+    assert not grade_math(MATH_WRITE_UP, "3")[1]
+    assert grade_math(MATH_WRITE_UP.replace(r"\boxed", r"\fbox"), "0.5")[1]
+    assert grade_math(r"So the value is \fbox{7} (not 9).", "7") == ("7", True)
+
+
+@pytest.mark.parametrize("grade", [grade_integer, grade_letter, grade_math])
+def test_a_text_without_an_answer_grades_none(grade):
+    assert grade(" I am not sure how to approach this problem; let me think about it again later.", "4") == (
+        None, False)
+
+
+def test_short_answers_of_the_generated_traces_keep_their_first_number():
+    """The tiny profile is trained on attempts ``Answer: 42``: after the forced ``Answer:`` it writes the
+    number, and when it does not stop, the self-check of its traces, whose numbers must not count."""
+    _, records = generate_splits(n_train=5, n_eval=20, seed=0)
+    for rec in records:
+        assert rec["deepseek_attempt"].startswith("Answer: ")
+        answer = rec["deepseek_attempt"].removeprefix("Answer:")
+        self_check = rec["deepseek_thinking_trajectory"].rsplit("\n", 1)[-1][:60]
+        assert self_check.startswith("Wait, let me verify:")
+        assert grade_integer(answer, rec["answer"]) == (rec["answer"], True)
+        assert grade_integer(f"{answer}. {self_check}", rec["answer"]) == (rec["answer"], True)
+        assert grade_integer(f"{answer}\n{self_check}", str(int(rec["answer"]) + 1)) == (rec["answer"], False)
 
 
 def test_shipped_files_are_the_sourced_ones():

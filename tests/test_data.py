@@ -20,6 +20,9 @@ REC = {"question": "What is 23 + 48?", "deepseek_thinking_trajectory": "3 + 8 = 
 def test_assistant_text_prepends_answer_once():
     assert assistant_text(" t ", "71") == "<|im_start|>think\nt\n<|im_start|>answer\nAnswer: 71"
     assert assistant_text("t", "Answer: 71").count("Answer:") == 1
+    # a write-up that names its "Final Answer:" further down still gets the forced prefix
+    writeup = "We add 3 and 4.\n\n**Final Answer:** \\boxed{7}"
+    assert assistant_text("t", writeup).endswith("<|im_start|>answer\nAnswer: " + writeup)
 
 
 @pytest.mark.parametrize("tok_fixture", ["smol_tok", "tiny_tok"])

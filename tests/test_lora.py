@@ -77,8 +77,12 @@ def test_adapter_count_rank_and_scale(layers, rank):
     assert sum(s.is_mlp for s in sites) == 3 * len(layers)
 
 
-def saved_adapter(tmp_path, layers=(0, 1)):
+def saved_adapter(tmp_path, layers=(0, 1), trained=True):
+    """A saved adapter; ``trained`` gives every B random values (PEFT starts B at zero)."""
     model = get_peft_model(load_model("random-qwen2"), lora_config(list(layers)))
+    if trained:
+        for s in adapter_sites(model):
+            torch.nn.init.normal_(s.module.lora_B["default"].weight, std=0.1)
     model.save_pretrained(tmp_path / "adapter")
     return tmp_path / "adapter"
 
@@ -103,3 +107,22 @@ def test_verify_adapter_catches_wrong_layers_and_missing_files(tmp_path):
         verify_adapter(saved_adapter(tmp_path, layers=(0,)), [0, 1], rank=1)
     with pytest.raises(AdapterCheckError, match="missing: the adapter was not saved"):
         verify_adapter(tmp_path / "nowhere", [0], rank=1)
+
+
+def test_verify_adapter_fails_an_untrained_adapter(tmp_path):
+    with pytest.raises(AdapterCheckError, match=r"untrained:\n  every lora_B \(14\) is all zero: the adapter was "
+                                                r"never trained"):
+        verify_adapter(saved_adapter(tmp_path, trained=False), [0, 1], rank=1)
+
+
+def test_verify_adapter_accepts_some_zero_b_and_names_them(tmp_path, caplog):
+    """An adapter with the MLP B zeroed (what an ablated copy served to vLLM holds) still passes."""
+    folder = saved_adapter(tmp_path)
+    weights = load_file(folder / "adapter_model.safetensors")
+    for key in weights:
+        if "lora_B" in key and ("layers.1.mlp" in key or "layers.0.mlp.down_proj" in key):
+            weights[key] = torch.zeros_like(weights[key])
+    save_file(weights, folder / "adapter_model.safetensors")
+    assert verify_adapter(folder, [0, 1], rank=1) == 14
+    assert "lora_B is all zero at 4 of 14 sites (layer 0 down_proj, layer 1 gate_proj, layer 1 up_proj, " \
+           "layer 1 down_proj)" in caplog.text

@@ -1,7 +1,13 @@
 """Activation store and top-k: independent recomputation, resume, data parallelism, exact top-k, bad input."""
 
 import json
+import multiprocessing
+import os
+import re
 import shutil
+import signal
+import threading
+import time
 
 import pytest
 import torch
@@ -16,7 +22,7 @@ from rank1.config import config_from_profile
 from rank1.data import tokenize_record
 from rank1.models import load_model, tiny_tokenizer
 from rank1.runs import RunError
-from rank1.store import Store, StoreError, plan_shards
+from rank1.store import SHARD_KEYS, Job, Store, StoreError, plan_shards, run_job, shard_name, worker_gpus
 from rank1.topk import TopKResult, column_topk_keys, compute_topk, decode_keys, heapq_topk, ordered_keys
 
 SCRIPTS = "2_lora_activation_interp"
@@ -123,6 +129,89 @@ def test_two_processes_write_the_same_store(trained, tmp_path):
     for a, b in zip(one.shards(), two.shards(), strict=True):
         assert torch.equal(a.token_ids_T, b.token_ids_T) and torch.equal(a.doc_ids_T, b.doc_ids_T)
         torch.testing.assert_close(a.acts_TS, b.acts_TS, atol=2e-3, rtol=2e-3)  # 1 vs 2 threads per process
+
+
+def test_gpu_workers_take_the_visible_devices_in_order():
+    assert worker_gpus(4, "4,5,6,7", 4) == ["4", "5", "6", "7"]  # as SLURM sets it: worker 2 runs on GPU 6
+    assert worker_gpus(4, None, 4)[2] == "2"
+    assert worker_gpus(2, "GPU-8f2a, GPU-11c0", 2) == ["GPU-8f2a", "GPU-11c0"]
+    assert worker_gpus(2, "4,5,6,7", 4) == ["4", "5"]
+    with pytest.raises(StoreError, match=r"num_gpus=5 but this process sees 4 GPU\(s\) \(CUDA_VISIBLE_DEVICES="
+                                         r"4,5,6,7\): pass --num_gpus 4 .*or run where 5 GPUs are visible"):
+        worker_gpus(5, "4,5,6,7", 4)
+    with pytest.raises(StoreError, match=r"num_gpus=5 but this process sees 4 GPU\(s\): pass --num_gpus 4"):
+        worker_gpus(5, None, 4)
+    with pytest.raises(StoreError, match=r"num_gpus=1 but this process sees 0 GPU"):
+        worker_gpus(1, "0", 0)  # a device list inherited by a process without CUDA
+
+
+def test_gpu_extraction_never_falls_back_to_the_cpu(trained, tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(StoreError, match=r"num_gpus=2 but this process sees 1 GPU\(s\) \(CUDA_VISIBLE_DEVICES=4\)"):
+        _extract(trained, tmp_path, max_docs=2, num_gpus=2)
+    assert not list(tmp_path.glob("lora/shards/*"))
+    with pytest.raises(StoreError, match=r"worker 0 \(GPU\) finds no CUDA device; it does not fall back"):
+        _extract(trained, tmp_path, max_docs=2, num_gpus=1)
+    job = Job(None, [], None, [], [0], tmp_path, "", "float16", 1, rank=1, on_gpu=True, gpu="5")
+    with pytest.raises(StoreError, match=r"extraction worker 1 \(GPU 5\) finds no CUDA device"):
+        run_job(job)  # as in a worker process: it takes its GPU first, then finds no CUDA
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
+
+
+def _wait_for(condition, seconds=120):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.01)
+    raise AssertionError(f"waited {seconds} s for {condition}")
+
+
+def test_dead_worker_fails_at_once_and_a_rerun_resumes(trained, tmp_path):
+    """One of two CPU workers is killed as the OOM killer would (SIGKILL): the extraction fails within seconds,
+    naming the worker and its exit code; the other worker's shards stay, and the rerun (its one shard left runs
+    in-process, with a worker's threads) writes the bytes of an uninterrupted run."""
+    kw = {"max_docs": 3, "shard_tokens": 1, "num_procs": 2}  # a shard per document: worker 0 writes 0 and 2
+    fresh = _extract(trained, tmp_path / "fresh", **kw)
+    assert len(fresh.manifest["shards"]) == 3
+    shards = tmp_path / "cut" / "lora" / K.STORE_SHARDS_DIR
+    failed = []
+
+    def extract_in_background():
+        try:
+            _extract(trained, tmp_path / "cut", **kw)
+        except Exception as e:
+            failed.append(e)
+
+    threads = torch.get_num_threads()
+    thread = threading.Thread(target=extract_in_background, daemon=True)
+    thread.start()
+    worker1 = _wait_for(lambda: next((p for p in multiprocessing.active_children()
+                                      if p.name == "extract-worker-1"), None))
+    os.kill(worker1.pid, signal.SIGSTOP)  # held before it writes anything, while worker 0 finishes its shards
+    _wait_for(lambda: (shards / shard_name(0)).is_file() and (shards / shard_name(2)).is_file())
+    killed = time.time()
+    os.kill(worker1.pid, signal.SIGKILL)
+    thread.join(60)
+    assert not thread.is_alive(), "the extraction still waits for a dead worker"
+    assert time.time() - killed < 10
+    assert len(failed) == 1 and isinstance(failed[0], StoreError), failed
+    assert re.search(r"extraction worker 1 \(CPU\) died with exit code -9 \(killed by SIGKILL: out of memory\?\); "
+                     r"finished shards are kept: rerun to resume", str(failed[0])), failed[0]
+    assert sorted(p.name for p in shards.iterdir()) == [shard_name(0), shard_name(2)]
+    assert not (shards.parent / K.STORE_MANIFEST).exists()
+    kept = {i: (shards / shard_name(i)).stat().st_mtime_ns for i in (0, 2)}
+    again = _extract(trained, tmp_path / "cut", **kw)
+    assert {i: (shards / shard_name(i)).stat().st_mtime_ns for i in kept} == kept  # not redone
+    assert torch.get_num_threads() == threads  # the in-process shard gave its threads back
+    assert again.manifest["shards"] == fresh.manifest["shards"]
+    for i in range(3):
+        for key in SHARD_KEYS:
+            a, b = again.tensor(i, key), fresh.tensor(i, key)
+            assert a.dtype == b.dtype and a.shape == b.shape and a.numpy().tobytes() == b.numpy().tobytes(), (i, key)
 
 
 def test_broken_stores_fail_clearly(trained, tmp_path):

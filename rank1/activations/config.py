@@ -16,8 +16,10 @@ from rank1.store import DTYPES
 
 @dataclass
 class ExtractConfig(RunOptions):
-    corpus: str = option("s1-format records: 'synthetic' (data/<profile>/train.jsonl, what the run trained on), "
-                         "or a .jsonl/.parquet path / dataset folder", "synthetic")
+    corpus: str = option("s1-format records: a .jsonl/.parquet path, dataset folder or 'synthetic' "
+                         "(empty: the profile's dataset, what the run trained on)", "")
+    dataset: str = option("the profile's dataset ('synthetic': data/<profile>/train.jsonl; s1K-1.1 on the paper "
+                          "profile)", "synthetic")
     max_tokens: int = option("stop adding documents once this many tokens are in (0: all)", 0)
     max_docs: int = option("at most this many documents (0: all)", 0)
     block_size: int = option("truncate each document to this many tokens (as in training)", 20000)
@@ -31,6 +33,11 @@ class ExtractConfig(RunOptions):
     neuron_seed: int = option("MLP side: seed of the neuron sample", 0)
     out: str | None = option("output folder (default: results/<profile>/<kind>_activations/<run>)")
     overwrite: bool = option("recompute even if a finished store exists", False)
+
+    @property
+    def corpus_source(self) -> str:
+        """What the store is extracted from: ``--corpus``, else the profile's dataset."""
+        return self.corpus or self.dataset
 
     def __post_init__(self):
         if self.dtype not in DTYPES:

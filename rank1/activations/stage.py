@@ -51,7 +51,7 @@ def extract(cfg: ExtractConfig, kind: str) -> Path:
     folder = store_folder(cfg, kind, run)
     check_writable(folder.parent if not folder.exists() else folder)
     tokenizer = load_tokenizer(run.model_id)
-    corpus = load_corpus(tokenizer, dataset_file(cfg.corpus, cfg.profile), cfg.max_tokens, cfg.max_docs,
+    corpus = load_corpus(tokenizer, dataset_file(cfg.corpus_source, cfg.profile), cfg.max_tokens, cfg.max_docs,
                          cfg.block_size)
     per_layer = cfg.neurons_per_layer or _adapters_per_layer(run)
     spec = CaptureSpec(run, kind, cfg.precision, per_layer, cfg.neuron_seed)

@@ -11,6 +11,13 @@ from rank1.interventions.attribution import TARGETS
 from rank1.interventions.steering import RESIDUAL_WRITERS
 from rank1.runs import RunOptions
 
+PROBLEM_SOURCES = ("heldout", "math500", "aime24")
+
+
+def check_problems(value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"--problems must be one of {list(allowed)}, got {value!r}")
+
 
 @dataclass
 class StageOptions(RunOptions):
@@ -38,6 +45,8 @@ class SteeringConfig(StageOptions):
 
     n_problems: int = option("held-out problems per setting", 8)
     offset: int = option("first held-out problem", 0)
+    problems: str = option("problem source: heldout (the generated split), math500 or aime24 (graded with their "
+                           "graders; the paper profile: s1K-1.1 has no held-out split)", "heldout")
     layers: str = option("layers to steer, comma-separated (empty: --n_layers evenly spaced)", "")
     n_layers: int = option("evenly spaced layers when --layers is empty", 3)
     scalar_projections: str = option("adapters whose scalar is steered (all, mlp, attn or a list)", "down_proj")
@@ -58,6 +67,7 @@ class SteeringConfig(StageOptions):
     precision: str = option("auto | bf16 | fp32", "fp32")
 
     def __post_init__(self):
+        check_problems(self.problems, PROBLEM_SOURCES)
         if self.scalar_mode not in ("offset", "scale"):
             raise ValueError(f"--scalar_mode must be offset or scale, got {self.scalar_mode!r}")
         floats(self.scalar_magnitudes, "scalar_magnitudes")
@@ -75,6 +85,10 @@ class AttributionConfig(StageOptions):
 
     n_problems: int = option("held-out problems to attribute", 8)
     offset: int = option("first held-out problem", 0)
+    problems: str = option("problems with gold traces: heldout (the generated split) or dataset (the profile's "
+                           "dataset, trained on: the paper profile, whose s1K-1.1 has no held-out split)", "heldout")
+    dataset: str = option("the profile's dataset, read by --problems dataset ('synthetic': data/<profile>/train.jsonl)",
+                          "synthetic")
     target: str = option(f"what is attributed: one of {TARGETS}", "logit_diff")
     freeze: bool = option("freeze RMSNorm scales and attention patterns (the authors' linearisation)", True)
     n_check: int = option("per problem: top and random (adapter, position) pairs and top adapters zeroed", 8)
@@ -84,6 +98,7 @@ class AttributionConfig(StageOptions):
     precision: str = option("auto | bf16 | fp32", "fp32")
 
     def __post_init__(self):
+        check_problems(self.problems, ("heldout", "dataset"))
         if self.target not in TARGETS:
             raise ValueError(f"--target must be one of {TARGETS}, got {self.target!r}")
         if min(self.n_problems, self.n_check, self.n_rows, self.top) < 1:
@@ -96,6 +111,8 @@ class RolloutConfig(StageOptions):
 
     n_problems: int = option("held-out problems", 10)
     offset: int = option("first held-out problem", 0)
+    problems: str = option("problem source: heldout (the generated split), math500 or aime24 (graded with their "
+                           "graders; the paper profile: s1K-1.1 has no held-out split)", "heldout")
     n_samples: int = option("rollouts per problem", 4)
     temperature: float = option("sampling temperature (the authors: 0.7)", 0.7)
     seed: int = option("sampling seed (rollout i of the run uses seed (seed, i))", 0)
@@ -111,6 +128,7 @@ class RolloutConfig(StageOptions):
     precision: str = option("auto | bf16 | fp32", "fp32")
 
     def __post_init__(self):
+        check_problems(self.problems, PROBLEM_SOURCES)
         if self.backend not in ("hf", "vllm"):
             raise ValueError(f"--backend must be hf or vllm, got {self.backend!r}")
         if self.backend == "vllm" and importlib.util.find_spec("vllm") is None:

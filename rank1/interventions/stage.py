@@ -30,9 +30,9 @@ from rank1.artifacts import (
 )
 from rank1.benchmarks import Benchmark, BenchmarkSpec, load_benchmark
 from rank1.capture import Capture, CaptureSpec, decoder_layers
-from rank1.config import data_dir, results_dir
+from rank1.config import data_dir, dataset_file, results_dir
 from rank1.dashboard import write_dashboard
-from rank1.data import read_jsonl
+from rank1.data import load_reasoning_records, read_jsonl
 from rank1.generate import (
     Budget,
     FixedLogprobs,
@@ -45,6 +45,7 @@ from rank1.generate import (
 )
 from rank1.interventions.attribution import agreement, answer_target, attribute, check_problem, target_value
 from rank1.interventions.config import (
+    PROBLEM_SOURCES,
     AttributionConfig,
     GeometryConfig,
     ProbeConfig,
@@ -96,11 +97,12 @@ probes_log = logging.getLogger("4.3_correctness_probes")
 geometry_log = logging.getLogger("4.4_weight_geometry")
 
 # Config fields a saved result must share with the config asked for now to be reused.
-STEERING_SETTINGS = ("n_problems", "offset", "layers", "n_layers", "scalar_projections", "vector_projections",
-                     "scalar_mode", "scalar_magnitudes", "vector_magnitudes", "think_tokens", "answer_tokens")
-ATTRIBUTION_SETTINGS = ("n_problems", "offset", "target", "freeze", "n_check", "seed")
-ROLLOUT_SETTINGS = ("n_problems", "offset", "n_samples", "temperature", "seed", "think_tokens", "answer_tokens",
-                    "last_tokens", "mlp_baseline", "require_complete", "backend")
+STEERING_SETTINGS = ("problems", "n_problems", "offset", "layers", "n_layers", "scalar_projections",
+                     "vector_projections", "scalar_mode", "scalar_magnitudes", "vector_magnitudes", "think_tokens",
+                     "answer_tokens")
+ATTRIBUTION_SETTINGS = ("problems", "dataset", "n_problems", "offset", "target", "freeze", "n_check", "seed")
+ROLLOUT_SETTINGS = ("problems", "n_problems", "offset", "n_samples", "temperature", "seed", "think_tokens",
+                    "answer_tokens", "last_tokens", "mlp_baseline", "require_complete", "backend")
 PROBE_SETTINGS = ("n_splits", "inner_splits", "n_resamples", "rollouts", "cs")
 GEOMETRY_SETTINGS = ("absolute",)
 REDO = "pass --overwrite to recompute it, or --out for a new folder"
@@ -141,15 +143,18 @@ def save_metadata(folder: Path, cfg: Any, run: Run) -> None:
     write_run_metadata(folder, cfg, {"identity": run.identity()})
 
 
-def heldout_problems(profile: str, n: int, offset: int = 0) -> Benchmark:
-    """Problems ``offset .. offset+n`` of the profile's held-out split (never trained on), with the
-    integer grader."""
+def heldout_problems(profile: str, n: int, offset: int = 0, source: str = "heldout") -> Benchmark:
+    """Problems ``offset .. offset+n`` of ``source`` (never trained on) with its grader: ``heldout``, the
+    profile's generated split, or a shipped benchmark (``math500``, ``aime24``) for a profile whose dataset has
+    no held-out split (s1K-1.1)."""
     if n < 1 or offset < 0:
         raise ValueError(f"need n >= 1 problems and offset >= 0, got n={n}, offset={offset}")
-    bench = load_benchmark(BenchmarkSpec("heldout"), profile)
+    if source not in PROBLEM_SOURCES:
+        raise ValueError(f"--problems {source!r} is not a problem source; use one of {list(PROBLEM_SOURCES)}")
+    bench = load_benchmark(BenchmarkSpec(source), profile)
     items = bench.items[offset:offset + n]
     if len(items) < n:
-        raise ValueError(f"asked for held-out problems {offset}..{offset + n - 1}, but {bench.source} has "
+        raise ValueError(f"asked for problems {offset}..{offset + n - 1} of {source}, but {bench.source} has "
                          f"{len(bench.items)}; lower the count or the offset")
     return Benchmark(bench.name, bench.source, items, bench.grade)
 
@@ -194,7 +199,7 @@ def _sweep(cfg: SteeringConfig, run: Run, folder: Path, config: dict) -> dict:
     topk = Path(cfg.topk) if cfg.topk else results_dir(cfg.profile, "lora_topk", run.name)
     topk_sites, _, std_S, ident = site_moments(topk)
     check_same_identity(run.identity(), ident, f"top-k artifact {topk}")
-    bench = heldout_problems(cfg.profile, cfg.n_problems, cfg.offset)
+    bench = heldout_problems(cfg.profile, cfg.n_problems, cfg.offset, cfg.problems)
     loaded = run.load(cfg.precision)
     sites, tok, model = loaded.sites, loaded.tokenizer, loaded.model
     if [(s["layer"], s["name"]) for s in topk_sites] != [(s.layer, s.proj) for s in sites]:
@@ -286,9 +291,22 @@ def run_attribution(cfg: AttributionConfig) -> Path:
 
 
 def problem_records(cfg: AttributionConfig) -> list[dict]:
-    """Held-out items with their gold traces (the generated split keeps the trace beside the answer)."""
+    """Problems with their gold traces: the generated held-out split (its integer answer is the target), or the
+    profile's dataset (``--problems dataset``: s1K-1.1 has no held-out split; the target is the first token of the
+    record's attempt, which follows ``Answer:`` in training)."""
+    span = slice(cfg.offset, cfg.offset + cfg.n_problems)
+    if cfg.problems == "dataset":
+        source = dataset_file(cfg.dataset, cfg.profile)
+        records = load_reasoning_records(source)[span]
+        if len(records) < cfg.n_problems:
+            raise ValueError(f"asked for records {span.start}..{span.stop - 1} of {source}, which has fewer; "
+                             f"lower --n_problems or --offset")
+        return [{"id": str(span.start + i), "question": r["question"], "gold": r["deepseek_attempt"].strip(),
+                 "trace": r["deepseek_thinking_trajectory"]} for i, r in enumerate(records)]
+    if cfg.problems != "heldout":
+        raise ValueError(f"--problems {cfg.problems!r}: attribution needs gold traces; use heldout or dataset")
     bench = heldout_problems(cfg.profile, cfg.n_problems, cfg.offset)
-    records = read_jsonl(data_dir(cfg.profile) / K.EVAL_JSONL)[cfg.offset:cfg.offset + cfg.n_problems]
+    records = read_jsonl(data_dir(cfg.profile) / K.EVAL_JSONL)[span]
     return [{"id": it.id, "question": it.question, "gold": it.gold, "trace": r["deepseek_thinking_trajectory"]}
             for it, r in zip(bench.items, records, strict=True)]
 
@@ -413,7 +431,7 @@ def _sample(cfg: RolloutConfig, run: Run, bench: Benchmark, partial: Path) -> tu
 
 
 def _rollouts_report(cfg: RolloutConfig, run: Run, folder: Path, config: dict) -> dict:
-    bench = heldout_problems(cfg.profile, cfg.n_problems, cfg.offset)
+    bench = heldout_problems(cfg.profile, cfg.n_problems, cfg.offset, cfg.problems)
     partial = folder / K.ROLLOUTS_PARTIAL_DIR
     resume_partial(partial, partial_stamp(run, config, ROLLOUT_SETTINGS), cfg.overwrite)
     records, loaded = _sample(cfg, run, bench, partial)

@@ -31,9 +31,10 @@ The penalty (:func:`penalty`) on top of the next-token cross-entropy of the assi
 Sparsity of a direction (:func:`sparsity_metrics`): Hoyer's measure (1 - normalised L1/L2; 1 one-hot,
 0 flat), the share of the L1 mass in the top 10 latents, and the Gini coefficient of the magnitudes.
 
-The residual entering ``l`` comes from the frozen layers below it, once per dataset (:func:`residual_cache`);
-only layers ``l..L-1`` run from there (:func:`suffix_ce`, :class:`rank1.decoder.LayerRunner`). The training
-loop is :mod:`rank1.sae_lora.train`.
+The residual entering ``l`` comes from the frozen layers below it, once per dataset (:func:`residual_cache`,
+float32 in host memory, moved to the model's device a batch at a time); only layers ``l..L-1`` run from there
+(:func:`suffix_ce`, :class:`rank1.decoder.LayerRunner`), in the model's dtype. The SAE and the adapter compute in
+float32 on the model's device. The training loop is :mod:`rank1.sae_lora.train`.
 """
 
 from __future__ import annotations
@@ -138,6 +139,12 @@ def tokenize_items(tokenizer, records: list[dict[str, Any]]) -> list[dict[str, l
     return [tokenize_record(tokenizer, r) for r in records]
 
 
+def placement(runner) -> tuple[torch.device, torch.dtype]:
+    """(device, weight dtype) of the model ``runner`` drives."""
+    w = runner.body.embed_tokens.weight
+    return w.device, w.dtype
+
+
 def check_layer(runner, layer: int) -> None:
     if not 0 <= layer < runner.num_layers:
         raise SaeLoraError(f"--layer {layer} is out of range: the model has decoder layers 0..{runner.num_layers - 1}")
@@ -146,33 +153,39 @@ def check_layer(runner, layer: int) -> None:
 @torch.no_grad()
 def residual_cache(runner, items: list[dict], layer: int, pad_id: int, batch: int = 8,
                    desc: str = "residual cache") -> list[torch.Tensor]:
-    """Per item, the residual stream entering ``layer`` ([T, D], float32) from the frozen layers below it."""
+    """Per item, the residual stream entering ``layer`` ([T, D], float32, in host memory) from the frozen layers
+    below it."""
     check_layer(runner, layer)
+    device, _ = placement(runner)
     out: list[torch.Tensor] = []
     for i in tqdm(range(0, len(items), batch), desc=desc, unit="batch", dynamic_ncols=True):
         group = items[i:i + batch]
         ids, mask, _ = pad_items(group, pad_id)
-        ctx = runner.prepare(ids, mask)
+        ctx = runner.prepare(ids.to(device), mask.to(device))
         h, _ = runner.run(ctx.h0_BTD, ctx, 0, layer)
-        out += [h[r, :len(it["input_ids"])].float().clone() for r, it in enumerate(group)]
+        out += [h[r, :len(it["input_ids"])].to("cpu", torch.float32, copy=True) for r, it in enumerate(group)]
     return out
 
 
-def stack_cached(h_list: list[torch.Tensor]) -> torch.Tensor:
+def stack_cached(h_list: list[torch.Tensor], device: torch.device | str = "cpu") -> torch.Tensor:
+    """Cached residuals [T_i, D] right-padded with zeros into one float32 batch [B, T, D] on ``device``."""
     n = max(len(h) for h in h_list)
     out = torch.zeros(len(h_list), n, h_list[0].shape[-1])
     for r, h in enumerate(h_list):
         out[r, :len(h)] = h
-    return out
+    return out.to(device)
 
 
 def suffix_ce(runner, h_BTD: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
               layer: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: (summed next-token CE of its labelled tokens [B], their count [B]), running layers
-    ``layer..L-1`` from ``h``; the CE is the float32 training loss (differentiable)."""
+    ``layer..L-1`` from ``h`` (cast to the model's dtype); the CE is the float32 training loss (differentiable),
+    on the model's device."""
+    device, dtype = placement(runner)
+    ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
     ctx = runner.prepare(ids, mask)
-    out, _ = runner.run(h_BTD, ctx, layer)
+    out, _ = runner.run(h_BTD.to(device, dtype), ctx, layer)
     b, t = labelled_positions(labels)
     ce = token_ce(runner.logits(out[b, t]), labels[b, t + 1], dtype=torch.float32)
-    rows = torch.zeros(len(ids), dtype=ce.dtype).index_add(0, b, ce)
+    rows = torch.zeros(len(ids), dtype=ce.dtype, device=device).index_add(0, b, ce)
     return rows, torch.bincount(b, minlength=len(ids))

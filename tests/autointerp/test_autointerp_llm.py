@@ -4,13 +4,8 @@ and a small HTTP server of our own for what ``transformers serve`` does not do (
 path needs a server that refuses one; 429 with Retry-After)."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -22,55 +17,10 @@ from rank1.artifacts import public_config
 from rank1.autointerp import AutointerpError, LexiconExplainer, LLMExplainer, run_autointerp
 from rank1.autointerp.stage import AutointerpConfig, build_components
 from rank1.config import config_from_profile
+from rank1.rehearsal import LocalServer as Server
+from rank1.rehearsal import free_port as _free_port
 
 KEY = "sk-rank1-test-SECRET-4f1c9e"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``transformers serve <model folder>`` on a free localhost port, its log in a file."""
-
-    def __init__(self, model_dir: Path, log: Path):
-        self.model, self.log, self.port, self.proc = str(model_dir), log, _free_port(), None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self, timeout: float = 180) -> "Server":
-        cli = Path(sys.executable).parent / "transformers"
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([str(cli), "serve", self.model, "--host", "127.0.0.1", "--port", str(self.port),
-                                      "--device", "cpu", "--log-level", "info"], env=env, stdout=self.log.open("w"),
-                                     stderr=subprocess.STDOUT)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"transformers serve exited: {self.log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2):
-                    return self
-            except OSError:
-                time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"transformers serve did not start in {timeout} s: {self.log.read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def chat_requests(self) -> int:
-        return self.log.read_text().count("POST /v1/chat/completions")
 
 
 def _model_dir() -> Path:

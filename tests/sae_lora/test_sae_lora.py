@@ -1,5 +1,7 @@
 """Stage 5 (SAE-LoRA): the adapter's forward in both hook modes, the two penalties, sparsity metrics, the
-behaviour dataset and its checker, resume after an interrupted training, clear errors on bad input."""
+behaviour dataset and its checker, resume after an interrupted training, clear errors on bad input, the device and
+dtype of --precision, --model_size, the residual store written and read a shard at a time, the standard LoRA put
+on the base model and taken off again."""
 
 import dataclasses
 import json
@@ -39,7 +41,7 @@ from rank1.sae_lora.train import load_adapter, step_batches, train_adapter
 
 
 class TinySae(torch.nn.Module):
-    """An SAE with the SAELens surface the adapter uses: encode (ReLU), decode (affine), W_dec, cfg.d_sae."""
+    """An SAE with the SAELens surface the adapter uses: encode (ReLU), decode (affine), W_dec, cfg.d_sae, device."""
 
     def __init__(self, W_enc, W_dec, b_dec):
         super().__init__()
@@ -52,6 +54,10 @@ class TinySae(torch.nn.Module):
 
     def decode(self, f):
         return f @ self.W_dec + self.b_dec
+
+    @property
+    def device(self):
+        return self.W_dec.device
 
 
 def hand_sae():
@@ -289,3 +295,226 @@ def test_stage_end_to_end_on_the_test_profile(isolated_root):
 def test_help(script):
     out = run_script([f"5_sae_latent_lora/{script}", "--help"]).stdout
     assert "usage:" in out and "--sweep_l1" in out
+
+
+# ---------------------------------------------------------------- precision, device and model size
+
+
+def test_auto_precision_on_a_cpu_is_fp32_and_bf16_there_is_autocast(monkeypatch):
+    from rank1.sae_lora import stage
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = config_from_profile(SaeLoraConfig, "sae_lora", "test")
+    assert cfg.precision == "auto"
+    base = stage.load_base(cfg)
+    assert base.device == torch.device("cpu") and not base.autocast_bf16
+    assert {p.dtype for p in base.model.parameters()} == {torch.float32}
+    assert base.describe() == {"device": "cpu", "dtype": "float32", "autocast_bf16": False}
+    forced = stage.load_base(dataclasses.replace(cfg, precision="bf16"))  # a CPU keeps fp32 weights
+    assert forced.autocast_bf16 and {p.dtype for p in forced.model.parameters()} == {torch.float32}
+    with forced.autocast():
+        assert torch.is_autocast_enabled("cpu")
+    with pytest.raises(ValueError, match=r"--precision must be one of \('auto', 'bf16', 'fp32'\), got 'fp16'"):
+        dataclasses.replace(cfg, precision="fp16")
+
+
+def test_on_a_gpu_the_weights_load_straight_onto_it_in_the_precision_dtype(monkeypatch):
+    from rank1.sae_lora import stage
+
+    class Hub(torch.nn.Module):  # stands for a downloaded model; records where it is moved
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def to(self, *args, **kwargs):
+            self.moved_to = args
+            return self
+
+    calls = []
+
+    def spy(model_id, dtype=torch.float32, **kwargs):
+        calls.append((model_id, dtype, kwargs))
+        return Hub()
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(stage, "load_model", spy)
+    model = stage.load_frozen("Qwen/Qwen2.5-7B-Instruct", "auto")
+    assert calls == [("Qwen/Qwen2.5-7B-Instruct", torch.bfloat16, {"device_map": {"": "cuda"}})]
+    assert model.moved_to == (torch.device("cuda"),) and not model.w.requires_grad and not model.training
+    stage.load_frozen("Qwen/Qwen2.5-7B-Instruct", "fp32")
+    assert calls[-1][1:] == (torch.float32, {"device_map": {"": "cuda"}})
+
+
+def test_bf16_weights_run_on_the_float32_cache_and_train_a_float32_adapter(tiny_tok, monkeypatch):
+    """The dtypes of the GPU path, on a CPU: bf16 weights; the cached residual, the SAE and the adapter float32."""
+    from rank1.sae_lora import stage
+    from rank1.sae_lora.train import accumulate_ce
+
+    cfg, runner32, sae, items, pad, h32 = _setup(tiny_tok)
+    monkeypatch.setattr(stage, "device_and_dtype", lambda precision: (torch.device("cpu"), torch.bfloat16, False))
+    base = stage.load_base(cfg)
+    assert {p.dtype for p in base.model.parameters()} == {torch.bfloat16} and base.describe()["dtype"] == "bfloat16"
+    h16 = residual_cache(base.runner, items, cfg.layer, pad)
+    assert {h.dtype for h in h16} == {torch.float32}
+    assert torch.allclose(torch.cat(h16), torch.cat(h32), rtol=0.05, atol=0.05)
+    totals = []
+    for runner, h in ((base.runner, h16), (runner32, h32)):
+        ad = SaeLora(sae.cfg.d_sae, 1, seed=0)
+        with torch.no_grad():
+            ad.s.fill_(1.0)
+        totals.append(accumulate_ce(cfg, ad, runner, sae, items, h, pad, [0, 1]))
+        assert ad.A.grad.dtype == torch.float32 and float(ad.A.grad.abs().sum()) > 0
+    (ce16, n16), (ce32, n32) = totals
+    assert n16 == n32 and ce16 / n16 == pytest.approx(ce32 / n32, rel=0.02)
+
+
+def test_model_size_fills_the_model_and_the_profile_gives_model_corpus_and_precision(monkeypatch):
+    from rank1.config import parse_config
+    from rank1.sae_lora.stage import standard_lora_config
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = config_from_profile(SaeLoraConfig, "sae_lora", "test", model="Qwen/Qwen2.5-{size}-Instruct",
+                              model_size="7B")
+    assert cfg.model_id == "Qwen/Qwen2.5-7B-Instruct"
+    test = config_from_profile(SaeLoraConfig, "sae_lora", "test")
+    assert (test.model_id, test.dataset) == ("random-qwen2", "synthetic")
+    paper = parse_config(SaeLoraConfig, "sae_lora", "", ["--profile", "paper"])
+    assert (paper.model, paper.model_size) == ("Qwen/Qwen2.5-{size}-Instruct", "32B")  # the size of [train]
+    assert paper.model_id == "Qwen/Qwen2.5-32B-Instruct"
+    assert (paper.dataset, paper.precision) == ("simplescaling/s1K-1.1", "auto")  # the profile's corpus
+    seven = parse_config(SaeLoraConfig, "sae_lora", "", ["--profile", "paper", "--model_size", "7B"])
+    assert seven.model_id == "Qwen/Qwen2.5-7B-Instruct"
+    tcfg = standard_lora_config(seven)  # 5.3: the same model, in the precision auto resolves to here
+    assert (tcfg.model_id, tcfg.precision) == ("Qwen/Qwen2.5-7B-Instruct", "fp32")
+    with pytest.raises(ValueError, match=r"model 'Qwen/Qwen2.5-\{size\}-Instruct' has a \{size\} placeholder: "
+                                         r"pass --model_size"):
+        config_from_profile(SaeLoraConfig, "sae_lora", "test", model="Qwen/Qwen2.5-{size}-Instruct")
+    with pytest.raises(ValueError, match="--model_size given but model 'random-qwen2' has no"):
+        config_from_profile(SaeLoraConfig, "sae_lora", "test", model_size="7B")
+
+
+# ---------------------------------------------------------------- the residual store, a shard at a time
+
+
+def _store(tiny_tok, folder, monkeypatch=None, shard_tokens=128):
+    """The residual store of the test profile's corpus at layer 1 in shards of about ``shard_tokens`` tokens; with
+    ``monkeypatch``, also how many shards were on disk each time the next one started."""
+    from rank1.decoder import LayerRunner
+    from rank1.models import load_model
+    from rank1.sae_lora import resid_sae
+    from rank1.synth import write_splits
+
+    write_splits(data_dir("test"), 40, 4, 0)
+    runner = LayerRunner(load_model("random-qwen2").eval())
+    on_disk = []
+    if monkeypatch is not None:
+        real = resid_sae.residual_cache
+
+        def spy(*args, **kwargs):
+            on_disk.append(len(list((folder / K.STORE_SHARDS_DIR).glob("*.safetensors"))))
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(resid_sae, "residual_cache", spy)
+    store = resid_sae.extract_residual_store(runner, tiny_tok, str(data_dir("test") / K.TRAIN_JSONL), 1, 1200,
+                                             shard_tokens, folder, resid_sae.base_identity("random-qwen2"))
+    return store, runner, on_disk
+
+
+def test_residual_store_is_written_a_shard_at_a_time_and_holds_the_residual(tiny_tok, isolated_root, monkeypatch):
+    store, runner, on_disk = _store(tiny_tok, isolated_root / "store", monkeypatch)
+    n = len(store.manifest["shards"])
+    assert n >= 4 and on_disk == list(range(n))  # every shard is on disk before the next one is computed
+    model = runner.body  # the residual entering layer 1 = the hidden state after layer 0 of the model's own forward
+    with torch.no_grad():
+        for sh in store.shards():
+            for d in sh.doc_ids_T.unique().tolist():
+                rows = sh.doc_ids_T == d
+                hidden = model(input_ids=sh.token_ids_T[rows].long()[None], output_hidden_states=True).hidden_states
+                assert torch.allclose(sh.acts_TS[rows], hidden[1][0], atol=1e-5)
+                assert sh.positions_T[rows].tolist() == list(range(int(rows.sum())))
+
+
+def test_sae_training_holds_at_most_a_buffer_of_shards(tiny_tok, isolated_root, monkeypatch):
+    import rank1.sae.split as split_module
+    from rank1.sae import heldout_split
+    from rank1.sae_lora import resid_sae
+
+    store, _, _ = _store(tiny_tok, isolated_root / "store")
+    cfg = config_from_profile(SaeLoraConfig, "sae_lora", "test", sae_buffer_tokens=150, sae_epochs=2.0)
+    assert resid_sae.sae_config(config_from_profile(SaeLoraConfig, "sae_lora", "test"),
+                                torch.device("cpu")).buffer_tokens == 1 << 16  # the default: what 5.1 always used
+    loads = []
+    real = split_module._load_buffer
+
+    def spy(store_, split_, shards, *args):
+        x = real(store_, split_, shards, *args)
+        loads.append((list(shards), len(x)))
+        return x
+
+    monkeypatch.setattr(split_module, "_load_buffer", spy)
+    sae, report = resid_sae.train_residual_sae(cfg, store, isolated_root / "sae", torch.device("cpu"))
+    split = heldout_split(store, cfg.heldout_frac, cfg.sae_batch, resid_sae.SKIP_FIRST)
+    counts = split.train_per_shard
+    assert report["settings"]["buffer_tokens"] == 150 and report["training"]["steps"] > 0
+    assert len(loads) >= 4 and all(len(shards) < len(counts) for shards, _ in loads)
+    for shards, rows in loads:  # a buffer closes at the shard that fills it: never the whole store in memory
+        assert rows == sum(counts[i] for i in shards) < split.n_train
+        assert rows - counts[shards[-1]] < cfg.sae_buffer_tokens
+    seen: set[int] = set()
+    for shards, _ in loads:  # the first epoch reads every training shard once
+        if seen == {i for i, c in enumerate(counts) if c}:
+            break
+        assert not seen & set(shards)
+        seen |= set(shards)
+    assert seen == {i for i, c in enumerate(counts) if c}
+
+
+def test_latents_are_computed_a_chunk_at_a_time_with_the_same_result():
+    from rank1.sae_lora.resid_sae import encoded_chunks, reconstruction
+
+    torch.manual_seed(0)
+    sae = TinySae(torch.randn(8, 32), torch.randn(32, 8), torch.randn(8))
+    h = torch.randn(3, 5, 8)
+    chunks = list(encoded_chunks(sae, h.reshape(-1, 8), chunk=4))
+    assert [len(c) for c in chunks] == [4, 4, 4, 3]
+    assert torch.allclose(torch.cat(chunks), sae.encode(h.reshape(-1, 8)))
+    assert torch.allclose(reconstruction(sae, h, chunk=4), sae.decode(sae.encode(h)), atol=1e-5)
+
+
+def test_standard_lora_goes_on_the_base_model_and_comes_off_again(isolated_root):
+    from peft import LoraConfig, get_peft_model
+
+    from rank1.artifacts import write_json
+    from rank1.models import load_model
+    from rank1.sae_lora import stage
+
+    cfg = config_from_profile(SaeLoraConfig, "sae_lora", "test")
+    folder = cfg.folder() / K.STANDARD_LORA_DIR
+    lora = get_peft_model(load_model("random-qwen2"), LoraConfig(r=1, target_modules=["q_proj", "down_proj"],
+                                                                 layers_to_transform=[1], init_lora_weights=False))
+    lora.save_pretrained(folder / K.ADAPTER_DIR)
+    write_json(folder / K.CONFIG_JSON, {"layers": [1], "trainable_params": 1, "final_loss": 0.0})
+    base = stage.load_base(cfg)
+    ids = torch.tensor([[5, 9, 13, 2, 7]])
+
+    @torch.no_grad()
+    def logits():
+        ctx = base.runner.prepare(ids, torch.ones_like(ids))
+        return base.runner.logits(base.runner.run(ctx.h0_BTD, ctx)[0])
+
+    def lora_modules():
+        return [name for name, _ in base.model.named_modules() if "lora" in name]
+
+    before = logits()
+    with stage.standard_lora(cfg, base) as meta:
+        assert meta["layers"] == [1] and lora_modules()
+        with torch.no_grad():
+            assert torch.allclose(logits(), lora.eval()(input_ids=ids).logits, atol=1e-5)  # the LoRA model
+        assert not torch.allclose(logits(), before)
+    assert torch.equal(logits(), before) and not lora_modules()
+    with pytest.raises(RuntimeError, match="inside"), stage.standard_lora(cfg, base):
+        raise RuntimeError("inside")
+    assert torch.equal(logits(), before) and not lora_modules()
+    with stage.standard_lora(dataclasses.replace(cfg, name="other"), base) as meta:  # 5.3 has not run there
+        assert meta is None

@@ -30,7 +30,7 @@ VARIANTS = ["base", "lora", "full", "mlp_ablated", "attn_ablated"]
 def runs(isolated_root):
     write_splits(data_dir("test"), n_train=8, n_eval=5, seed=0)
     lora = train(config_from_profile(TrainConfig, "train", "test", max_steps=2))
-    full = train(config_from_profile(TrainConfig, "train", "test", max_steps=1, full=True))
+    full = train(config_from_profile(TrainConfig, "train", "test", max_steps=2, full=True))
     return lora, full
 
 

@@ -168,3 +168,75 @@ def test_full_finetune_has_its_own_steps_and_cpu_auto_is_fp32(tmp_path):
     assert training_arguments(unset, tmp_path, False).max_steps == 7
     if not torch.cuda.is_available():
         assert use_bf16("auto") is False and use_bf16("bf16") is True
+
+
+@pytest.mark.parametrize("bf16,on_gpu,zero,trainable,expected", [
+    (False, False, 0, True, torch.float32),
+    (False, True, 0, True, torch.float32),
+    (False, True, 3, True, torch.float32),
+    (True, False, 0, True, torch.float32),   # CPU: bf16 is autocast only
+    (True, False, 3, True, torch.float32),
+    (True, True, 0, True, torch.float32),    # one GPU or DDP: fp32 master weights, bf16 autocast
+    (True, True, 2, True, torch.float32),
+    (True, True, 3, True, torch.bfloat16),   # ZeRO-3 keeps the fp32 master copies itself
+    (True, True, 0, False, torch.bfloat16),  # the frozen base of a LoRA run
+    (True, False, 0, False, torch.float32),
+    (False, True, 0, False, torch.float32),
+])
+def test_param_dtype_table(bf16, on_gpu, zero, trainable, expected):
+    from rank1.training.trainer import param_dtype
+    assert param_dtype(bf16, on_gpu, zero, trainable) == expected
+
+
+def test_zero_stage_of_a_deepspeed_config(tmp_path):
+    from rank1.training.trainer import zero_stage
+    assert zero_stage(None) == 0 and zero_stage({"bf16": {"enabled": True}}) == 0
+    assert zero_stage(str(REPO_ROOT / "configs" / "deepspeed_zero3.json")) == 3
+    (tmp_path / "z2.json").write_text('{"zero_optimization": {"stage": 2}}')
+    assert zero_stage(str(tmp_path / "z2.json")) == 2
+
+
+def test_an_lr_1e5_adam_step_needs_fp32_master_weights():
+    """One AdamW step at the full finetune's lr moves every weight by about 1e-5: below half a bf16 ulp
+    of a weight of typical magnitude (std 0.02), so bf16 weights stay put; fp32 master weights move."""
+    from rank1.training.trainer import param_dtype
+
+    g = torch.Generator().manual_seed(0)
+    w_N = 0.02 * torch.randn(100_000, generator=g)
+    grad_N = torch.randn(100_000, generator=g)
+
+    def one_step(dtype):
+        p = torch.nn.Parameter(w_N.to(dtype, copy=True))
+        p.grad = grad_N.to(dtype)
+        torch.optim.AdamW([p], lr=1e-5, betas=(0.9, 0.95), weight_decay=1e-4).step()
+        return (p.detach() != w_N.to(dtype)).float().mean().item()
+
+    assert one_step(torch.bfloat16) < 0.3  # about 80% of the weights do not move at all
+    assert one_step(torch.float32) > 0.99
+    for zero in (0, 1, 2):  # off ZeRO-3 the trainer holds fp32 master weights, on a GPU too
+        assert param_dtype(bf16=True, on_gpu=True, zero=zero) == torch.float32
+
+
+def test_bf16_full_finetune_at_lr_1e5_changes_the_weights(test_data, monkeypatch):
+    """A real one-step full finetune with bf16 (autocast on a CPU) at lr 1e-5 moves the weights, and the
+    trainer follows param_dtype: the same step on weights held in bf16 leaves most of them unchanged."""
+    from rank1.training import trainer
+
+    def changed_share(run_name):
+        cfg = config_from_profile(TrainConfig, "train", "test", full=True, max_steps=1, warmup_ratio=0.0,
+                                  precision="bf16", run_name=run_name)
+        folder = train(cfg)
+        tuned = {k: t for f in (folder / K.FULL_MODEL_DIR).glob("*.safetensors") for k, t in load_file(f).items()}
+        base = load_model("random-qwen2").state_dict()
+        mats = [k for k, t in tuned.items() if "layers." in k and t.dim() == 2]  # as saved: fp32 or bf16
+        moved = sum(int((tuned[k] != base[k].to(tuned[k].dtype)).sum()) for k in mats)
+        return moved / sum(tuned[k].numel() for k in mats), read_json(folder / K.CONFIG_JSON)
+
+    share, meta = changed_share("fp32-master")
+    assert (meta["full_lr"], meta["bf16"], meta["trainable_dtype"], meta["compute"]) == \
+        (1e-5, True, "float32", "bf16 autocast")
+    assert meta["master_weights"] == "the fp32 parameters"
+    assert share > 0.95
+    monkeypatch.setattr(trainer, "param_dtype", lambda *a, **k: torch.bfloat16)  # the old GPU behaviour
+    share_bf16, meta = changed_share("bf16-weights")
+    assert share_bf16 < 0.5
