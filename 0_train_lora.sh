@@ -16,7 +16,8 @@
 #   MASTER_PORT its port (default 29500)
 #   RDZV_ID     rendezvous id shared by the nodes of one run (default: SLURM_JOB_ID, else rank1)
 #   RANK1_ROOT  where runs, data and caches go (default: this repository)
-#   RANK1_PRINT_ONLY=1  print the data and training commands instead of running them
+#   RANK1_PRINT_ONLY=1  print the settings line (with the log file) and the data and training commands
+#               instead of running them
 # Re-running the same command resumes from the newest complete checkpoint.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -42,7 +43,7 @@ NPROC="${NPROC:-$(( GPUS > 0 ? GPUS : 1 ))}"
 NNODES="${NNODES:-${SLURM_NNODES:-1}}"
 NODE_RANK="${NODE_RANK:-${SLURM_NODEID:-0}}"
 if [ -z "${MASTER_ADDR:-}" ] && [ -n "${SLURM_JOB_NODELIST:-}" ] && command -v scontrol >/dev/null; then
-  MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
+  MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)"
 fi
 MASTER_PORT="${MASTER_PORT:-29500}"
 RDZV_ID="${RDZV_ID:-${SLURM_JOB_ID:-rank1}}"
@@ -86,15 +87,15 @@ else
   TRAIN=("$PY" "$REPO/s1_peft/train.py" "$@")
 fi
 
+NODE_TAG=""
+[ "$NNODES" -gt 1 ] && NODE_TAG="-node$NODE_RANK"
+LOG="$LOG_DIR/train-$(basename "$PROFILE" .toml)-$STAMP$NODE_TAG.log"  # a profile path/to/my.toml logs as my
+echo "profile=$PROFILE nnodes=$NNODES node_rank=$NODE_RANK nproc=$NPROC engine=$ENGINE log=$LOG"
 if [ "${RANK1_PRINT_ONLY:-0}" = "1" ]; then
   printf '%q ' "${DATA[@]}"; echo
   printf '%q ' "${TRAIN[@]}"; echo
   exit 0
 fi
 mkdir -p "$LOG_DIR"
-NODE_TAG=""
-[ "$NNODES" -gt 1 ] && NODE_TAG="-node$NODE_RANK"
-LOG="$LOG_DIR/train-$PROFILE-$STAMP$NODE_TAG.log"
-echo "profile=$PROFILE nnodes=$NNODES node_rank=$NODE_RANK nproc=$NPROC engine=$ENGINE log=$LOG"
 "${DATA[@]}" 2>&1 | tee "$LOG"
 "${TRAIN[@]}" 2>&1 | tee -a "$LOG"

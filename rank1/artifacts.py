@@ -7,16 +7,28 @@ Every stage follows one protocol for work that exists already (:func:`reuse_fini
 finished work made from the same settings and inputs is reused, finished work made from others is refused
 with a message (``--overwrite`` recomputes), and partial work resumes only when its stamp matches. Settings and
 files are identified by :func:`settings_digest` and :func:`file_sha256`.
+
+Finished work whose files no longer parse (cut short, overwritten) is never reported up to date: it is refused
+with a message naming the file and saying to recompute it (``--overwrite``), as work of other settings is. It is
+not recomputed on its own: the folder may hold hours of other results, and a damaged file that was written
+atomically means something outside the stage changed it. (An activation store is the exception: its shards carry
+their own key, so a damaged manifest is rebuilt from them; see :func:`rank1.store.extract_store`.)
+
+Errors name what they are about (:func:`read_json`, :func:`cannot_write`), and a stage that fails leaves no
+empty output folder behind (:func:`make_folder`, :func:`remove_new_empty_folders`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -25,18 +37,105 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from rank1.constants import ARGV_JSON, CHECKPOINT_DONE, CONFIG_JSON, RESUME_STAMP
-from rank1.errors import OtherSettings
+from safetensors import SafetensorError
+
+from rank1.constants import (
+    ARGV_JSON,
+    CHECKPOINT_DONE,
+    CONFIG_JSON,
+    RESUME_STAMP,
+    STORE_MANIFEST,
+    TOPK_FEATURES,
+    TOPK_VOCAB,
+)
+from rank1.errors import CannotWrite, CorruptArtifact, OtherSettings
 
 log = logging.getLogger(__name__)
 SECRET_MARKERS = ("token", "key", "secret", "password")
+TIMINGS_JSON = "timings.json"  # beside a stage's artifacts: the wall times kept out of them (see record_timings)
+REPO = Path(__file__).resolve().parents[1]
+WRITE_ELSEWHERE = "or write elsewhere: RANK1_ROOT=DIR moves every output (--out DIR one stage's)"
+# What rebuilds a file of this name, where no argv.json beside it names the script that wrote it.
+REBUILT_BY = {
+    STORE_MANIFEST: "rerun the extraction that made the store: 2.0 (adapters) or 2.4 (MLP neurons) keep its "
+                    "finished shards and write the manifest again; 5.1 (residual stream) with --overwrite",
+    TOPK_FEATURES: "rerun the top-k stage that made it (2.1 adapters, 2.5 MLP neurons, 3.1 SAE latents) with "
+                   "--overwrite",
+}
+REBUILT_BY[TOPK_VOCAB] = REBUILT_BY[TOPK_FEATURES]
+_new_folders: list[Path] = []  # output folders this process created (make_folder), until the stage ends
+
+
+# ---- output folders and write errors --------------------------------------------------------------------
+
+def make_folder(folder: str | os.PathLike) -> Path:
+    """``mkdir -p folder``, remembering the folders it created: if the stage then fails, its entry point removes
+    those still empty (:func:`remove_new_empty_folders`), so a refused run leaves no empty output folder."""
+    folder = Path(folder).absolute()
+    new = []
+    p = folder
+    while not p.exists() and not p.is_symlink() and p != p.parent:
+        new.append(p)
+        p = p.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    _new_folders.extend(new)
+    return folder
+
+
+def remove_new_empty_folders() -> None:
+    """Remove the folders :func:`make_folder` created that are still empty (the deepest first), and forget them."""
+    for p in sorted(set(_new_folders), key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            p.rmdir()
+    _new_folders.clear()
+
+
+def forget_new_folders() -> None:
+    """Keep the folders created so far (the stage finished, or another begins)."""
+    _new_folders.clear()
+
+
+def _errno_of(e: BaseException) -> int | None:
+    """The errno of an OSError, or of the I/O error a safetensors error reports (``... (os error 28)``)."""
+    if isinstance(e, OSError):
+        return e.errno
+    m = re.search(r"os error (\d+)", str(e)) if isinstance(e, SafetensorError) else None
+    return int(m.group(1)) if m else None
+
+
+def cannot_write(path: str | os.PathLike, e: BaseException) -> CannotWrite | None:
+    """The error to raise when writing ``path`` failed with ``e``: one that names the path, why (disk full,
+    read-only, no permission, a file in the way) and what to do; None when ``e`` is not such a failure."""
+    code = _errno_of(e)
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        why, fix = "no space left on the device (or over quota)", "free space there"
+    elif code in (errno.EROFS, errno.EACCES, errno.EPERM):
+        why, fix = "read-only or not permitted", "make it writable"
+    elif code in (errno.ENOTDIR, errno.EEXIST):
+        why, fix = "a file is in the way of a folder", "move the file"
+    else:
+        return None
+    return CannotWrite(f"cannot write {path}: {why}; {fix}, {WRITE_ELSEWHERE}", code)
 
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success move it onto ``path`` (file or folder)."""
+    """Yield a temporary path beside ``path``; on success move it onto ``path`` (file or folder). A full disk or an
+    unwritable folder raises :class:`~rank1.errors.CannotWrite` naming ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with _atomic_path(path) as target:
+            yield target
+    except (OSError, SafetensorError) as e:
+        err = None if isinstance(e, CannotWrite) else cannot_write(path, e)
+        if err is None:
+            raise
+        raise err from e
+
+
+@contextmanager
+def _atomic_path(path: Path) -> Iterator[Path]:
+    make_folder(path.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     target = tmp / path.name
     try:
@@ -61,8 +160,42 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+def write_json(path: str | os.PathLike, obj: Any, sort_keys: bool = False) -> Path:
+    """``obj`` as indented JSON; ``sort_keys`` where the key order means nothing and may come from a set or another
+    library's dict (the file is then the same bytes in every process)."""
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=sort_keys, default=_json_default) + "\n")
+
+
+def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None
+                      ) -> Path:
+    """``tensors`` (name -> torch tensor) and ``metadata`` as a safetensors file, atomically. The same tensors and
+    metadata give the same bytes in every process: safetensors writes ``__metadata__`` in hash order, which
+    varies between processes, so its keys are sorted here (tensors are already ordered by dtype and name)."""
+    from safetensors.torch import save_file
+
+    def write(tmp: Path) -> None:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
+                  metadata=dict(metadata) if metadata else None)
+        if metadata:
+            _sort_safetensors_metadata(tmp)
+
+    return write_with(path, write)
+
+
+def _sort_safetensors_metadata(path: Path) -> None:
+    """Rewrite the header of the safetensors file ``path`` in place with its ``__metadata__`` keys sorted. The same
+    compact JSON in another key order has the same length (safetensors and ``json`` escape the same characters),
+    so the tensor data stay where they are; any room left is padded with spaces, as the format allows."""
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > n:
+            raise RuntimeError(f"{path}: the safetensors header grew from {n} to {len(text)} bytes when its metadata "
+                               f"was sorted; this version of safetensors writes JSON another way")
+        f.seek(8)
+        f.write(text.ljust(n, b" "))
 
 
 def write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path:
@@ -78,8 +211,29 @@ def newest_checkpoint(folder: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name)) if done else None
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
+def read_json(path: str | os.PathLike, rebuild: str | None = None) -> Any:
+    """The JSON in ``path``. A file that does not parse raises :class:`~rank1.errors.CorruptArtifact` naming it and
+    what rebuilds it: ``rebuild`` (the caller knows), else :func:`rebuild_hint`."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        why = f"{e.msg}, line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else "not UTF-8"
+        raise CorruptArtifact(f"{path} is damaged or cut short (not valid JSON: {why}); "
+                              f"{rebuild or rebuild_hint(path)}") from None
+
+
+def rebuild_hint(path: Path) -> str:
+    """What rebuilds the artifact ``path``: the script recorded in the ``argv.json`` beside it (a script of this
+    repository), else the stage known to write a file of that name (:data:`REBUILT_BY`), else its stage."""
+    try:
+        script = Path(json.loads((path.parent / ARGV_JSON).read_text())["argv"][0])
+        rel = (REPO / script).resolve().relative_to(REPO)
+        if path.name != ARGV_JSON and rel.suffix == ".py" and not rel.parts[0].startswith("."):
+            return f"rerun {rel} with --overwrite to rebuild it"
+    except (OSError, ValueError, KeyError, IndexError, TypeError):  # no such record, or not one of our scripts
+        pass
+    return REBUILT_BY.get(path.name, "rerun the stage that wrote it with --overwrite to rebuild it")
 
 
 def _json_default(obj: Any) -> Any:
@@ -115,6 +269,20 @@ def write_run_metadata(folder: str | os.PathLike, cfg: Any, extra: dict[str, Any
         "platform": platform.platform(),
         "cwd": os.getcwd(),
     })
+
+
+def record_timings(folder: str | os.PathLike, artifact: str, **seconds: float) -> Path:
+    """Record the wall times (``seconds``, by name) of making ``artifact`` in ``folder``'s :data:`TIMINGS_JSON`,
+    one entry per artifact (a rerun replaces its own). Wall times differ from run to run, so they stay out of the
+    artifacts, which are then the same bytes for the same inputs and seed."""
+    path = Path(folder) / TIMINGS_JSON
+    try:
+        timings = json.loads(path.read_text()) if path.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):  # a damaged record of times is replaced, not an error
+        timings = {}
+    timings = timings if isinstance(timings, dict) else {}
+    timings[artifact] = {k: round(float(v), 3) for k, v in seconds.items()}
+    return write_json(path, timings, sort_keys=True)
 
 
 # ---- identity of settings and files ---------------------------------------------------------------------
@@ -154,11 +322,16 @@ def reuse_finished(done: str | os.PathLike, expected: Mapping[str, Any], overwri
     done (no such file, or ``overwrite``). ``expected`` maps a dotted key of the saved JSON (``"settings"``,
     ``"identity.weights_sha256"``, ``"config.n_splits"``) to the value this run would write there (compared
     after a JSON round trip, so tuples equal lists). A file made with other values raises
-    :class:`~rank1.errors.OtherSettings` naming them and ``redo``."""
+    :class:`~rank1.errors.OtherSettings` naming them and ``redo``. The finished work is ``done`` and the JSON files
+    beside it: one that does not parse raises :class:`~rank1.errors.CorruptArtifact` naming it and ``redo``."""
     done = Path(done)
     if overwrite or not done.is_file():
         return None
-    saved = read_json(done)
+    damaged = f"the finished work in {done.parent} is not whole: {redo}"
+    saved = read_json(done, damaged)
+    for other in sorted(done.parent.glob("*.json")):
+        if other != done and other.name != TIMINGS_JSON and not other.name.startswith(".") and other.is_file():
+            read_json(other, damaged)
     changed = [k for k, v in expected.items() if _saved_value(saved, k) != json.loads(json.dumps(v, default=str))]
     if changed:
         what = "; ".join(f"{k}: {_short(_saved_value(saved, k))} there, {_short(expected[k])} now" for k in changed)
@@ -183,7 +356,7 @@ def resume_partial(folder: str | os.PathLike, stamp: Any, overwrite: bool, resta
         keep = False
     if folder.is_dir() and not keep:
         shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     if not keep:
         write_json(marker, stamp)
     return keep

@@ -10,12 +10,19 @@ with ``RANK1_ROOT``.
 folder): its top-level keys replace the parent's, and each of its tables replaces the parent's values key by
 key. In string values ``{root}`` and ``{cache}`` stand for :func:`project_root` and :func:`cache_dir`, so a
 profile can name files that a run writes (``model = "{cache}/models/my-model"``).
+
+A profile is checked where it is read: a table that no stage reads (:data:`KNOWN_TABLES`), a key that the stage's
+config has no field for, or a value of the wrong type is an error naming the file, the table, the key and the
+nearest valid name. A stage given ``--profile path/to/my.toml`` is called ``my`` (its output folders), and its
+config's ``profile`` is a :class:`ProfileName`: the name that remembers the file, so that any code reading the
+profile again (:func:`load_profile` of ``cfg.profile``) reads that file, not ``configs/profiles/my.toml``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import os
 import sys
 import tomllib
@@ -23,7 +30,7 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from rank1.constants import ENV_CACHE, ENV_PROFILE, ENV_ROOT, TRAIN_JSONL
 
@@ -33,6 +40,13 @@ DEFAULT_PROFILE = "tiny"
 COMMON_KEYS = ("description", "model", "dataset")
 EXTENDS_KEY = "extends"
 PATH_PLACEHOLDERS = ("{root}", "{cache}")
+# The tables a profile may have: those the stage configs read (parse_config / config_from_profile sections), the
+# dry run's [plan] and the rehearsal's [rehearsal]. tests/test_config.py checks this list against the code.
+KNOWN_TABLES = (
+    "ablation", "attribution", "autointerp", "dashboard", "data", "eval", "extract", "interpretability",
+    "lora_vs_mlp", "plan", "probes", "rehearsal", "report", "rollouts", "sae", "sae_autointerp", "sae_dashboard",
+    "sae_densities", "sae_donut", "sae_features", "sae_lora", "steering", "topk", "train", "weight_geometry",
+)
 
 C = TypeVar("C")
 
@@ -85,11 +99,40 @@ def results_dir(profile: str, stage: str, name: str | None = None) -> Path:
     return folder / name if name else folder
 
 
+class ProfileName(str):
+    """A profile's name (``my`` for ``my.toml``: what its output folders are called) that remembers the file it
+    was read from. Stage configs hold it as ``profile``, so it travels with every copy of a config (also into
+    the configs a stage builds from it, and across pickling) and :func:`load_profile` of it reads that file
+    again: a profile given by path is never looked up by its name. It prints, compares and serialises to JSON
+    as the plain name."""
+
+    path: Path
+
+    def __new__(cls, name: str, path: Path) -> ProfileName:
+        obj = super().__new__(cls, name)
+        obj.path = Path(path)
+        return obj
+
+    def __reduce__(self):
+        return ProfileName, (str(self), self.path)
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str
     path: Path
     values: dict[str, Any]
+    sources: dict[str, Path] = dataclasses.field(default_factory=dict)  # "table.key" or "key" -> the file setting it
+
+    @property
+    def spec(self) -> str:
+        """What ``--profile`` names this profile by from any folder: the name of a shipped profile, else the
+        absolute path of its file."""
+        return self.name if self.path == PROFILES_DIR / f"{self.name}.toml" else str(self.path)
+
+    def source(self, table: str | None, key: str) -> Path:
+        """The file of the ``extends`` chain that set ``key`` (of ``[table]``; None: a top-level key)."""
+        return self.sources.get(f"{table}.{key}" if table else key, self.path)
 
     def common(self, key: str, default: Any = None) -> Any:
         return self.values.get(key, default)
@@ -121,16 +164,36 @@ def _read_toml(path: Path) -> dict[str, Any]:
             raise ValueError(f"profile {path} is not valid TOML: {e}") from e
 
 
-def _merged(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """The values of the profile at ``path`` with its ``extends`` chain applied (child over parent)."""
-    values = _read_toml(path)
-    parent = values.pop(EXTENDS_KEY, None)
-    unknown = [k for k, v in values.items() if not isinstance(v, dict) and k not in COMMON_KEYS]
+def nearest(name: str, valid: typing.Iterable[str], what: str) -> str:
+    """``"did you mean 'x'?"`` for the valid name closest to ``name``, else the list of valid ``what``."""
+    valid = sorted(valid)
+    close = difflib.get_close_matches(name, valid, n=1)
+    return f"did you mean {close[0]!r}?" if close else f"valid {what}: {', '.join(valid)}"
+
+
+def _check_names(path: Path, values: dict[str, Any]) -> None:
+    """Every top-level key of one profile file is a common key or ``extends``, every table a known one."""
+    for key, value in values.items():
+        if isinstance(value, dict) and key not in KNOWN_TABLES:
+            raise ValueError(f"profile {path}: unknown table [{key}] ({nearest(key, KNOWN_TABLES, 'tables')})")
+    allowed = (*COMMON_KEYS, EXTENDS_KEY)
+    unknown = [k for k, v in values.items() if not isinstance(v, dict) and k not in allowed]
     if unknown:
-        raise ValueError(f"profile {path}: unknown top-level keys {unknown}; "
-                         f"allowed: {(*COMMON_KEYS, EXTENDS_KEY)}")
+        raise ValueError(f"profile {path}: unknown top-level keys {unknown} "
+                         f"({nearest(unknown[0], allowed, 'top-level keys')})")
+
+
+def _merged(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict[str, Path]]:
+    """The values of the profile at ``path`` with its ``extends`` chain applied (child over parent), and the
+    file each value came from (``"table.key"`` or ``"key"`` -> path)."""
+    values = _read_toml(path)
+    _check_names(path, values)
+    parent = values.pop(EXTENDS_KEY, None)
+    own: dict[str, Path] = {}
+    for key, value in values.items():
+        own.update({f"{key}.{k}": path for k in value} if isinstance(value, dict) else {key: path})
     if parent is None:
-        return values
+        return values, own
     if not isinstance(parent, str):
         raise ValueError(f"profile {path}: {EXTENDS_KEY} must be a profile name or .toml path, got {parent!r}")
     parent_path = _profile_path(parent, path.parent).resolve()
@@ -140,13 +203,13 @@ def _merged(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not parent_path.is_file():
         raise ValueError(f"profile {path}: {EXTENDS_KEY} = {parent!r} names no file ({parent_path}); "
                          f"use one of {available_profiles()} or a .toml path")
-    merged = _merged(parent_path, (*seen, path.resolve()))
+    merged, sources = _merged(parent_path, (*seen, path.resolve()))
     for key, value in values.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = {**merged[key], **value}
         else:
             merged[key] = value
-    return merged
+    return merged, {**sources, **own}
 
 
 def expand_paths(value: Any) -> Any:
@@ -163,16 +226,18 @@ def expand_paths(value: Any) -> Any:
 
 
 def load_profile(name_or_path: str | None = None) -> Profile:
-    """Load a profile by name (``tiny``, ``paper``, ``test``) or by path to a TOML file, with its
-    ``extends`` chain merged and its ``{root}`` / ``{cache}`` placeholders expanded."""
+    """Load a profile by name (``tiny``, ``paper``, ``test``), by path to a TOML file (relative to the working
+    directory) or by a config's :class:`ProfileName` (the file it was read from), with its ``extends`` chain
+    merged and its ``{root}`` / ``{cache}`` placeholders expanded."""
     spec = name_or_path or os.environ.get(ENV_PROFILE) or DEFAULT_PROFILE
-    path = _profile_path(spec, Path.cwd())
+    path = spec.path if isinstance(spec, ProfileName) else _profile_path(spec, Path.cwd())
     if not path.is_file():
         raise ValueError(
             f"unknown profile {spec!r}: no file {path}. "
             f"Use one of {available_profiles()} or pass a path to a profile .toml file."
         )
-    return Profile(name=path.stem, path=path.resolve(), values=expand_paths(_merged(path)))
+    values, sources = _merged(path)
+    return Profile(name=path.stem, path=path.resolve(), values=expand_paths(values), sources=sources)
 
 
 def _field_type(tp: Any) -> type:
@@ -184,17 +249,45 @@ def _field_type(tp: Any) -> type:
     return tp
 
 
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+_TOML_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
+               dict: "a table"}
+
+
+def _fits(value: Any, expected: type) -> bool:
+    """Whether a TOML value can be a field of type ``expected`` (an integer can be a float)."""
+    if expected is bool or isinstance(value, bool):
+        return isinstance(value, bool) and expected is bool
+    if expected is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, expected)
+
+
+def _check_value(profile: Profile, table: str | None, key: str, value: Any, hint: Any) -> None:
+    expected = _field_type(hint)
+    if expected in _TYPE_NAMES and not _fits(value, expected):
+        got = next((n for t, n in _TOML_NAMES.items() if isinstance(value, t)), type(value).__name__)
+        where = f"[{table}] {key}" if table else key
+        raise ValueError(f"profile {profile.source(table, key)}: {where} = {value!r} must be "
+                         f"{_TYPE_NAMES[expected]}, got {got}")
+
+
 def profile_defaults(cls: type[C], profile: Profile, section: str | tuple[str, ...]) -> dict[str, Any]:
     """Values the profile gives for ``cls``: common keys it has as fields, then its own table (several
-    tables: each overrides the ones before, e.g. ``("autointerp", "sae_autointerp")``)."""
-    names = {f.name for f in dataclasses.fields(cls)}
+    tables: each overrides the ones before, e.g. ``("autointerp", "sae_autointerp")``). A key ``cls`` has no
+    field for, or a value of another type than the field's, is a ``ValueError`` naming the profile file."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)} - {"profile"}
     values = {k: v for k, v in profile.values.items() if k in COMMON_KEYS and k in names}
+    for key, value in values.items():
+        _check_value(profile, None, key, value, hints[key])
     for sec in (section,) if isinstance(section, str) else section:
         table = profile.section(sec)
-        unknown = sorted(set(table) - names)
-        if unknown:
-            raise ValueError(f"profile {profile.path}: [{sec}] has unknown keys {unknown}; "
-                             f"known: {sorted(names)}")
+        for key, value in table.items():
+            if key not in names:
+                raise ValueError(f"profile {profile.source(sec, key)}: [{sec}] has unknown key {key!r} "
+                                 f"({nearest(key, names, 'keys')})")
+            _check_value(profile, sec, key, value, hints[key])
         values.update(table)
     return values
 
@@ -224,6 +317,15 @@ def build_parser(cls: type[C], description: str, defaults: dict[str, Any]) -> ar
     return parser
 
 
+def _profile_error(e: ValueError) -> NoReturn:
+    """A profile that cannot be read or does not fit the stage: one ``error:`` line and exit status 2, as
+    :func:`rank1.logs.run_main` ends bad input (``RANK1_DEBUG=1`` keeps the traceback)."""
+    if os.environ.get("RANK1_DEBUG"):
+        raise e
+    sys.stderr.write(f"error: {e}\n")
+    raise SystemExit(2)
+
+
 def parse_config(cls: type[C], section: str | tuple[str, ...], description: str,
                  argv: list[str] | None = None) -> C:
     """Build ``cls`` from dataclass defaults < profile < command line. ``--help`` lists every field."""
@@ -233,11 +335,12 @@ def parse_config(cls: type[C], section: str | tuple[str, ...], description: str,
     known, _ = pre.parse_known_args(argv)
     try:
         profile = load_profile(known.profile)
+        defaults = profile_defaults(cls, profile, section)
     except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
-    parser = build_parser(cls, description, profile_defaults(cls, profile, section))
+        _profile_error(e)
+    parser = build_parser(cls, description, defaults)
     args = vars(parser.parse_args(argv))
-    args["profile"] = profile.name  # a profile file my_cluster.toml is called my_cluster
+    args["profile"] = ProfileName(profile.name, profile.path)  # a profile file my_cluster.toml is called my_cluster
     try:
         return cls(**args)
     except ValueError as e:
@@ -247,8 +350,9 @@ def parse_config(cls: type[C], section: str | tuple[str, ...], description: str,
 
 def config_from_profile(cls: type[C], section: str | tuple[str, ...], profile: str | None = None,
                         **overrides) -> C:
-    """Programmatic twin of :func:`parse_config`, for tests and notebooks."""
+    """Programmatic twin of :func:`parse_config`, for tests and notebooks (``profile``: a name, a path or a
+    config's :class:`ProfileName`)."""
     prof = load_profile(profile)
     values = profile_defaults(cls, prof, section)
     values.update(overrides)
-    return cls(profile=prof.name, **values)
+    return cls(profile=ProfileName(prof.name, prof.path), **values)

@@ -47,6 +47,7 @@ from rank1.benchmarks import BENCHMARKS_DIR, BenchmarkSpec
 from rank1.config import REPO_ROOT, Profile, load_profile, profile_defaults, project_root
 from rank1.constants import ENV_LLM_BASE_URL, ENV_LLM_MODEL, ENV_PROFILE, PROJECTIONS
 from rank1.interventions.config import RolloutConfig, SteeringConfig
+from rank1.logs import report_error
 from rank1.rehearsal import llm_endpoint, prepare
 from rank1.sae.config import SaeConfig
 from rank1.sae_lora.config import SaeLoraConfig
@@ -549,7 +550,9 @@ def stages() -> tuple[Stage, ...]:
 
 def command(stage: Stage, profile: str, python: str, repo: Path = REPO_ROOT,
             env: Mapping[str, str] = os.environ) -> list[str]:
-    """The stage's command line (the evaluation gets ``--gpqa_path`` when ``GPQA_PATH`` is set)."""
+    """The stage's command line (the evaluation gets ``--gpqa_path`` when ``GPQA_PATH`` is set). ``profile`` is
+    what the stage gets as ``--profile``: a :attr:`Profile.spec` (a shipped profile's name, else an absolute path,
+    which reads the same file from any working directory)."""
     argv = [a.format(py=python, repo=repo, profile=profile) for a in stage.argv]
     if stage.name == "eval_benchmarks" and env.get(ENV_GPQA):
         argv += ["--gpqa_path", env[ENV_GPQA]]
@@ -821,12 +824,12 @@ def plan_text(profile: Profile, spec: str, python: str, env: Mapping[str, str] =
 def run_stages(spec: str, python: str, env: Mapping[str, str] = os.environ,
                stage_list: Sequence[Stage] | None = None) -> int:
     """Run every stage (of ``stage_list``, default :func:`stages`) in order; log each wall time; stop at the
-    first failure, naming it."""
+    first failure, naming it. A profile given by a relative path reaches every stage as its absolute path."""
     profile = load_profile(spec)
     times = times_path(profile.name)
     times.parent.mkdir(parents=True, exist_ok=True)
     for st in stages() if stage_list is None else stage_list:
-        argv = command(st, spec, python, env=env)
+        argv = command(st, profile.spec, python, env=env)
         print(f"=== {st.name}: {shlex.join(argv)}", flush=True)
         t0 = time.monotonic()
         rc = subprocess.call(argv, env={**env, "PYTHON": python})
@@ -854,9 +857,10 @@ def main(argv: list[str] | None = None) -> int:
         rehearsal = prepare(profile)  # a rehearsal profile's fixtures exist before anything reads them
         problems, notes = check_profile(profile)
         if args.dry_run:
-            print(plan_text(profile, args.profile, python))
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+            print(plan_text(profile, profile.spec, python))
+    except Exception as e:
+        if not report_error(e):  # bad input is one error line, a bug keeps its traceback
+            raise
         return 2
     for n in notes:
         print(f"note: {n}")
@@ -868,8 +872,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(f"\nprofile {profile.name}: every required id and path is set")
         return 0
-    with llm_endpoint(profile, rehearsal, project_root() / "logs"):
-        return run_stages(args.profile, python)
+    try:
+        with llm_endpoint(profile, rehearsal, project_root() / "logs"):
+            return run_stages(args.profile, python)
+    except Exception as e:  # e.g. RANK1_ROOT read-only or full: the times file cannot be written
+        if not report_error(e):
+            raise
+        return 2
 
 
 if __name__ == "__main__":

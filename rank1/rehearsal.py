@@ -23,20 +23,25 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import logging
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from fractions import Fraction
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +71,8 @@ ALLOWED_OVERRIDES = frozenset({
     "eval.precision",
     "extract.max_docs", "extract.block_size", "extract.shard_tokens", "extract.batch_tokens", "extract.dtype",
     "extract.precision", "extract.num_gpus", "extract.num_procs",
-    "ablation.n_samples", "ablation.max_tokens", "ablation.cache_limit_mb", "ablation.precision",
-    "ablation.n_resamples",
+    "ablation.n_samples", "ablation.greedy_samples", "ablation.max_tokens", "ablation.cache_limit_mb",
+    "ablation.precision", "ablation.n_resamples",
     "autointerp.llm_base_url", "autointerp.llm_model", "autointerp.llm_concurrency", "autointerp.llm_max_tokens",
     "autointerp.max_features", "autointerp.n_score_active", "autointerp.n_score_quiet",
     "interpretability.layer_bin", "interpretability.n_resamples", "lora_vs_mlp.n_resamples",
@@ -381,6 +386,93 @@ class LocalServer:
         self.stop()
 
 
+# ---------------------------------------------------------------- the scripted endpoint
+
+SCRIPTED = "scripted"
+MARKED = re.compile(r"<<(.*?)>>")
+EXAMPLE_LINE = re.compile(r"^Example \d+: (.*)$", re.M)
+QUOTED = re.compile(r'explained as: "(.*?)"\.')
+OPTION_LINE = re.compile(r"^- ([^:\n]+):", re.M)
+
+
+def scripted_answer(prompt: str) -> str:
+    """A valid JSON answer to one of the autointerp prompts (:mod:`rank1.autointerp.prompts`), computed from the
+    prompt the way a careful reader would: the explanation names the token the feature peaks on most often; the
+    category is one of the listed keys; a detection or fuzzing example gets 1 when it holds (or marks) that token."""
+    if '{"explanation"' in prompt:
+        peaks = Counter(MARKED.findall(prompt))
+        token, count = peaks.most_common(1)[0] if peaks else ("", 0)
+        share = count / max(1, sum(peaks.values()))
+        return json.dumps({"explanation": f'the token "{token.strip() or token}"',
+                           "classification": 0 if share >= 0.5 else 1 if share >= 0.25 else 2,
+                           "reasoning": f"{count} of {sum(peaks.values())} peaks are on this token"})
+    quoted = QUOTED.search(prompt)
+    explained = re.findall(r'the token "(.*)"', quoted.group(1)) if quoted else []
+    token = explained[0] if explained else ""
+    if '{"category"' in prompt:
+        keys = OPTION_LINE.findall(prompt)
+        pick = int(hashlib.sha256(token.encode()).hexdigest(), 16) % len(keys) if keys else 0
+        return json.dumps({"category": keys[pick] if keys else ""})
+    lines = EXAMPLE_LINE.findall(prompt)
+    if "are marked <<like this>>" in prompt:  # fuzzing: are the marked tokens the explained one?
+        answers = [int(bool(token) and any(token in m for m in MARKED.findall(line))) for line in lines]
+    else:  # detection: does the excerpt hold the explained token?
+        answers = [int(bool(token) and token in line) for line in lines]
+    return json.dumps({"answers": answers})
+
+
+class ScriptedEndpoint:
+    """An OpenAI-compatible chat endpoint on localhost that answers with :func:`scripted_answer`: the rehearsal's
+    stand-in for a capable LLM (a 135M model served by ``transformers serve`` rarely writes valid JSON, and then
+    every explanation fails and the analysis stages stop). A context manager; serves ``model`` only."""
+
+    def __init__(self, port: int, model: str):
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # noqa: ARG002 (the base class's signature)
+                endpoint.requests += self.command == "POST"
+
+            def _send(self, code: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                if self.path.rstrip("/").endswith("/models"):
+                    self._send(200, {"object": "list", "data": [{"id": model, "object": "model"}]})
+                else:
+                    self._send(200 if self.path == "/health" else 404, {"status": "ok"})
+
+            def do_POST(self) -> None:
+                request = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                if request.get("model") != model:
+                    self._send(404, {"error": {"message": f"model {request.get('model')!r} is not served"}})
+                    return
+                prompt = "\n".join(str(m.get("content", "")) for m in request.get("messages", []))
+                answer = scripted_answer(prompt)
+                self._send(200, {"id": "chatcmpl-rehearsal", "object": "chat.completion", "created": 0,
+                                 "model": model, "choices": [{"index": 0, "finish_reason": "stop",
+                                                              "message": {"role": "assistant", "content": answer}}],
+                                 "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens":
+                                           len(answer.split()), "total_tokens": len((prompt + answer).split())}})
+
+        self.requests = 0
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> ScriptedEndpoint:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def prepare(profile: Profile) -> RehearsalConfig | None:
     """Write the fixtures of a profile with a ``[rehearsal]`` table (nothing for other profiles)."""
     cfg = RehearsalConfig.of(profile)
@@ -391,13 +483,17 @@ def prepare(profile: Profile) -> RehearsalConfig | None:
 
 @contextlib.contextmanager
 def llm_endpoint(profile: Profile, cfg: RehearsalConfig | None, log_dir: Path) -> Iterator[None]:
-    """While inside: ``transformers serve`` of ``[rehearsal] serve`` at ``[autointerp] llm_base_url``'s port."""
+    """While inside: the ``[rehearsal] serve`` endpoint at ``[autointerp] llm_base_url``'s port: ``scripted``
+    (:class:`ScriptedEndpoint`) or a model spec served by ``transformers serve`` (:class:`LocalServer`)."""
     if cfg is None or not cfg.serve:
         yield
         return
-    url = urllib.parse.urlsplit(profile.section("autointerp").get("llm_base_url", ""))
+    table = profile.section("autointerp")
+    url = urllib.parse.urlsplit(table.get("llm_base_url", ""))
     if url.hostname not in ("127.0.0.1", "localhost") or not url.port:
         raise ValueError(f"profile {profile.path}: [{SECTION}] serve needs [autointerp] llm_base_url on "
                          f"localhost with a port, e.g. http://127.0.0.1:8011/v1; got {url.geturl()!r}")
-    with LocalServer(resolve_model_source(cfg.serve), log_dir / f"serve-{profile.name}.log", url.port):
+    server = (ScriptedEndpoint(url.port, table.get("llm_model", "")) if cfg.serve == SCRIPTED else
+              LocalServer(resolve_model_source(cfg.serve), log_dir / f"serve-{profile.name}.log", url.port))
+    with server:
         yield

@@ -8,8 +8,9 @@ Resolve one with :func:`resolve_run` from
   ``adapter_model.safetensors``), checked against the base model it will be put on.
 
 Load it with :meth:`Run.load` on CPU or GPU in the precision the device supports. Every artifact a
-later stage writes records :meth:`Run.identity`: the base model id and a hash of the trained weights,
-so a stage can tell that its inputs came from another checkpoint (:func:`check_same_identity`).
+later stage writes records :meth:`Run.identity`: the base model id and a hash of it and the trained weight
+tensors (nothing else: the same weights saved elsewhere are the same run), so a stage can tell that its
+inputs came from another checkpoint (:func:`check_same_identity`).
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from rank1.models import load_model, load_tokenizer, model_config, resolve_model
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "bf16", "fp32")
-WEIGHT_SUFFIXES = (".safetensors", ".bin")
-HASH_CACHE = ".weights_sha256.json"  # beside the weights: sizes, mtimes and the hash they gave
+HASH_CACHE = ".weights_sha256.json"  # beside the weights: sizes, mtimes and the tensor hash they gave
+HASH_SCHEME = "tensors-v1"  # what the cached hash covers (a cache of another scheme is recomputed)
 
 
 class RunError(ValueError):
@@ -75,33 +76,72 @@ def latest_run(profile: str, full: bool = False) -> Path:
     return max(finished, key=lambda p: (p / K.CONFIG_JSON).stat().st_mtime)
 
 
-def weights_sha256(folder: Path) -> str:
-    """sha256 over the weight files of ``folder`` (names and bytes, sorted by name). Cached beside
-    them, keyed by each file's size and mtime, so a 64 GB full finetune is hashed once."""
-    files = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+def weights_sha256(folder: Path, base_model: str) -> str:
+    """The digest of a run's identity: sha256 of its base model id and :func:`tensors_sha256` of the weights in
+    ``folder``. Nothing else counts: bit-identical weights on the same base model have the same digest wherever
+    and however they were saved."""
+    digest = tensors_sha256(folder)
+    return hashlib.sha256(json.dumps({"base_model": str(base_model), "tensors_sha256": digest},
+                                     sort_keys=True).encode()).hexdigest()
+
+
+def tensors_sha256(folder: Path) -> str:
+    """sha256 over the tensors of the safetensors files in ``folder``: for each tensor, by sorted name, its name,
+    dtype, shape and data bytes. Independent of file names and sharding, of the safetensors ``__metadata__`` and
+    of the other files (``adapter_config.json`` lists PEFT's target modules in an order that varies between
+    processes; ``training_args.bin`` holds the output path). Cached beside them, keyed by each file's size and
+    mtime, so a 64 GB full finetune is hashed once."""
+    files = sorted(p for p in folder.glob("*.safetensors") if p.is_file())
     if not files:
-        raise RunError(f"{folder} holds no weight files ({', '.join(WEIGHT_SUFFIXES)})")
+        raise RunError(f"{folder} holds no weight files (*.safetensors)")
     stamp = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
     cache = folder / HASH_CACHE
     if cache.is_file():
-        try:
-            cached = read_json(cache)
-            if cached.get("files") == stamp:
+        try:  # a damaged cache is recomputed
+            cached = json.loads(cache.read_text())
+            if cached.get("scheme") == HASH_SCHEME and cached.get("files") == stamp:
                 return cached["sha256"]
-        except (json.JSONDecodeError, KeyError):
+        except (ValueError, KeyError, AttributeError):
             pass
-    h = hashlib.sha256()
+    tensors = {}  # name -> (file, offset of the data, header entry)
     for p in files:
-        h.update(p.name.encode() + b"\0")
-        with p.open("rb") as f:
-            while chunk := f.read(1 << 24):
+        data_start, header = _safetensors_header(p)
+        tensors.update({name: (p, data_start, entry) for name, entry in header.items()})
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        path, data_start, entry = tensors[name]
+        begin, end = entry["data_offsets"]
+        h.update(json.dumps([name, entry["dtype"], entry["shape"], end - begin]).encode() + b"\0")
+        with path.open("rb") as f:
+            f.seek(data_start + begin)
+            left = end - begin
+            while left > 0:
+                chunk = f.read(min(left, 1 << 24))
+                if not chunk:
+                    raise RunError(f"{path} is truncated: tensor {name!r} ends past the end of the file")
                 h.update(chunk)
+                left -= len(chunk)
     digest = h.hexdigest()
     try:
-        write_json(cache, {"files": stamp, "sha256": digest})
+        write_json(cache, {"scheme": HASH_SCHEME, "files": stamp, "sha256": digest})
     except OSError:  # a read-only run folder still has an identity
         pass
     return digest
+
+
+def _safetensors_header(path: Path) -> tuple[int, dict[str, dict[str, Any]]]:
+    """(offset of the data, {tensor name: {dtype, shape, data_offsets}}) from a safetensors file's header."""
+    try:
+        with path.open("rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n)) if 2 <= n <= path.stat().st_size - 8 else None
+        header.pop("__metadata__", None)
+        if not all({"dtype", "shape", "data_offsets"} <= set(e) for e in header.values()):
+            raise ValueError
+    except (ValueError, AttributeError, TypeError):
+        raise RunError(f"{path} is not a readable safetensors file (damaged or cut short); copy or retrain the "
+                       f"run") from None
+    return 8 + n, header
 
 
 def check_adapter_folder(folder: Path, model_id: str | None = None, require_rank: int | None = 1) -> dict:
@@ -220,9 +260,11 @@ class Run:
         return self.adapter_config.get("r") if self.kind == "lora" else None
 
     def identity(self) -> dict[str, Any]:
-        """What artifacts record about their inputs: two equal identities mean the same weights."""
+        """What artifacts record about their inputs. Two runs are the same when ``base_model`` and
+        ``weights_sha256`` (the base model and the weight tensors, see :func:`weights_sha256`) are equal; ``run``
+        and ``weights`` (its name and folder) only say where it was found."""
         return {"run": self.name, "kind": self.kind, "base_model": self.model_id,
-                "weights": str(self.weights_dir), "weights_sha256": weights_sha256(self.weights_dir)}
+                "weights": str(self.weights_dir), "weights_sha256": weights_sha256(self.weights_dir, self.model_id)}
 
     def load(self, precision: str = "auto", device_map: str | dict | None = None) -> Loaded:
         """Base model + adapter (PEFT, unmerged, so hooks and ``disable_adapter`` work), or the full

@@ -3,6 +3,7 @@
 Layout of a store folder::
 
     manifest.json                 written last: kind, run identity, site order, corpus hash, shard list
+    timings.json                  wall time of the extraction (kept out of the manifest: it varies run to run)
     shards/shard_00000.safetensors
         acts_TS      [tokens, sites] float16 (or bfloat16 / float32: ``dtype`` in the manifest)
         token_ids_T  int32   token id
@@ -13,10 +14,10 @@ Shards hold whole documents (a document never spans two shards, so a context win
 shard), consecutive in corpus order; the shard plan depends only on the document lengths and
 ``shard_tokens``. Each shard carries the store key (hash of run identity, site list, corpus and dtype) in
 its safetensors metadata, so an interrupted extraction keeps the finished shards that belong to the same
-store and redoes the rest. Memory is bounded by one shard per worker. Workers (``num_procs`` on CPU,
-``num_gpus`` on GPU) take every n-th shard; GPU worker i runs on the i-th visible GPU (:func:`worker_gpus`) and
-loads the model straight onto it. A worker that fails or dies (OOM killer) fails the extraction at once, with
-its exit code; the finished shards stay, so a rerun resumes.
+store and redoes the rest (so does a store whose manifest is damaged). Memory is bounded by one shard per
+worker. Workers (``num_procs`` on CPU, ``num_gpus`` on GPU) take every n-th shard; GPU worker i runs on the i-th
+visible GPU (:func:`worker_gpus`) and loads the model straight onto it. A worker that fails or dies (OOM killer)
+fails the extraction at once, with its exit code; the finished shards stay, so a rerun resumes.
 
 Read a store with :meth:`Store.open` (checks the manifest, each shard's presence and size, and, if given,
 the run identity) and stream it with :meth:`Store.shards`.
@@ -41,14 +42,14 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from tqdm import tqdm
 
 from rank1 import constants as K
-from rank1.artifacts import read_json, write_json, write_with
+from rank1.artifacts import REBUILT_BY, make_folder, read_json, record_timings, write_json, write_safetensors
 from rank1.batching import longest_first, pad_ids
 from rank1.capture import Capture, CaptureSpec
 from rank1.data import load_reasoning_records, tokenize_record
+from rank1.errors import CorruptArtifact
 from rank1.runs import RunError, check_same_identity
 
 log = logging.getLogger(__name__)
@@ -190,7 +191,7 @@ def shard_is_done(path: Path, key: str) -> bool:
 
 
 def _save_shard(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
-    write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    write_safetensors(path, tensors, meta)
 
 
 @dataclass(frozen=True)
@@ -280,12 +281,22 @@ def _worker(job: Job, conn) -> None:
 
 def check_writable(folder: Path) -> None:
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        make_folder(folder)  # removed again if the stage fails while it is empty
         with tempfile.NamedTemporaryFile(dir=folder):
             pass
     except OSError as e:
         raise StoreError(f"output folder {folder} is not writable ({e.strerror or e}); "
                          f"pass --out DIR or set RANK1_ROOT to a writable place") from None
+
+
+def _finished_manifest(path: Path) -> dict | None:
+    """The manifest of a finished store, or None when it is damaged: the store is then rebuilt like an unfinished
+    one (the shards carry their store key, so those of the same inputs are kept and the rest redone)."""
+    try:
+        return read_json(path, "rebuilding the store (its finished shards of the same inputs are kept)")
+    except CorruptArtifact as e:
+        log.warning("%s", e)
+        return None
 
 
 def extract_store(spec: CaptureSpec, corpus: Corpus, folder: Path, *, sites: list[dict], identity: dict,
@@ -298,8 +309,8 @@ def extract_store(spec: CaptureSpec, corpus: Corpus, folder: Path, *, sites: lis
     corpus_sha = corpus.sha256()
     key = store_key(identity, sites, corpus_sha, dtype, shard_tokens)
     manifest_path = folder / K.STORE_MANIFEST
-    if manifest_path.is_file() and not overwrite:
-        old = read_json(manifest_path)
+    old = _finished_manifest(manifest_path) if manifest_path.is_file() and not overwrite else None
+    if old is not None:
         if old.get("store_key") != key:
             raise StoreError(f"{folder} holds a store of other inputs (run {old.get('identity', {}).get('run')!r}, "
                              f"corpus {str(old.get('corpus', {}).get('sha256'))[:12]}); pass --overwrite to "
@@ -312,8 +323,8 @@ def extract_store(spec: CaptureSpec, corpus: Corpus, folder: Path, *, sites: lis
             log.warning("%s; redoing the missing shards", e)
     gpu_ids = worker_gpus(gpus, os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.device_count()) if gpus else []
     check_writable(folder)
+    manifest_path.unlink(missing_ok=True)  # a store without one did not finish (also when this run is killed)
     if overwrite:
-        manifest_path.unlink(missing_ok=True)
         shutil.rmtree(folder / K.STORE_SHARDS_DIR, ignore_errors=True)
     (folder / K.STORE_SHARDS_DIR).mkdir(parents=True, exist_ok=True)
     plan = plan_shards([len(d) for d in corpus.docs], shard_tokens)
@@ -341,11 +352,12 @@ def extract_store(spec: CaptureSpec, corpus: Corpus, folder: Path, *, sites: lis
         path = folder / K.STORE_SHARDS_DIR / shard_name(i)
         shards.append({"file": f"{K.STORE_SHARDS_DIR}/{shard_name(i)}", "doc_start": start, "doc_end": end,
                        "n_tokens": lengths[i], "bytes": path.stat().st_size})
+    record_timings(folder, K.STORE_MANIFEST, seconds_this_session=time.time() - t0)
     write_json(manifest_path, {
         "format_version": FORMAT_VERSION, "kind": spec.kind, "store_key": key, "identity": identity,
         "sites": sites, "dtype": dtype, "shard_tokens": shard_tokens, "n_tokens": corpus.n_tokens,
         "n_docs": len(corpus.docs), "corpus": {"source": corpus.source, "sha256": corpus_sha},
-        "shards": shards, "seconds_this_session": round(time.time() - t0, 1), **(extra or {})})
+        "shards": shards, **(extra or {})})
     return folder
 
 
@@ -473,7 +485,7 @@ class Store:
                 else ""
             raise StoreError(f"{folder} holds no activation store: {K.STORE_MANIFEST} is missing{hint}; "
                              f"make one with 2_lora_activation_interp/2.0_extract_lora_activations.py")
-        manifest = read_json(path)
+        manifest = read_json(path, REBUILT_BY[K.STORE_MANIFEST])
         if manifest.get("format_version") != FORMAT_VERSION:
             raise StoreError(f"{path}: store format {manifest.get('format_version')}, this code reads "
                              f"{FORMAT_VERSION}; re-extract with --overwrite")

@@ -2,10 +2,9 @@
 root's path (and each checkout's, with ``--repo_a/--repo_b``) is replaced by ``<root>`` and wall-time
 fields are dropped, safetensors equal tensor by tensor (bit for bit), every other text file equal after the path
 replacement; figures (PDF, PNG), logs and the weights-hash cache are not compared. Identity digests (sha256 hex
-strings) may differ only consistently: one digest of A always stands where the same digest of B does (a run's
-weights digest also covers its adapter_config.json, where PEFT writes target_modules in an order that varies
-between processes, and training_args.bin, which holds the output path). Prints each difference and exits 1 if
-there is any, 0 if none.
+strings) may differ only consistently: one digest of A always stands where the same digest of B does (a digest
+that records a folder, or a local base-model path, differs between two roots). Prints each difference and exits 1
+if there is any, 0 if none.
 
 Usage:
     python tests/compare_artifacts.py ROOT_A ROOT_B [--repo_a DIR --repo_b DIR] [--show 20]

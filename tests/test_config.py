@@ -1,9 +1,28 @@
+import ast
+import contextlib
+import copy
+import dataclasses
+import importlib
+import json
+import pickle
+import shutil
 import subprocess
 
 import pytest
 
 from helpers import run_script
-from rank1.config import REPO_ROOT, config_from_profile, load_profile, parse_config, project_root
+from rank1.activations.config import TopKConfig
+from rank1.config import (
+    KNOWN_TABLES,
+    REPO_ROOT,
+    ProfileName,
+    available_profiles,
+    config_from_profile,
+    load_profile,
+    parse_config,
+    profile_defaults,
+    project_root,
+)
 from rank1.training.config import TrainConfig
 
 
@@ -29,8 +48,12 @@ def test_profile_from_env_and_root_from_env(monkeypatch, tmp_path):
 
 def test_profile_with_unknown_key_fails(tmp_path):
     path = tmp_path / "mine.toml"
-    path.write_text('model = "random-qwen2"\n[train]\nlearning_rate = 1\n')
-    with pytest.raises(ValueError, match=r"\[train\] has unknown keys \['learning_rate'\]"):
+    path.write_text('model = "random-qwen2"\n[train]\nlrr = 1\n')
+    with pytest.raises(ValueError) as error:
+        config_from_profile(TrainConfig, "train", str(path))
+    assert str(error.value) == f"profile {path}: [train] has unknown key 'lrr' (did you mean 'lr'?)"
+    path.write_text('model = "random-qwen2"\n[train]\nzzzz = 1\n')
+    with pytest.raises(ValueError, match=r"unknown key 'zzzz' \(valid keys: .*\blr, "):
         config_from_profile(TrainConfig, "train", str(path))
 
 
@@ -67,3 +90,195 @@ def test_results_dir_follows_root(isolated_root):
     from rank1.config import results_dir
     assert results_dir("tiny", "eval") == isolated_root / "results" / "tiny" / "eval"
     assert results_dir("tiny", "ablations", "tiny-r1-all") == isolated_root / "results/tiny/ablations/tiny-r1-all"
+
+
+# ---------------------------------------------------------------- profile validation
+
+
+def test_unknown_table_names_the_file_and_the_nearest_table(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('model = "random-qwen2"\n[topkk]\nk = 5\n')
+    with pytest.raises(ValueError) as error:
+        load_profile(str(path))
+    assert str(error.value) == f"profile {path}: unknown table [topkk] (did you mean 'topk'?)"
+    path.write_text("[qqqqqq]\nk = 5\n")
+    with pytest.raises(ValueError, match=r"unknown table \[qqqqqq\] \(valid tables: ablation, .*, weight_geometry\)"):
+        load_profile(str(path))
+    path.write_text('modle = "x"\n')
+    with pytest.raises(ValueError, match=r"unknown top-level keys \['modle'\] \(did you mean 'model'\?\)"):
+        load_profile(str(path))
+
+
+def test_an_error_names_the_file_of_the_extends_chain_that_has_it(tmp_path):
+    parent, child = tmp_path / "parent.toml", tmp_path / "child.toml"
+    parent.write_text('extends = "test"\n[train]\nrnak = 2\n[topk]\nk = "five"\n')
+    child.write_text('extends = "parent.toml"\n[train]\nlr = 0.5\n')
+    with pytest.raises(ValueError) as error:
+        config_from_profile(TrainConfig, "train", str(child))
+    assert str(error.value) == f"profile {parent}: [train] has unknown key 'rnak' (did you mean 'rank'?)"
+    with pytest.raises(ValueError) as error:
+        config_from_profile(TopKConfig, "topk", str(child))
+    assert str(error.value) == f"profile {parent}: [topk] k = 'five' must be an integer, got a string"
+    (tmp_path / "grand.toml").write_text('extends = "child.toml"\n[topkk]\nk = 5\n')
+    with pytest.raises(ValueError, match=r"grand.toml: unknown table \[topkk\]"):
+        load_profile(str(tmp_path / "grand.toml"))
+
+
+@pytest.mark.parametrize("line, message", [
+    ('rank = "1"', "[train] rank = '1' must be an integer, got a string"),
+    ("lr = true", "[train] lr = True must be a number, got a boolean"),
+    ("full = 1", "[train] full = 1 must be true or false, got an integer"),
+    ("run_name = 3", "[train] run_name = 3 must be a string, got an integer"),
+    ("rank = [1]", "[train] rank = [1] must be an integer, got an array"),
+])
+def test_a_value_of_the_wrong_type_says_it_came_from_the_profile(tmp_path, capsys, monkeypatch, line, message):
+    monkeypatch.delenv("RANK1_DEBUG", raising=False)
+    path = tmp_path / "mine.toml"
+    path.write_text(f'model = "random-qwen2"\n[train]\n{line}\n')
+    with pytest.raises(SystemExit) as exit_:
+        parse_config(TrainConfig, "train", "", ["--profile", str(path)])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [f"error: profile {path}: {message}"]
+
+
+def test_an_integer_is_a_float_and_a_string_model_is_checked(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('model = "random-qwen2"\n[train]\nlr = 1\n')
+    assert config_from_profile(TrainConfig, "train", str(path)).lr == 1
+    path.write_text("model = 7\n")
+    with pytest.raises(ValueError) as error:
+        config_from_profile(TrainConfig, "train", str(path))
+    assert str(error.value) == f"profile {path}: model = 7 must be a string, got an integer"
+
+
+def test_a_bad_profile_ends_a_script_in_one_error_line_and_exit_2():
+    proc = run_script(["6_report/6.0_write_report.py", "--profile", "nope"], check=False,
+                      env={"RANK1_DEBUG": ""})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: unknown profile 'nope': no file {REPO_ROOT / 'configs/profiles/nope.toml'}. Use one of "
+        f"{available_profiles()} or pass a path to a profile .toml file."]
+
+
+STAGE_SCRIPTS = [*REPO_ROOT.glob("[0-6]_*/**/*.py"), *REPO_ROOT.glob("s1_peft/*.py")]
+
+
+def _section_arguments() -> dict[str, set[str]]:
+    """The profile tables the code reads, from its source: the section argument of every call of parse_config,
+    config_from_profile, profile_defaults, stage_values and Profile.section, and every ``X.values.get(TABLE)``
+    (a string, a tuple of strings, or a module-level constant holding one) -> where it is read."""
+    arg = {"parse_config": 1, "config_from_profile": 1, "profile_defaults": 2, "stage_values": 2, "section": 0}
+    files = [*STAGE_SCRIPTS, *REPO_ROOT.glob("rank1/**/*.py"), *REPO_ROOT.glob("bench/*.py")]
+    trees = {p: ast.parse(p.read_text()) for p in files}
+    constants: dict[str, object] = {}
+    for tree in trees.values():
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                with contextlib.suppress(ValueError, SyntaxError):
+                    constants[node.targets[0].id] = ast.literal_eval(node.value)
+    found: dict[str, set[str]] = {}
+    for path, tree in trees.items():
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+            if name == "get" and isinstance(func.value, ast.Attribute) and func.value.attr == "values":
+                index = 0
+            elif name in arg and len(node.args) > arg[name]:
+                index = arg[name]
+            else:
+                continue
+            value = node.args[index]
+            if isinstance(value, ast.Name):  # a parameter passed on is checked where its value is given
+                value = constants.get(value.id)
+            else:
+                with contextlib.suppress(ValueError):
+                    value = ast.literal_eval(value)
+            for table in (value,) if isinstance(value, str) else value if isinstance(value, tuple) else ():
+                found.setdefault(table, set()).add(f"{path.relative_to(REPO_ROOT)}:{node.lineno}")
+    return found
+
+
+def test_known_tables_are_the_tables_the_code_reads():
+    found = _section_arguments()
+    assert {"train", "data", "autointerp", "sae_autointerp", "plan", "rehearsal", "topk"} <= set(found)
+    assert set(KNOWN_TABLES) == set(found), {t: sorted(found.get(t, ())) for t in set(KNOWN_TABLES) ^ set(found)}
+    assert len(KNOWN_TABLES) == len(set(KNOWN_TABLES))
+
+
+def _stage_configs() -> set[tuple[type, object]]:
+    """(config class, section) of every stage script's parse_config call, imported as the script imports them."""
+    pairs = set()
+    for path in STAGE_SCRIPTS:
+        tree = ast.parse(path.read_text())
+        imported = {a.asname or a.name: n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                    for a in n.names}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "parse_config":
+                cls, section = node.args[:2]
+                cls = getattr(importlib.import_module(imported[cls.id]), cls.id)
+                section = (getattr(importlib.import_module(imported[section.id]), section.id)
+                           if isinstance(section, ast.Name) else ast.literal_eval(section))
+                pairs.add((cls, section))
+    return pairs
+
+
+def test_every_shipped_profile_fits_every_stage_config():
+    pairs = _stage_configs()
+    assert len(pairs) >= 20
+    for name in available_profiles():
+        profile = load_profile(name)
+        for cls, section in pairs:
+            profile_defaults(cls, profile, section)  # raises on an unknown key or a wrong type
+
+
+# ---------------------------------------------------------------- a profile given by path
+
+
+@pytest.fixture
+def my_profile(tmp_path, monkeypatch):
+    """A copy of the test profile as tmp_path/my.toml, the working directory elsewhere."""
+    path = tmp_path / "my.toml"
+    shutil.copy(REPO_ROOT / "configs" / "profiles" / "test.toml", path)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    return path
+
+
+def test_a_config_remembers_the_file_of_its_profile(my_profile, monkeypatch):
+    monkeypatch.chdir(my_profile.parent)
+    cfg = parse_config(TrainConfig, "train", "", ["--profile", "my.toml"])  # relative to the working directory
+    monkeypatch.chdir(my_profile.parent / "elsewhere")
+    assert cfg.profile == "my" and isinstance(cfg.profile, ProfileName) and cfg.profile.path == my_profile
+    assert json.loads(json.dumps(dataclasses.asdict(cfg)))["profile"] == "my"
+    for copy_ in (copy.deepcopy(cfg), pickle.loads(pickle.dumps(cfg)), dataclasses.replace(cfg, lr=0.5)):
+        assert copy_.profile.path == my_profile
+    with pytest.raises(ValueError, match="unknown profile 'my'"):
+        load_profile("my")  # by its name it is not found: every reader goes through the remembered file
+    assert load_profile(cfg.profile).path == my_profile
+    again = config_from_profile(TrainConfig, "train", cfg.profile)
+    assert (again.profile, again.profile.path, again.model) == ("my", my_profile, "random-qwen2")
+
+
+def test_run_options_find_the_model_of_a_path_profile(my_profile, isolated_root):
+    from helpers import make_run
+    from rank1.runs import RunOptions
+
+    folder = make_run()
+    opts = RunOptions(profile=config_from_profile(TrainConfig, "train", str(my_profile)).profile,
+                      adapter=str(folder / "adapter"))
+    assert opts.resolve_run().model_id == "random-qwen2"
+
+
+def test_a_path_profile_reaches_the_configs_a_stage_builds(tmp_path, monkeypatch):
+    """Stage 5's config reads [train] model_size and builds a TrainConfig from its own profile, by path."""
+    from rank1.sae_lora.config import SaeLoraConfig
+
+    (tmp_path / "cluster.toml").write_text('extends = "paper"\n[train]\nmodel_size = "7B"\n')
+    monkeypatch.chdir(tmp_path)
+    cfg = config_from_profile(SaeLoraConfig, "sae_lora", "cluster.toml")
+    monkeypatch.chdir(REPO_ROOT)
+    assert (cfg.profile, cfg.model_size) == ("cluster", "7B")
+    train = config_from_profile(TrainConfig, "train", cfg.profile)
+    assert (train.profile, train.model_id) == ("cluster", "Qwen/Qwen2.5-7B-Instruct")

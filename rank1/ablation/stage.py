@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from rank1 import constants as K
 from rank1.ablation.config import AblationConfig
@@ -37,7 +37,15 @@ from rank1.ablation.sweep import (
     summarize,
     tokenize_sample,
 )
-from rank1.artifacts import read_json, reuse_finished, settings_digest, write_json, write_run_metadata, write_with
+from rank1.artifacts import (
+    read_json,
+    record_timings,
+    reuse_finished,
+    settings_digest,
+    write_json,
+    write_run_metadata,
+    write_safetensors,
+)
 from rank1.config import results_dir
 from rank1.data import IGNORE_INDEX, load_reasoning_records
 from rank1.lora import AdapterSite, verify_adapter
@@ -82,7 +90,7 @@ def check_adapter_complete(run: Run) -> int:
 
 
 def save_per_token(path: Path, result: SweepResult, items: list[dict[str, list[int]]]) -> None:
-    """Per-token arrays of one sweep (float32) with the token ids they were measured on."""
+    """Per-token arrays of one sweep (float32) with the token ids they were measured on, written atomically."""
     measured_rows = [[t for t in range(len(it["labels"]) - 1) if it["labels"][t + 1] != IGNORE_INDEX] for it in items]
     tensors = {
         "kl": torch.from_numpy(result.kl_AN.astype(np.float32)),
@@ -97,7 +105,7 @@ def save_per_token(path: Path, result: SweepResult, items: list[dict[str, list[i
             "layout": "kl/dce: [ablations, measured tokens]; tokens of sample sequence s are columns "
                       "seq_ptr[s]:seq_ptr[s+1]; positions[n] is the position t whose next token t+1 is "
                       "predicted; input_ids of sequence s are input_ids[input_ptr[s]:input_ptr[s+1]]"}
-    save_file(tensors, str(path), metadata=meta)
+    write_safetensors(path, tensors, meta)
 
 
 def load_per_token(path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -131,7 +139,7 @@ def sweep_report(cfg: AblationConfig, run: Run, sites: Sequence[AdapterSite], in
         "sites": [[s.layer, s.proj] for s in sites],
         "ablations": [{"name": a.name, "family": a.family, "n_adapters": len(a.sites), "first_layer": a.start}
                       for a in result.ablations],
-        "cost": {"seconds": result.seconds, "batches": result.n_batches, "cached_prefix": cfg.cached_prefix,
+        "cost": {"batches": result.n_batches, "cached_prefix": cfg.cached_prefix,
                  "peak_cache_bytes": result.peak_cache_bytes, "cache_limit_mb": cfg.cache_limit_mb,
                  "layer_forwards_per_batch": sum(len({s.layer for s in sites}) - (a.start if cfg.cached_prefix else 0)
                                                  for a in result.ablations)},
@@ -186,9 +194,10 @@ def measure(cfg: AblationConfig, families: Sequence[str], json_name: str, tokens
                        partial, key, desc)
     report = sweep_report(cfg, run, sites, indices, items, source, result)
     if tokens_name:
-        write_with(out / tokens_name, lambda tmp: save_per_token(tmp, result, items))
+        save_per_token(out / tokens_name, result, items)
         report["per_token_file"] = tokens_name
     write_run_metadata(out, cfg, {"identity": run.identity()})
+    record_timings(out, json_name, seconds=result.seconds)
     write_json(out / json_name, report)
     shutil.rmtree(partial, ignore_errors=True)
     if partial.parent.is_dir() and not any(partial.parent.iterdir()):
@@ -286,7 +295,7 @@ def greedy_report(cfg: AblationConfig, run: Run, sites: Sequence[AdapterSite], i
         "curve": {"removed": list(range(n + 1)), "kl": curve},
         "carry_90": carry_fraction(np.asarray(curve["mean"])),
         "scoring_rounds": [[[f"L{sites[c].layer}.{sites[c].proj}", v] for c, v in r] for r in res.scores],
-        "cost": {"seconds": res.seconds, "suffix_runs": res.suffix_runs,
+        "cost": {"suffix_runs": res.suffix_runs,
                  "exact_greedy_suffix_runs": n * (n + 1) // 2,
                  "rescore_every": cfg.greedy_rescore_every, "decoder_layer_calls": res.layer_forwards,
                  "naive_decoder_layer_calls": (n * (n + 1) // 2 + n + 1) * len({s.layer for s in sites})},
@@ -313,6 +322,7 @@ def run_iterative_mlp_ablation(cfg: AblationConfig) -> Path:
         n = len(candidates)
         report = greedy_report(cfg, run, sites, indices, source, n_seq, n, res)
         write_run_metadata(out, cfg, {"identity": run.identity()})
+        record_timings(out, K.ITERATIVE_JSON, seconds=res.seconds)
         write_json(path, report)
         log.info("%d MLP adapters removed in %.0f s (%d suffix runs; exact greedy would score %d)", n, res.seconds,
                  res.suffix_runs, n * (n + 1) // 2)

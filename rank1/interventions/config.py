@@ -27,6 +27,17 @@ class StageOptions(RunOptions):
     overwrite: bool = option("recompute even if the artifacts exist", False)
 
 
+def layer_list(text: str) -> list[int]:
+    """The layer numbers of a comma-separated ``--layers`` value; a clear error when one is not a layer number."""
+    try:
+        layers = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        layers = [-1]
+    if any(layer < 0 for layer in layers):
+        raise ValueError(f"--layers must be comma-separated layer numbers (0, 1, ...), got {text!r}")
+    return layers
+
+
 def floats(text: str, flag: str) -> list[float]:
     """The numbers of a comma-separated ``--flag`` value; a clear error when one is not a number or
     none is given."""
@@ -72,6 +83,7 @@ class SteeringConfig(StageOptions):
             raise ValueError(f"--scalar_mode must be offset or scale, got {self.scalar_mode!r}")
         floats(self.scalar_magnitudes, "scalar_magnitudes")
         floats(self.vector_magnitudes, "vector_magnitudes")
+        layer_list(self.layers)
         bad = [p for p in self.vector_projections.split(",") if p.strip() and p.strip() not in RESIDUAL_WRITERS]
         if bad:
             raise ValueError(f"--vector_projections {bad}: only {RESIDUAL_WRITERS} write to the residual stream")

@@ -53,6 +53,7 @@ from rank1.interventions.config import (
     StageOptions,
     SteeringConfig,
     floats,
+    layer_list,
 )
 from rank1.interventions.dashboard import build_payloads
 from rank1.interventions.geometry import geometry
@@ -83,7 +84,7 @@ from rank1.interventions.steering import (
     teacher_forced_kl,
 )
 from rank1.lora import adapter_vectors, parse_projections, rslora_scale
-from rank1.models import load_tokenizer, resolve_model_source
+from rank1.models import load_tokenizer, num_layers, resolve_model_source
 from rank1.plots import save_figure
 from rank1.runs import Run, check_same_identity
 from rank1.stats import grouped_auc
@@ -175,11 +176,19 @@ def run_steering(cfg: SteeringConfig) -> Path:
     return folder
 
 
+def check_layers(cfg: SteeringConfig, n_layers: int) -> None:
+    """``--layers`` are layers of the model (``n_layers`` decoder layers)."""
+    bad = [layer for layer in layer_list(cfg.layers) if layer >= n_layers]
+    if bad:
+        raise ValueError(f"--layers {cfg.layers}: layer {', '.join(map(str, bad))} is out of range (the model has "
+                         f"{n_layers} layers: 0..{n_layers - 1})")
+
+
 def steering_plan(cfg: SteeringConfig, sites) -> list[Steer]:
     """Every (adapter, mode, magnitude) setting of the sweep: the scalar settings, then the vector ones,
     on ``--layers`` (or ``--n_layers`` evenly spaced layers)."""
     n = max(s.layer for s in sites) + 1
-    layers = ([int(t) for t in cfg.layers.split(",") if t.strip()] if cfg.layers.strip()
+    layers = (layer_list(cfg.layers) if cfg.layers.strip()
               else sorted({round((i + 0.5) * n / cfg.n_layers - 0.5) for i in range(cfg.n_layers)}))
     index = {(s.layer, s.proj): i for i, s in enumerate(sites)}
     out = []
@@ -190,12 +199,15 @@ def steering_plan(cfg: SteeringConfig, sites) -> list[Steer]:
         for layer in layers:
             for p in projs:
                 if (layer, p) not in index:
-                    raise ValueError(f"--layers {layer}: the run has no {p} adapter there")
+                    adapted = sorted({s.layer for s in sites if s.proj == p})
+                    raise ValueError(f"--layers {layer}: the run has no {p} adapter on layer {layer} (its {p} "
+                                     f"adapters are on layers {', '.join(map(str, adapted)) or 'none'})")
                 out += [Steer(index[(layer, p)], kind, m) for m in ms]
     return out
 
 
 def _sweep(cfg: SteeringConfig, run: Run, folder: Path, config: dict) -> dict:
+    check_layers(cfg, num_layers(run.model_id))  # before anything is read or loaded
     topk = Path(cfg.topk) if cfg.topk else results_dir(cfg.profile, "lora_topk", run.name)
     topk_sites, _, std_S, ident = site_moments(topk)
     check_same_identity(run.identity(), ident, f"top-k artifact {topk}")

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from rank1 import constants as K
 from rank1.artifacts import (
@@ -29,7 +28,7 @@ from rank1.artifacts import (
     settings_digest,
     write_json,
     write_run_metadata,
-    write_with,
+    write_safetensors,
 )
 from rank1.autointerp.categories import PAPER_TOP_LEVEL_SCHEME
 from rank1.autointerp.stage import build_components, run_stage
@@ -215,7 +214,7 @@ def run_collect_sae_features(cfg: SaeFeaturesConfig, report: Report = log.info) 
     latents["feature_of_latent_L"][alive] = torch.arange(len(alive))
     annotate_features(result.features, latents, store.sites)
     result.save(folder)
-    write_with(folder / K.SAE_LATENTS, lambda tmp: save_file(latents, str(tmp)))
+    write_safetensors(folder / K.SAE_LATENTS, latents)
     write_run_metadata(folder, cfg, {
         "kind": "sae", "settings": settings, "active": "fires (activation > 0)", "identity": store.identity,
         "store": str(src), "store_key": store.manifest["store_key"], "sae": str(sae_dir),

@@ -192,12 +192,13 @@ def train_sae(cfg: SaeConfig, store: Store, split: Split, folder: Path) -> tuple
 
 
 def save_inference_sae(sae, folder: Path) -> None:
-    """SAELens' inference SAE (cfg.json + sae_weights.safetensors) into ``folder``; each file atomically."""
+    """SAELens' inference SAE (cfg.json + sae_weights.safetensors) into ``folder``; each file atomically, cfg.json
+    with sorted keys (SAELens writes them in an order that varies between processes)."""
     tmp = folder / ".sae_inference.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     weights, cfg_path = sae.save_inference_model(tmp)
-    for p in (weights, cfg_path):
-        write_with(folder / p.name, lambda t, p=p: shutil.copyfile(p, t))
+    write_with(folder / weights.name, lambda t: shutil.copyfile(weights, t))
+    write_json(folder / cfg_path.name, read_json(cfg_path), sort_keys=True)
     shutil.rmtree(tmp)
 
 

@@ -139,7 +139,8 @@ class SaeLoraConfig:
 
 def train_model_size(profile: str) -> str | None:
     """The ``[train] model_size`` of the profile (the size its LoRA runs train), or None when it has none or the
-    profile cannot be read by its name."""
+    profile cannot be read. ``profile`` is the config's :class:`~rank1.config.ProfileName`, read from the file the
+    config came from (a profile given by path is not looked up by its name)."""
     try:
         return load_profile(profile).section("train").get("model_size")
     except ValueError:

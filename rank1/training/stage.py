@@ -18,7 +18,7 @@ from rank1.config import data_dir, results_dir
 from rank1.constants import EVAL_JSONL, TRAIN_JSONL
 from rank1.data import load_reasoning_records
 from rank1.generate import Budget, FixedLogprobs, HFBackend, VLLMBackend, check_logprob_parity, think_prompt
-from rank1.runs import resolve_run
+from rank1.runs import Run, RunError, resolve_run
 from rank1.synth import write_splits
 from rank1.training.config import DataConfig, EvalConfig, TrainConfig
 from rank1.training.evaluate import (
@@ -71,21 +71,34 @@ def run_train(cfg: TrainConfig) -> Path:
 
 
 def resolve_variants(cfg: EvalConfig) -> list[Variant]:
-    """The variants in table order: paper variants as asked, then the extra runs."""
+    """The variants in table order: paper variants as asked, then the extra runs. The full finetune and the
+    extra runs must share the LoRA run's base model (recovery divides by the full finetune's gain over it)."""
     lora = cfg.resolve_run()
     out = []
     for name in parse_variants(cfg.variants):
         if name == "full":
-            out.append(Variant("full", resolve_run(cfg.full_run, cfg.profile, full=True, require_rank=None),
-                               "model"))
+            full = resolve_run(cfg.full_run, cfg.profile, full=True, require_rank=None)
+            check_same_base_model(lora, full, "the full finetune", "--full_run")
+            out.append(Variant("full", full, "model"))
         else:
             out.append(Variant(name, lora, LORA_MODES[name]))
     for spec in (r.strip() for r in cfg.extra_runs.split(",") if r.strip()):
         run = resolve_run(spec, cfg.profile, require_rank=None)
         if run.name in {v.name for v in out}:
             raise ValueError(f"--extra_runs {spec!r} is already a row of the table")
+        check_same_base_model(lora, run, "the extra run", "--extra_runs")
         out.append(Variant(run.name, run, "model"))
     return out
+
+
+def check_same_base_model(lora: Run, other: Run, what: str, flag: str) -> None:
+    """Raise when ``other`` was trained on another base model than ``lora`` (same id, or the same model folder
+    name: a hub id and its downloaded copy; a run that does not record its base model is not checked)."""
+    a, b = lora.model_id, other.model_id
+    if a is None or b is None or a == b or Path(a).name.lower() == Path(b).name.lower():
+        return
+    raise RunError(f"{what} {other.name!r} was trained on base model {b!r}, but the LoRA run {lora.name!r} on "
+                   f"{a!r}: its rows would compare different base models; pass {flag} with a run of {a!r}")
 
 
 def evaluate_hf(cfg: EvalConfig, variants: list[Variant], benchmarks: list[Benchmark], budget: Budget,

@@ -271,6 +271,8 @@ def train(cfg: TrainConfig) -> Path:
     if trainer.is_world_process_zero():
         if not cfg.full:
             verify_adapter(tmp, layers, cfg.rank, parse_projections(cfg.projections))
+        else:  # a complete model folder (vLLM and from_pretrained read the tokenizer and chat template from it)
+            tokenizer.save_pretrained(tmp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         callback.write_loss_log(trainer.state)

