@@ -3,23 +3,25 @@
 
     python .ci/check_gpu_pins.py [--requirements FILE] [--glibc 2.31] [--index-url URL] [--report OUT.json]
 
-Nothing is installed and no GPU is needed. Two runs of ``pip install --dry-run --ignore-installed`` against the
-package index alone (this machine's pip configuration, find-links and constraints are left out, so a local CPU
-build of torch cannot stand in for the CUDA one):
+Nothing is installed here and no GPU is needed. Against the package index alone (this machine's pip
+configuration, find-links and constraints are left out, so a local CPU build of torch cannot stand in for the
+CUDA one):
 
-1. Resolve the whole set, dependencies included. Markers and wheel tags are those of the Python running the
-   check, so it must run on the target kind of machine, CPython 3.11 on Linux x86_64 (no GPU or CUDA needed).
-   ``--platform`` cannot be used for this step: pip refuses it unless every package is a wheel, and deepspeed
-   and transformers-stream-generator (through sae-lens and transformer-lens) are published only as source;
-   their metadata comes from building the sdist (DS_BUILD_OPS=0: no CUDA ops compiled). Everything else must
-   resolve to a wheel (no compiler needed on the cluster).
-2. The exact versions step 1 chose, each with ``--no-deps --platform manylinux_<glibc>_x86_64`` (and every
-   older manylinux tag): each has a wheel for a machine with that glibc, not only for this one.
+1. ``pip install --dry-run --ignore-installed --report`` resolves the whole set, dependencies included, with
+   pip PIP_VERSION from a throwaway virtual environment (one pip for every machine that runs the check). Markers
+   and wheel tags are those of the Python running the check, so it must run on the target kind of machine,
+   CPython 3.11 on Linux x86_64 (no GPU or CUDA needed). ``--platform`` cannot be used for this step: pip
+   refuses it unless every package is a wheel, and deepspeed and transformers-stream-generator (through sae-lens
+   and transformer-lens) are published only as source; pip builds their metadata from the sdist
+   (DS_BUILD_OPS=0: no CUDA ops compiled). Everything else must resolve to a wheel (no compiler on the cluster).
+   Wheel metadata is read with HTTP range requests (pip's ``fast-deps``): a few MB, not the wheels.
+2. Each exact version step 1 chose has a wheel for CPython 3.11 on manylinux_<glibc>_x86_64 or older (the tags
+   pip accepts with ``--platform``), from the index's file lists: it installs on machines with that glibc, not
+   only on this one.
 
 Then: every package of requirements.txt is pinned in the GPU set too (the GPU install is the whole project),
 pip chose the pinned versions, and torch is the CUDA build (it depends on NVIDIA's CUDA wheels). The
-differences from requirements.txt are printed with the requirements that force them. Wheel metadata is read
-with HTTP range requests (pip's ``fast-deps``): the check downloads a few MB, not the wheels.
+differences from requirements.txt are printed with the requirements that force them.
 
 Exit status: 0 the set resolves; 1 a conflict or a failed check (pip's explanation is printed); 2 the check
 cannot run here (another platform, or the index cannot be reached).
@@ -38,10 +40,23 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+try:
+    from packaging.specifiers import SpecifierSet
+    from packaging.tags import compatible_tags, cpython_tags
+    from packaging.utils import parse_wheel_filename
+except ImportError:  # an interpreter without packaging: pip's copy
+    from pip._vendor.packaging.specifiers import SpecifierSet
+    from pip._vendor.packaging.tags import compatible_tags, cpython_tags
+    from pip._vendor.packaging.utils import parse_wheel_filename
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET_PYTHON = (3, 11)
+PIP_VERSION = "26.3"
+__doc__ = __doc__.replace("PIP_VERSION", PIP_VERSION)
 # Published only as source distributions: pip builds their metadata; everything else must be a wheel.
 SOURCE_ONLY = ("deepspeed", "transformers-stream-generator")
 # Connection settings that may stay; every other PIP_* variable (find-links, constraints, extra indexes) goes.
@@ -55,7 +70,7 @@ class CannotRun(Exception):
 
 
 class Conflict(Exception):
-    """pip refused the set (exit status 1)."""
+    """pip refused the set, or a wheel is missing (exit status 1)."""
 
 
 def norm(name: str) -> str:
@@ -84,19 +99,15 @@ def pip_env() -> dict[str, str]:
     return env
 
 
-def pip_dry_run(args: list[str], index_url: str, report: Path, what: str) -> list[dict]:
-    """``pip install --dry-run`` with ``args``; the packages it would install (pip's report)."""
-    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--report", str(report),
-           "--index-url", index_url, "--use-feature=fast-deps", "--progress-bar", "off", *args]
-    print(f"{what}:\n  $ pip {' '.join(cmd[4:])}", flush=True)
-    with tempfile.TemporaryDirectory() as cwd:  # a clean working directory: nothing in it shadows a module
-        proc = subprocess.run(cmd, cwd=cwd, env=pip_env(), capture_output=True, text=True)
+def run_pip(python: Path, args: list[str], index_url: str, cwd: Path) -> None:
+    """``python -m pip`` with ``args`` against ``index_url`` alone; raises with pip's explanation."""
+    proc = subprocess.run([str(python), "-m", "pip", *args, "--index-url", index_url, "--progress-bar", "off"],
+                          cwd=cwd, env=pip_env(), capture_output=True, text=True)  # cwd: nothing shadows a module
     if proc.returncode != 0:
         out = proc.stdout + proc.stderr
         if UNREACHABLE.search(out):
             raise CannotRun(f"{index_url} cannot be reached:\n{explain(out)}")
         raise Conflict(explain(out))
-    return json.loads(report.read_text())["install"]
 
 
 def explain(out: str) -> str:
@@ -108,24 +119,74 @@ def explain(out: str) -> str:
     return "\n".join(lines[-40:])
 
 
+def bootstrap_pip(tmp: Path, index_url: str) -> Path:
+    """A throwaway virtual environment with pip PIP_VERSION; its python."""
+    venv = tmp / "pip-venv"
+    proc = subprocess.run([sys.executable, "-m", "venv", str(venv)], cwd=tmp, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise CannotRun(f"{sys.executable} cannot make a virtual environment:\n{proc.stdout}{proc.stderr}")
+    python = venv / "bin" / "python"
+    run_pip(python, ["install", "-q", f"pip=={PIP_VERSION}"], index_url, tmp)
+    return python
+
+
 def platforms(glibc: str) -> list[str]:
-    """The wheel platform tags a Linux x86_64 machine with this glibc accepts."""
+    """The wheel platform tags a Linux x86_64 machine with this glibc accepts, newest first."""
     major, minor = (int(x) for x in glibc.split("."))
     tags = [f"manylinux_{major}_{m}_x86_64" for m in range(minor, 4, -1)]
     legacy = {17: "manylinux2014_x86_64", 12: "manylinux2010_x86_64", 5: "manylinux1_x86_64"}
     return tags + [tag for m, tag in legacy.items() if m <= minor]
 
 
-def requirements_on(name: str, chosen: dict[str, dict]) -> list[str]:
-    """The requirements on ``name`` that the chosen packages declare (to explain a difference)."""
+def index_files(index_url: str, project: str) -> list[str]:
+    """The file names the index lists for a project (PEP 691 JSON, else the HTML page's links)."""
+    req = urllib.request.Request(f"{index_url.rstrip('/')}/{norm(project)}/",
+                                 headers={"Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        body, kind = r.read().decode(), r.headers.get("Content-Type", "")
+    if "json" in kind:
+        return [f["filename"] for f in json.loads(body)["files"]]
+    return re.findall(r">\s*([^<>\s]+)\s*</a>", body)
+
+
+def missing_wheels(chosen: list[tuple[str, str]], glibc: str, index_url: str) -> list[str]:
+    """The (name, version) pairs without a wheel for CPython 3.11 on this glibc or older."""
+    plats = platforms(glibc)
+    accepted = {*cpython_tags(TARGET_PYTHON, platforms=plats),
+                *compatible_tags(TARGET_PYTHON, interpreter=f"cp{''.join(map(str, TARGET_PYTHON))}", platforms=plats)}
+
+    def has_wheel(pair: tuple[str, str]) -> bool:
+        name, version = pair
+        for fname in index_files(index_url, name):
+            if not fname.endswith(".whl") or version not in fname:
+                continue
+            try:
+                _, v, _, tags = parse_wheel_filename(fname)
+            except ValueError:  # an old file name that no longer parses: pip skips it too
+                continue
+            if str(v) == version and tags & accepted:
+                return True
+        return False
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            found = list(pool.map(has_wheel, chosen))
+    except OSError as e:
+        raise CannotRun(f"{index_url} cannot be reached ({e})") from e
+    return [f"{n}=={v}" for (n, v), ok in zip(chosen, found, strict=True) if not ok]
+
+
+def excluded_by(name: str, version: str, chosen: dict[str, dict]) -> list[str]:
+    """The requirements on ``name`` of the chosen packages that ``version`` does not meet (why a pin moved)."""
     out = []
     for item in chosen.values():
         for req in item["metadata"].get("requires_dist") or []:
-            if "extra ==" in req:
-                continue
             m = re.match(r"([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*\(?([^;)]*)", req)
-            if m and norm(m.group(1)) == name and m.group(3).strip():
-                out.append(f"{item['metadata']['name']} {item['metadata']['version']}: {name}{m.group(3).strip()}")
+            if "extra ==" in req or not m or norm(m.group(1)) != name or not m.group(3).strip():
+                continue
+            spec = m.group(3).strip()
+            if not SpecifierSet(spec).contains(version, prereleases=True):
+                out.append(f"{item['metadata']['name']} {item['metadata']['version']} requires {name}{spec}")
     return out
 
 
@@ -159,17 +220,23 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
             or not sys.platform.startswith("linux") or platform.machine() != "x86_64"):
         raise CannotRun(f"the target is CPython {'.'.join(map(str, TARGET_PYTHON))} on Linux x86_64, this is {here}")
     gpu, cpu = read_pins(args.requirements), read_pins(REPO / "requirements.txt")
-    print(f"checking {args.requirements.name} ({len(gpu)} pins) with pip's resolver, metadata only, "
-          f"for {here} and glibc >= {args.glibc}; index {args.index_url}")
+    print(f"checking {args.requirements.name} ({len(gpu)} pins) with pip {PIP_VERSION}'s resolver, metadata only, "
+          f"for {here} and glibc >= {args.glibc}; index {args.index_url}", flush=True)
     t0 = time.monotonic()
+    python = bootstrap_pip(tmp, args.index_url)
     report = args.report or tmp / "report.json"
-    install = pip_dry_run(["--only-binary=:all:", "--no-binary=" + ",".join(SOURCE_ONLY), "-r", str(args.requirements)],
-                          args.index_url, report, "1. the whole set with its dependencies, for this machine")
+    step1 = ["install", "--dry-run", "--ignore-installed", "--report", str(report), "--use-feature=fast-deps",
+             "--only-binary=:all:", "--no-binary=" + ",".join(SOURCE_ONLY), "-r", str(args.requirements)]
+    print(f"1. the whole set with its dependencies, for this machine:\n  $ pip {' '.join(step1)}", flush=True)
+    run_pip(python, step1, args.index_url, tmp)
+    install = json.loads(report.read_text())["install"]
     chosen = {norm(i["metadata"]["name"]): i for i in install}
     print(f"  pip resolved {len(chosen)} packages ({time.monotonic() - t0:.0f} s)")
     for name in sorted(set(gpu) & set(cpu)):
         if gpu[name] != cpu[name]:
-            why = "; ".join(requirements_on(name, chosen)) or "no chosen package constrains it"
+            pinned = cpu[name][2:].strip() if cpu[name].startswith("==") else ""
+            why = "; ".join(excluded_by(name, pinned, chosen)) if pinned else ""
+            why = why or f"no chosen package excludes {cpu[name] or 'it'}"
             print(f"  differs from requirements.txt: {name} {cpu[name] or '(any)'} -> {gpu[name]} ({why})")
     for name in sorted(set(gpu) - set(cpu)):
         print(f"  GPU only: {name}{gpu[name]}")
@@ -178,23 +245,20 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
     print(f"  from source (DS_BUILD_OPS=0): {', '.join(sources) or 'none'}")
 
     t1 = time.monotonic()
-    wheels = tmp / "wheels.txt"
-    wheels.write_text("".join(f"{i['metadata']['name']}=={i['metadata']['version']}\n" for i in install
-                              if filename(i).endswith(".whl")))
-    tags = [f"--platform={tag}" for tag in platforms(args.glibc)]
-    pip_dry_run(["--no-deps", "--only-binary=:all:", "--implementation=cp",
-                 f"--python-version={'.'.join(map(str, TARGET_PYTHON))}", *tags, "-r", str(wheels)],
-                args.index_url, tmp / "report-wheels.json",
-                f"2. the {len(install) - len(sources)} wheels chosen, for manylinux_{args.glibc.replace('.', '_')}")
-    print(f"  every one has a wheel for glibc {args.glibc} ({time.monotonic() - t1:.0f} s)")
+    wheels = [(i["metadata"]["name"], i["metadata"]["version"]) for i in install if filename(i).endswith(".whl")]
+    print(f"2. the {len(wheels)} wheels chosen, for CPython 3.11 on manylinux_{args.glibc.replace('.', '_')}_x86_64 "
+          "or older:", flush=True)
+    missing = missing_wheels(wheels, args.glibc, args.index_url)
+    if missing:
+        raise Conflict(f"no wheel for glibc {args.glibc} or older: {', '.join(missing)}")
+    print(f"  every one has such a wheel ({time.monotonic() - t1:.0f} s)")
 
     problems = check(chosen, gpu, cpu)
     for p in problems:
         print(f"FAILED: {p}")
     if problems:
         return 1
-    print(f"OK: {args.requirements.name} resolves as pinned ({len(chosen)} packages, "
-          f"{time.monotonic() - t0:.0f} s)")
+    print(f"OK: {args.requirements.name} resolves as pinned ({len(chosen)} packages, {time.monotonic() - t0:.0f} s)")
     return 0
 
 
@@ -205,6 +269,7 @@ def main() -> int:
     ap.add_argument("--index-url", default="https://pypi.org/simple")
     ap.add_argument("--report", type=Path, help="keep pip's JSON report of step 1 here")
     args = ap.parse_args()
+    args.requirements, args.report = args.requirements.resolve(), args.report and args.report.resolve()
     with tempfile.TemporaryDirectory() as tmp:
         try:
             return run(args, Path(tmp))

@@ -135,6 +135,12 @@ class RunFolderCallback(TrainerCallback):
         write_json(self.folder / K.LOSS_LOG_JSON, {"title": self.title, "steps": steps})
 
 
+# transformers 5.23 renamed gradient_checkpointing to activation_checkpointing; the GPU set (requirements-gpu.txt,
+# transformers 5.19 for vLLM) has only the old name
+CHECKPOINTING = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+                 else "gradient_checkpointing")
+
+
 def training_arguments(cfg: TrainConfig, folder: Path, bf16: bool) -> TrainingArguments:
     """The Trainer's arguments for ``cfg``. Build them before loading the model: with a ZeRO-3
     config this is what makes ``from_pretrained`` load the weights already sharded."""
@@ -150,8 +156,8 @@ def training_arguments(cfg: TrainConfig, folder: Path, bf16: bool) -> TrainingAr
         warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay, adam_beta1=cfg.adam_beta1,
         adam_beta2=cfg.adam_beta2, num_train_epochs=cfg.epochs,
         max_steps=cfg.full_max_steps if cfg.full and cfg.full_max_steps > 0 else cfg.max_steps,
-        bf16=bf16, activation_checkpointing=cfg.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        bf16=bf16, **{CHECKPOINTING: cfg.gradient_checkpointing,
+                      f"{CHECKPOINTING}_kwargs": {"use_reentrant": False} if cfg.gradient_checkpointing else None},
         save_strategy="steps" if cfg.save_steps else "no", save_steps=cfg.save_steps or 500,
         save_total_limit=2, logging_steps=1, report_to="none", seed=cfg.seed, data_seed=cfg.seed,
         remove_unused_columns=False, dataloader_num_workers=0, deepspeed=cfg.deepspeed,
