@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from safetensors import SafetensorError
+from safetensors.torch import save_file
 
 from rank1.constants import (
     ARGV_JSON,
@@ -171,8 +172,6 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, Any], metad
     """``tensors`` (name -> torch tensor) and ``metadata`` as a safetensors file, atomically. The same tensors and
     metadata give the same bytes in every process: safetensors writes ``__metadata__`` in hash order, which
     varies between processes, so its keys are sorted here (tensors are already ordered by dtype and name)."""
-    from safetensors.torch import save_file
-
     def write(tmp: Path) -> None:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
                   metadata=dict(metadata) if metadata else None)
