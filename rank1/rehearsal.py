@@ -86,6 +86,7 @@ ALLOWED_OVERRIDES = frozenset({
     "steering.think_tokens", "steering.answer_tokens", "steering.batch_size", "steering.precision",
     "rollouts.n_problems", "rollouts.n_samples", "rollouts.think_tokens", "rollouts.answer_tokens",
     "rollouts.batch_size", "rollouts.backend", "rollouts.precision",
+    "probes.one_class",  # a random-initialised model answers nothing right: 4.3 records one class and goes on
     "sae_lora.layer", "sae_lora.store_tokens", "sae_lora.shard_tokens", "sae_lora.expansion", "sae_lora.k",
     "sae_lora.sae_batch", "sae_lora.sae_buffer_tokens", "sae_lora.loss_gap_docs", "sae_lora.n_train",
     "sae_lora.n_heldout", "sae_lora.global_batch", "sae_lora.micro_batch", "sae_lora.checkpoint_every",
