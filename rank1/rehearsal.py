@@ -427,12 +427,15 @@ class ScriptedEndpoint:
     stand-in for a capable LLM (a 135M model served by ``transformers serve`` rarely writes valid JSON, and then
     every explanation fails and the analysis stages stop). A context manager; serves ``model`` only."""
 
-    def __init__(self, port: int, model: str):
+    def __init__(self, port: int, model: str, log_path: Path | None = None):
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:  # noqa: ARG002 (the base class's signature)
+            def log_message(self, format: str, *args) -> None:  # noqa: A002 (the base class's signature)
                 endpoint.requests += self.command == "POST"
+                if endpoint.log is not None:
+                    with endpoint.lock, endpoint.log.open("a") as f:
+                        f.write(f"{self.address_string()} - {format % args}\n")
 
             def _send(self, code: int, body: dict) -> None:
                 data = json.dumps(body).encode()
@@ -461,7 +464,10 @@ class ScriptedEndpoint:
                                  "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens":
                                            len(answer.split()), "total_tokens": len((prompt + answer).split())}})
 
-        self.requests = 0
+        self.requests, self.log, self.lock = 0, log_path, threading.Lock()
+        if log_path is not None:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            log_path.write_text("")
         self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -494,7 +500,8 @@ def llm_endpoint(profile: Profile, cfg: RehearsalConfig | None, log_dir: Path) -
     if url.hostname not in ("127.0.0.1", "localhost") or not url.port:
         raise ValueError(f"profile {profile.path}: [{SECTION}] serve needs [autointerp] llm_base_url on "
                          f"localhost with a port, e.g. http://127.0.0.1:8011/v1; got {url.geturl()!r}")
-    server = (ScriptedEndpoint(url.port, table.get("llm_model", "")) if cfg.serve == SCRIPTED else
-              LocalServer(resolve_model_source(cfg.serve), log_dir / f"serve-{profile.name}.log", url.port))
+    log_path = log_dir / f"serve-{profile.name}.log"
+    server = (ScriptedEndpoint(url.port, table.get("llm_model", ""), log_path) if cfg.serve == SCRIPTED else
+              LocalServer(resolve_model_source(cfg.serve), log_path, url.port))
     with server:
         yield

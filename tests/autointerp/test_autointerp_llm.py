@@ -265,12 +265,13 @@ def test_scripted_endpoint_answers_every_prompt_in_valid_json(tmp_path, monkeypa
 
     monkeypatch.setenv("RANK1_CACHE", str(tmp_path / "cache"))
     port = _free_port()
-    with ScriptedEndpoint(port, "scripted-model") as endpoint:
+    with ScriptedEndpoint(port, "scripted-model", tmp_path / "serve.log") as endpoint:
         out = _run(_config(f"http://127.0.0.1:{port}/v1", "scripted-model"), tmp_path / "run")
         with pytest.raises(AutointerpError, match="does not serve model 'other'"):
             _run(_config(f"http://127.0.0.1:{port}/v1", "other"), tmp_path / "other")
     records = [json.loads(x) for x in (out / K.AUTOINTERP_RESULTS).read_text().splitlines()]
     assert [r["status"] for r in records] == ["ok", "ok"] and endpoint.requests >= 6
+    assert (tmp_path / "serve.log").read_text().count('"POST /v1/chat/completions HTTP/1.1" 200') >= 6
     wait, digit = records
     assert wait["explanation"] == 'the token "Wait"' and wait["classification"] == 0
     assert wait["detection"]["n_failed"] == 0 and wait["detection"]["balanced_accuracy"] == 1.0
