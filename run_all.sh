@@ -14,7 +14,7 @@ export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 
 # The stages, in order: name | runner (py: the Python above; bash) | devices | disk | script from the repository
 # root [args]. Each runs with --profile added. devices and disk name what the dry run reports for the stage (the keys
-# of rank1.pipeline.DEVICES and rank1.pipeline.DISK; '-' for small JSON and figures). rank1/pipeline.py reads this
+# of rank1.pipeline.DEVICES and rank1.pipeline.DISK; '-' for small JSON and figures). rank1/pipeline/stages.py reads this
 # table when it runs or plans; a new stage is one line here.
 : <<'STAGES'
 # 0. The rank-1 LoRA, the full finetune, and the recovery tables (paper Tables 1 and 2)

@@ -77,7 +77,7 @@ def layout_problems(mods: dict[str, Path]) -> list[str]:
             where = f"{path.relative_to(path.parents[len(name.split('.')) - (path.name == '__init__.py')])}:{line}"
             if theirs is None or theirs == mine:
                 continue
-            if mine is None and not (name == "rank1.pipeline" and target == f"rank1.{theirs}.config"):
+            if mine is None and not (name.startswith("rank1.pipeline") and target == f"rank1.{theirs}.config"):
                 problems.append(f"{where}: core module {name} imports stage {target} (core never imports a stage; "
                                 f"the pipeline may import a stage's config)")
             elif mine is not None and target != f"rank1.{theirs}":

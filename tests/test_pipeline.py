@@ -17,9 +17,10 @@ from huggingface_hub import constants as hf_constants
 
 from rank1 import pipeline
 from rank1.config import REPO_ROOT, load_profile
-from rank1.pipeline import Stage, check_profile, command, main, planned_tokens, stages, store_bytes
+from rank1.pipeline import Stage, check_profile, command, estimates, inputs, main, stages
+from rank1.pipeline.estimates import planned_tokens, store_bytes
 
-REAL_PROBE = pipeline._unreachable
+REAL_PROBE = inputs._unreachable
 GIB = 1 << 30
 # Qwen2.5-32B (the paper profile's [plan]): 64 layers x (2 x 5120^2 (q, o) + 2 x 5120 x 1024 (k, v; 8 kv heads x
 # head_dim 128) + 3 x 5120 x 27648 (gate, up, down)) = 64 x 487,587,840 = 31,205,621,760, plus untied embedding and
@@ -44,11 +45,11 @@ def no_network(monkeypatch, tmp_path):
     unless a test says otherwise, and the cache is an empty folder."""
     asked = []
 
-    def unreachable(url, timeout=pipeline.PROBE_TIMEOUT_S):
+    def unreachable(url, timeout=inputs.PROBE_TIMEOUT_S):
         asked.append(url)
         return "no answer (tests)"
 
-    monkeypatch.setattr(pipeline, "_unreachable", unreachable)
+    monkeypatch.setattr(inputs, "_unreachable", unreachable)
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "ENGINE", "DS_CONFIG", "GPQA_PATH",
                 "OPENAI_BASE_URL", "RANK1_LLM_MODEL"):
@@ -57,11 +58,11 @@ def no_network(monkeypatch, tmp_path):
 
 
 def reachable(monkeypatch):
-    monkeypatch.setattr(pipeline, "_unreachable", lambda url, timeout=0: None)
+    monkeypatch.setattr(inputs, "_unreachable", lambda url, timeout=0: None)
 
 
 def installed(monkeypatch, *present):
-    monkeypatch.setattr(pipeline, "_installed", lambda module: module in present)
+    monkeypatch.setattr(inputs, "_installed", lambda module: module in present)
 
 
 def cached_model(tmp_path, repo_id, files=("config.json", "model.safetensors")):
@@ -90,25 +91,25 @@ def test_dry_run_prints_every_stage_and_runs_nothing(isolated_root, capsys):
 def test_store_estimate_is_tokens_times_sites_times_bytes_plus_ids(tmp_path):
     prof = profile_file(tmp_path, 'model = "random-qwen2"\ndataset = "synthetic"\n[plan]\nlayers = 3\n'
                                   '[extract]\nmax_tokens = 1000\ndtype = "float32"\n')
-    [part] = pipeline._store_estimate(prof, mlp=False)
-    assert part.size == 1000 * (3 * 7) * 4 + 1000 * 12 == store_bytes(1000, 21, "float32") + 1000 * pipeline.ID_BYTES
+    [part] = estimates._store_estimate(prof, mlp=False)
+    assert part.size == 1000 * (3 * 7) * 4 + 1000 * 12 == store_bytes(1000, 21, "float32") + 1000 * estimates.ID_BYTES
     assert "1000 tokens x (3 layers x 7 sites x 4 B float32 + 12 B of ids)" in part.what
     prof = profile_file(tmp_path, 'model = "random-qwen2"\ndataset = "synthetic"\n[plan]\nlayers = 2\n'
                                   'corpus_tokens = 10000\n[extract]\nmax_docs = 10\nblock_size = 50\n'
                                   'neurons_per_layer = 5\ndtype = "bfloat16"\n', "b.toml")
-    assert pipeline._store_estimate(prof, mlp=True)[0].size == (10 * 50) * (2 * 5 * 2 + 12)
+    assert estimates._store_estimate(prof, mlp=True)[0].size == (10 * 50) * (2 * 5 * 2 + 12)
     assert planned_tokens({"max_tokens": 0, "max_docs": 0}, {"corpus_tokens": 77}) == 77
     assert planned_tokens({}, {}) is None
 
 
 def test_paper_profile_sizes():
     paper = load_profile("paper")
-    [part] = pipeline._store_estimate(paper, mlp=False)
+    [part] = estimates._store_estimate(paper, mlp=False)
     assert part.size == 10_000_000 * (448 * 2 + 12)  # s1K-1.1's 10M tokens x (64 layers x 7 sites x bf16 + ids)
-    assert pipeline._sae_estimate(paper)[0].what.startswith("SAE weights (448 -> 3584 latents")
-    assert pipeline.model_params(pipeline.plan_values(paper)) == P32
-    assert pipeline.adapter_params(pipeline.plan_values(paper)) == LORA32
-    store, sae = pipeline._resid_store_estimate(paper)
+    assert estimates._sae_estimate(paper)[0].what.startswith("SAE weights (448 -> 3584 latents")
+    assert estimates.model_params(pipeline.plan_values(paper)) == P32
+    assert estimates.adapter_params(pipeline.plan_values(paper)) == LORA32
+    store, sae = estimates._resid_store_estimate(paper)
     assert store.size == 4_000_000 * (5120 * 4 + 12)  # [sae_lora] store_tokens x (d_model x float32 + ids)
     assert sae.size == 4 * (2 * 5120 * 81920 + 81920 + 5120)  # expansion 16: W_enc, W_dec and biases in fp32
 
@@ -204,8 +205,8 @@ def test_the_stage_table_of_run_all_sh_is_the_stage_list(tmp_path):
                      "second | bash | artifacts | - | c.sh\nSTAGES\n")
     first, second = pipeline.read_stage_table(table)
     assert first.argv == ("{py}", "{repo}/a/b.py", "--profile", "{profile}", "--kind", "mlp")
-    assert first.devices == pipeline.MODEL and first.disk is not None
-    assert second.argv[:2] == ("bash", "{repo}/c.sh") and second.devices == pipeline.ARTIFACTS and second.disk is None
+    assert first.devices == estimates.MODEL and first.disk is not None
+    assert second.argv[:2] == ("bash", "{repo}/c.sh") and second.devices == estimates.ARTIFACTS and second.disk is None
     table.write_text(": <<'STAGES'\nfirst | python | model | - | a.py\nSTAGES\n")
     with pytest.raises(ValueError, match=r"run_all.sh:2: expected 'name \| py\|bash \| devices \| disk \| script"):
         pipeline.read_stage_table(table)
@@ -230,28 +231,28 @@ def test_reading_the_pipeline_module_reads_no_stage_table():
 def test_kv_cache_of_the_paper_evaluation_by_hand():
     paper = load_profile("paper")
     # batch 16 x (512 prompt + 8192 think + 512 answer = 9216 tokens) x 256 KiB = 36 GiB
-    assert pipeline.kv_cache_bytes(pipeline.plan_values(paper), 9216, 16, 2) == 16 * 9216 * KV_TOKEN32 == 36 * GIB
+    assert estimates.kv_cache_bytes(pipeline.plan_values(paper), 9216, 16, 2) == 16 * 9216 * KV_TOKEN32 == 36 * GIB
     # [eval] batch_size 8 (what fits one 80 GiB GPU): 8 x 9216 x 256 KiB = 18 GiB
-    weights, kv = pipeline._eval_memory(paper)
+    weights, kv = estimates._eval_memory(paper)
     assert weights.size == P32 * 2 and kv.size == 18 * GIB  # bf16 weights: 61.0 GiB; 79.0 GiB in all
     assert "8 sequences x 9216 tokens" in kv.what
 
 
 def test_full_finetune_checkpoints_by_hand(monkeypatch):
-    monkeypatch.setattr(pipeline, "_in_hub_cache", lambda repo_id, repo_type: False)
+    monkeypatch.setattr(estimates, "in_hub_cache", lambda repo_id, repo_type: False)
     paper = load_profile("paper")
-    final, checkpoints = pipeline._training_disk(paper, full=True)
+    final, checkpoints = estimates._training_disk(paper, full=True)
     assert final.size == P32 * 2 and final.kept  # the model ZeRO-3 gathers in bf16: 61.0 GiB
     # a ZeRO-3 checkpoint: bf16 weights 2 B + fp32 master 4 B + Adam's two fp32 moments 8 B = 14 B per parameter,
     # 458,678,599,680 B = 427.2 GiB; save_steps 50 over about 313 steps, save_total_limit 2: 3 on disk at once
-    assert pipeline.checkpoint_bytes(P32, zero3=True, bf16=True) == P32 * 14
+    assert estimates.checkpoint_bytes(P32, zero3=True, bf16=True) == P32 * 14
     assert checkpoints.size == 3 * P32 * 14 and not checkpoints.kept
     assert "3 checkpoints, 427.2 GiB each" in checkpoints.what
-    download, adapter, lora_checkpoints = pipeline._training_disk(paper, full=False)
+    download, adapter, lora_checkpoints = estimates._training_disk(paper, full=False)
     assert download.size == P32 * 2 and adapter.size == LORA32 * 2 and lora_checkpoints.size == 3 * LORA32 * 14
     # without ZeRO-3 the parameters are fp32: 4 B weights + 8 B moments per checkpoint, and a 4 B final model
     monkeypatch.setenv("ENGINE", "ddp")
-    final, checkpoints = pipeline._training_disk(paper, full=True)
+    final, checkpoints = estimates._training_disk(paper, full=True)
     assert final.size == P32 * 4 and checkpoints.size == 3 * P32 * 12
 
 
@@ -260,47 +261,47 @@ def test_checkpoints_at_once_follow_the_trainers_limit(tmp_path):
     from rank1.training.trainer import training_arguments
 
     args = training_arguments(TrainConfig(model="random-qwen2", save_steps=5), tmp_path / "run", bf16=False)
-    assert args.save_total_limit == pipeline.CHECKPOINTS_KEPT == 2
-    assert pipeline.checkpoints_at_peak(0, -1) == 0  # never saves
-    assert pipeline.checkpoints_at_peak(50, -1) == 3  # steps unknown: the limit, plus the one being written
-    assert pipeline.checkpoints_at_peak(20, 56) == 2  # saves at steps 20 and 40 only
+    assert args.save_total_limit == estimates.CHECKPOINTS_KEPT == 2
+    assert estimates.checkpoints_at_peak(0, -1) == 0  # never saves
+    assert estimates.checkpoints_at_peak(50, -1) == 3  # steps unknown: the limit, plus the one being written
+    assert estimates.checkpoints_at_peak(20, 56) == 2  # saves at steps 20 and 40 only
     prof = profile_file(tmp_path, 'model = "random-qwen2"\ndataset = "synthetic"\n[plan]\nlayers = 2\nhidden = 64\n'
                                   'intermediate = 128\nheads = 4\nkv_heads = 2\nvocab = 256\n[train]\nmax_steps = 30\n'
                                   'save_steps = 10\nkeep_checkpoints = true\nprecision = "fp32"\n')
     n = 2 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128) + 2 * 256 * 64  # 106,496 parameters
-    _, kept, transient = pipeline._training_disk(prof, full=True)
+    _, kept, transient = estimates._training_disk(prof, full=True)
     assert kept.size == 2 * n * 12 and kept.kept and transient.size == n * 12 and not transient.kept
 
 
 def test_training_memory_per_gpu_by_hand(monkeypatch):
     paper = load_profile("paper")
-    state, saved, logits = pipeline._train_memory(paper, full=True)
+    state, saved, logits = estimates._train_memory(paper, full=True)
     # ZeRO-3 over 8 GPUs: 16 B per parameter (bf16 weight 2 + bf16 gradient 2 + fp32 master 4 + Adam 8) / 8
     assert state.size == 16 * P32 // 8 == 65_525_514_240
     # gradient checkpointing keeps each layer's input: 1 x 20000 tokens x 64 layers x 5120 x 2 B
     assert saved.size == 20000 * 64 * 5120 * 2 == 13_107_200_000
     # the loss reads 20000 x 152064 logits: bf16 output 2 + float32 copy 4 + float32 log-softmax 4 = 10 B each
     assert logits.size == 20000 * 152064 * 10 == 30_412_800_000
-    lora_state, *_ = pipeline._train_memory(paper, full=False)
+    lora_state, *_ = estimates._train_memory(paper, full=False)
     assert lora_state.size == (2 * P32 + 16 * LORA32) // 8  # frozen bf16 weights + the adapter's 16 B, sharded
     monkeypatch.setenv("ENGINE", "ddp")  # every GPU holds everything
-    assert pipeline._train_memory(paper, full=True)[0].size == 16 * P32
+    assert estimates._train_memory(paper, full=True)[0].size == 16 * P32
 
 
 def test_extraction_and_intervention_memory_by_hand():
     paper = load_profile("paper")
-    weights, forward, sites = pipeline._extract_memory(paper, mlp=False)
+    weights, forward, sites = estimates._extract_memory(paper, mlp=False)
     assert weights.size == P32 * 2  # each of the 8 workers holds the bf16 model
     assert forward.size == 32768 * FORWARD_WIDTH32 * 2  # batch_tokens 32768 through the widest layer, bf16
     assert sites.size == 32768 * 448 * 4  # the captured adapter scalars in float32
     # steering's teacher-forced KL: 2 x 12 sequences x (512 + 1024 + 32 = 1568) tokens, every position's logits
-    _, kl = pipeline._steering_memory(paper)
+    _, kl = estimates._steering_memory(paper)
     assert kl.size == 24 * 1568 * (FORWARD_WIDTH32 + 152064) * 2 and kl.what.startswith("teacher-forced KL")
     # rollouts: vLLM takes 0.9 x 80 GiB to sample; reading 64 whole rollouts of 512 + 8192 + 64 = 8768 tokens at
     # once through the PEFT model holds more
-    _, read = pipeline._rollouts_memory(paper)
+    _, read = estimates._rollouts_memory(paper)
     assert read.size == 64 * 8768 * FORWARD_WIDTH32 * 2 and read.what.startswith("reading activations")
-    assert pipeline._generation_memory(pipeline.plan_values(paper), "auto", 64, 8192, 64, "vllm")[0].size == \
+    assert estimates._generation_memory(pipeline.plan_values(paper), "auto", 64, 8192, 64, "vllm")[0].size == \
         int(0.9 * 80 * GIB)
 
 
@@ -322,12 +323,12 @@ def test_dry_run_of_the_paper_profile_prints_memory_and_the_disk_peak(monkeypatc
 
 def test_memory_over_one_gpu_is_a_note_only_on_a_gpu_plan(tmp_path):
     roomy = profile_file(tmp_path, 'extends = "paper"\n[plan]\ngpu_memory_gib = 200\n')
-    assert pipeline._memory_notes(roomy) == []
+    assert inputs._memory_notes(roomy) == []
     small = profile_file(tmp_path, 'extends = "paper"\n[plan]\ngpu_memory_gib = 40\n', "small.toml")
-    flagged = {n.split(" needs")[0] for n in pipeline._memory_notes(small)}
+    flagged = {n.split(" needs")[0] for n in inputs._memory_notes(small)}
     assert "stage eval_benchmarks" in flagged and "stage 2.0_extract_lora_activations" in flagged
     cpu = profile_file(tmp_path, 'extends = "paper"\n[plan]\ngpus = 0\n', "cpu.toml")
-    assert pipeline._memory_notes(cpu) == [] and pipeline.memory_device(cpu) == "host RAM"
+    assert inputs._memory_notes(cpu) == [] and estimates.memory_device(cpu) == "host RAM"
 
 
 # ---- inputs a real run would miss ----------------------------------------------------------------------------
@@ -360,7 +361,7 @@ def test_a_cached_model_with_a_missing_weight_shard_is_not_downloaded(tmp_path):
 def test_a_hub_model_online_is_a_note_that_says_whether_the_hub_answers(tmp_path, monkeypatch, no_network):
     prof = profile_file(tmp_path, HUB_PROFILE)
     problems, notes = check_profile(prof, env={})
-    assert problems == [] and no_network == [pipeline.HUB_URL]
+    assert problems == [] and no_network == [inputs.HUB_URL]
     assert notes[0].startswith("model 'org/m' is not downloaded (not in ") and "does not answer here" in notes[0]
     assert "stops at the first stage that reads it" in notes[0]
     reachable(monkeypatch)

@@ -1,40 +1,15 @@
-"""The main job: every stage in the paper's order, one list that both runs them and prints the plan.
-
-``run_all.sh`` is a thin wrapper over :func:`main`. Each stage is a command that skips work whose artifacts
-exist, so a killed job continues where it stopped; every finished stage appends its wall time to
-``logs/run_all-<profile>-times.tsv``; a failing stage names itself and the command that reruns it.
-
-``--dry-run`` prints, without running anything, each stage's command, the devices it expects, the disk it
-will write and the memory one device holds, computed from the profile alone (its stage tables and its ``[plan]``
-table of model dimensions, corpus size and hardware, so no model is downloaded), and checks every input a run
-reads: models and datasets (local, in the Hugging Face cache, or downloadable from here), the GPQA CSV, the LLM
-endpoint, DeepSpeed and vLLM where the profile needs them. Problems end in a nonzero exit, before any stage
-runs; what the check cannot be sure of (an endpoint that does not answer within a few seconds, a stage over one
-GPU's memory) is a note.
-
-The stage list is the table in ``run_all.sh`` (read by :func:`stages` when the job runs or plans, never at
-import), so the main job shows its stages where a reader looks for them; each line names its devices and disk
-by a key of :data:`DEVICES` and :data:`DISK`; a new stage is one line there, at its place in the order (the
-report stays last).
-"""
+"""Disk, memory and devices of each stage, computed from a profile alone: its stage tables and its ``[plan]``
+table of model dimensions, corpus size and hardware (no model is downloaded). Pure functions of the dimensions
+first (:func:`kv_cache_bytes`, :func:`checkpoint_bytes`, ...), then one estimate per stage kind, then the tables
+:data:`DEVICES`, :data:`DISK`, :data:`STAGE_MEMORY` and :data:`DEVICE_MEMORY` whose keys the stage table in
+``run_all.sh`` names."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import functools
-import importlib.util
 import json
 import os
-import shlex
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -43,17 +18,13 @@ from huggingface_hub import constants as hf_constants
 
 from rank1.ablation.config import AblationConfig
 from rank1.activations.config import ExtractConfig
-from rank1.benchmarks import BENCHMARKS_DIR, BenchmarkSpec
-from rank1.config import REPO_ROOT, Profile, load_profile, profile_defaults, project_root
-from rank1.constants import ENV_LLM_BASE_URL, ENV_LLM_MODEL, ENV_PROFILE, PROJECTIONS
+from rank1.config import REPO_ROOT, Profile, profile_defaults
+from rank1.constants import ENV_LLM_BASE_URL, ENV_LLM_MODEL, PROJECTIONS
 from rank1.interventions.config import RolloutConfig, SteeringConfig
-from rank1.logs import report_error
-from rank1.rehearsal import llm_endpoint, prepare
 from rank1.sae.config import SaeConfig
 from rank1.sae_lora.config import SaeLoraConfig
 from rank1.training.config import EvalConfig, TrainConfig
 
-ENV_GPQA = "GPQA_PATH"  # the GPQA-Diamond CSV (never shipped); adds --gpqa_path to the evaluation
 ENV_ENGINE = "ENGINE"  # 0_train_lora.sh: zero3 (DeepSpeed ZeRO-3, its default with more than one GPU) | ddp
 ENV_DS_CONFIG = "DS_CONFIG"  # 0_train_lora.sh: the DeepSpeed config (default below)
 DS_CONFIG = REPO_ROOT / "configs" / "deepspeed_zero3.json"
@@ -66,8 +37,6 @@ PLAN_KEYS = (*MODEL_KEYS, "corpus_tokens", "gpus", "gpu_memory_gib", "prompt_tok
 CHECKPOINTS_KEPT = 2  # save_total_limit of the Trainer (rank1/training/trainer.py): one more while the next is written
 HUB_BYTES = 2  # per parameter of a downloaded snapshot (Qwen2.5 and SmolLM2 publish bf16 safetensors)
 ID_BYTES = 12  # per token of an activation store: token id, document and position, int32 each
-PROBE_TIMEOUT_S = 3.0  # an endpoint that does not answer within this is flagged
-HUB_URL = "https://huggingface.co"  # or HF_ENDPOINT
 GIB = 1 << 30
 
 
@@ -81,18 +50,6 @@ class Part(NamedTuple):
 
 Estimate = list[Part]
 
-
-@dataclass(frozen=True)
-class Stage:
-    name: str  # as logged in the times file and named on failure
-    argv: tuple[str, ...]  # "{py}" the Python, "{repo}" the repository, "{profile}" the profile
-    devices: str | Callable[[Profile], str]  # what it runs on
-    disk: Callable[[Profile], Estimate] | None = None  # what it writes (None: small JSON and figures)
-    memory: Callable[[Profile], Estimate] | None = None  # what one device holds (None: nothing that matters)
-
-
-def times_path(profile_name: str) -> Path:
-    return project_root() / "logs" / f"run_all-{profile_name}-times.tsv"
 
 
 # ---- sizes: pure functions of the model's dimensions -------------------------------------------------------
@@ -190,6 +147,38 @@ def sae_training_bytes(d_in: int, d_sae: int, batch: int) -> int:
 
 # ---- sizes from the profile ------------------------------------------------------------------------------
 
+def looks_local(value: str) -> bool:
+    return value.startswith(("/", "./", "../", "~")) or value.endswith((".jsonl", ".parquet", ".json", ".csv"))
+
+def is_hub_id(value: str) -> bool:
+    return bool(value) and not looks_local(value) and value != "synthetic" and not value.startswith(
+        ("gguf:", "random-"))
+
+def fill_size(value: str, profile: Profile, table: Mapping) -> str:
+    size = table.get("model_size") or profile.section("train").get("model_size")
+    return value.replace("{size}", str(size)) if size else value
+
+def has_model_files(folder: Path) -> bool:
+    """A Hugging Face model folder: config.json and every weight file its index names (or one weights file)."""
+    index = folder / "model.safetensors.index.json"
+    if not (folder / "config.json").is_file():
+        return False
+    if index.is_file():
+        return all((folder / f).is_file() for f in set(json.loads(index.read_text())["weight_map"].values()))
+    return (folder / "model.safetensors").is_file() or any(folder.glob("*.bin"))
+
+
+def in_hub_cache(repo_id: str, repo_type: str) -> bool:
+    """The Hugging Face cache holds ``repo_id`` (a model: its config and every weight file)."""
+    try:
+        folder = Path(huggingface_hub.snapshot_download(repo_id, repo_type=repo_type, local_files_only=True,
+                                                        cache_dir=hf_constants.HF_HUB_CACHE))
+    except (OSError, ValueError):
+        return False
+    return has_model_files(folder) if repo_type == "model" else any(folder.iterdir())
+
+
+
 def plan_values(profile: Profile) -> dict[str, int]:
     """The profile's ``[plan]`` table: model dimensions, corpus size and hardware (for estimates only)."""
     plan = profile.section("plan")
@@ -249,8 +238,8 @@ def _store_estimate(profile: Profile, mlp: bool) -> Estimate:
 
 def _download_estimate(profile: Profile, plan: Mapping) -> Estimate:
     """The base model's download, where the profile names a hub id that is not in the Hugging Face cache."""
-    model = _fill_size(profile.common("model") or "", profile, {})
-    if not _is_hub_id(model) or _in_hub_cache(model, "model"):
+    model = fill_size(profile.common("model") or "", profile, {})
+    if not is_hub_id(model) or in_hub_cache(model, "model"):
         return []
     n = model_params(plan)
     return [Part(f"base model download into the Hugging Face cache ({n} parameters x {HUB_BYTES} B)",
@@ -511,277 +500,7 @@ STAGE_MEMORY: dict[str, Callable[[Profile], Estimate]] = {
     "5.1_train_residual_sae": _resid_sae_memory,
 }
 DEVICE_MEMORY: dict[str, Callable[[Profile], Estimate]] = {"model": _model_memory, "sae": _model_memory}
-RUNNERS = {"py": "{py}", "bash": "bash"}
-RUN_ALL = REPO_ROOT / "run_all.sh"
 
-
-def read_stage_table(path: Path = RUN_ALL) -> list[Stage]:
-    """The stages of ``run_all.sh``'s table (the lines between ``: <<'STAGES'`` and ``STAGES``), each line
-    ``name | py|bash | devices | disk | script [args]``: the script runs from the repository with ``--profile``
-    added; devices and disk are keys of :data:`DEVICES` and :data:`DISK`; the memory estimate is the stage's in
-    :data:`STAGE_MEMORY`, else its devices key's in :data:`DEVICE_MEMORY`."""
-    lines = path.read_text().splitlines()
-    try:
-        start = lines.index(": <<'STAGES'") + 1
-        end = lines.index("STAGES", start)
-    except ValueError:
-        raise ValueError(f"{path}: no stage table (lines between \": <<'STAGES'\" and \"STAGES\")") from None
-    stages = []
-    for n, line in enumerate(lines[start:end], start + 1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        parts = [p.strip() for p in line.split("|")]
-        if len(parts) != 5 or parts[1] not in RUNNERS or not parts[4]:
-            raise ValueError(f"{path}:{n}: expected 'name | py|bash | devices | disk | script [args]', got {line!r}")
-        name, runner, devices, disk, (script, *extra) = *parts[:4], shlex.split(parts[4])
-        for what, key, known in (("devices", devices, DEVICES), ("disk", disk, DISK)):
-            if key not in known:
-                raise ValueError(f"{path}:{n}: unknown {what} {key!r} for stage {name!r}; known: {sorted(known)}")
-        stages.append(Stage(name, (RUNNERS[runner], f"{{repo}}/{script}", "--profile", "{profile}", *extra),
-                            DEVICES[devices], DISK[disk], STAGE_MEMORY.get(name) or DEVICE_MEMORY.get(devices)))
-    return stages
-
-
-@functools.cache
-def stages() -> tuple[Stage, ...]:
-    """The main job's stages, in order (read once from ``run_all.sh``)."""
-    return tuple(read_stage_table())
-
-
-def command(stage: Stage, profile: str, python: str, repo: Path = REPO_ROOT,
-            env: Mapping[str, str] = os.environ) -> list[str]:
-    """The stage's command line (the evaluation gets ``--gpqa_path`` when ``GPQA_PATH`` is set). ``profile`` is
-    what the stage gets as ``--profile``: a :attr:`Profile.spec` (a shipped profile's name, else an absolute path,
-    which reads the same file from any working directory)."""
-    argv = [a.format(py=python, repo=repo, profile=profile) for a in stage.argv]
-    if stage.name == "eval_benchmarks" and env.get(ENV_GPQA):
-        argv += ["--gpqa_path", env[ENV_GPQA]]
-    return argv
-
-
-# ---- checks: every input a real run reads ---------------------------------------------------------------
-
-def _looks_local(value: str) -> bool:
-    return value.startswith(("/", "./", "../", "~")) or value.endswith((".jsonl", ".parquet", ".json", ".csv"))
-
-
-def _is_hub_id(value: str) -> bool:
-    return bool(value) and not _looks_local(value) and value != "synthetic" and not value.startswith(
-        ("gguf:", "random-"))
-
-
-def _fill_size(value: str, profile: Profile, table: Mapping) -> str:
-    size = table.get("model_size") or profile.section("train").get("model_size")
-    return value.replace("{size}", str(size)) if size else value
-
-
-def _installed(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
-
-
-def _offline(env: Mapping[str, str]) -> bool:
-    return any(env.get(k, "").lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-def _unreachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
-    """None when ``url`` answers HTTP within ``timeout`` seconds (any status), else why not."""
-    try:
-        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
-    except urllib.error.HTTPError:
-        return None  # it answered
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        return f"no answer within {timeout:g} s: {getattr(e, 'reason', e)}"
-    return None
-
-
-def _has_model_files(folder: Path) -> bool:
-    """A Hugging Face model folder: config.json and every weight file its index names (or one weights file)."""
-    index = folder / "model.safetensors.index.json"
-    if not (folder / "config.json").is_file():
-        return False
-    if index.is_file():
-        return all((folder / f).is_file() for f in set(json.loads(index.read_text())["weight_map"].values()))
-    return (folder / "model.safetensors").is_file() or any(folder.glob("*.bin"))
-
-
-def _in_hub_cache(repo_id: str, repo_type: str) -> bool:
-    """The Hugging Face cache holds ``repo_id`` (a model: its config and every weight file)."""
-    try:
-        folder = Path(huggingface_hub.snapshot_download(repo_id, repo_type=repo_type, local_files_only=True,
-                                                        cache_dir=hf_constants.HF_HUB_CACHE))
-    except (OSError, ValueError):
-        return False
-    return _has_model_files(folder) if repo_type == "model" else any(folder.iterdir())
-
-
-def _inputs(profile: Profile) -> list[tuple[str, str, str]]:
-    """(where, key, value) of every model and dataset the stages read: the profile's and any table's own, with
-    {size} filled in."""
-    found = [(key, key, profile.common(key), {}) for key in ("model", "dataset") if profile.common(key)]
-    for name, table in profile.values.items():
-        if isinstance(table, dict):
-            found += [(f"[{name}] {k}", k, table[k], table) for k in ("model", "dataset", "corpus")
-                      if isinstance(table.get(k), str) and table[k] and table[k] != profile.common(k)]
-    filled = [(where, key, _fill_size(value, profile, table)) for where, key, value, table in found]
-    return [f for i, f in enumerate(filled) if (f[1], f[2]) not in {(k, v) for _, k, v in filled[:i]}]
-
-
-def _hub_input(where: str, key: str, repo_id: str, env: Mapping[str, str],
-               probe: Callable[[str], str | None]) -> tuple[list[str], list[str]]:
-    repo_type = "model" if key == "model" else "dataset"
-    if _in_hub_cache(repo_id, repo_type):
-        return [], []
-    fetch = (f"`hf download {'--repo-type dataset ' if repo_type == 'dataset' else ''}{repo_id} --local-dir DIR` "
-             f"where there is internet and set {key} = \"DIR\"")
-    cache = hf_constants.HF_HUB_CACHE
-    if _offline(env):
-        return [f"{where} {repo_id!r} is a hub id that is not in the Hugging Face cache ({cache}) and "
-                f"HF_HUB_OFFLINE is set: {fetch}"], []
-    hub = env.get("HF_ENDPOINT") or HUB_URL
-    why = probe(hub)
-    if why:
-        return [], [f"{where} {repo_id!r} is not downloaded (not in {cache}) and {hub} does not answer here ({why}): a "
-                    f"real run here stops at the first stage that reads it; {fetch}"]
-    return [], [f"{where} {repo_id!r} is not downloaded yet: the first stage that reads it downloads it into {cache} "
-                f"(offline nodes: {fetch})"]
-
-
-def _model_and_data_problems(profile: Profile, env: Mapping[str, str],
-                             probe: Callable[[str], str | None]) -> tuple[list[str], list[str]]:
-    problems, notes = [], []
-    model, dataset = profile.common("model"), profile.common("dataset")
-    if not model:
-        problems.append("model is unset: set `model` (a hub id or a local folder) at the top of the profile")
-    elif "{size}" in model and not profile.section("train").get("model_size"):
-        problems.append(f"model {model!r} has a {{size}} placeholder but [train] model_size is unset")
-    if not dataset:
-        problems.append("dataset is unset: set `dataset` (a hub id, a .jsonl/.parquet file or 'synthetic')")
-    for where, key, value in _inputs(profile):
-        if _looks_local(value):
-            path = Path(os.path.expanduser(value))
-            if not path.exists():
-                problems.append(f"{where} {value!r}: no such file or folder")
-            elif key == "model" and path.is_dir() and not _has_model_files(path):
-                problems.append(f"{where} {value!r} has no config.json or misses weight files: download the model "
-                                f"into it again (`hf download REPO --local-dir {value}`)")
-        elif _is_hub_id(value) and "{size}" not in value:
-            p, n = _hub_input(where, key, value, env, probe)
-            problems += p
-            notes += n
-    sae = profile.section("sae_lora").get("sae")
-    if sae and _looks_local(sae) and not Path(os.path.expanduser(sae)).exists():
-        problems.append(f"[sae_lora] sae {sae!r}: no such folder")
-    return problems, notes
-
-
-def _benchmark_problems(profile: Profile, env: Mapping[str, str]) -> list[str]:
-    try:
-        specs = BenchmarkSpec.parse(profile.section("eval").get("benchmarks", "heldout"))
-    except ValueError as e:
-        return [f"[eval] benchmarks: {e}"]
-    problems = []
-    shipped = {"math500": BENCHMARKS_DIR / "math500" / "test.jsonl",
-               "aime24": BENCHMARKS_DIR / "aime24" / "aime24_nofigures.jsonl"}
-    for spec in specs:
-        if spec.name in shipped and not shipped[spec.name].is_file():
-            problems.append(f"benchmark {spec.name}: {shipped[spec.name]} is missing")
-        if spec.name == "gpqa":
-            path = env.get(ENV_GPQA) or profile.section("eval").get("gpqa_path")
-            if not path:
-                problems.append(f"benchmark gpqa is listed in [eval] benchmarks but {ENV_GPQA} is unset: export "
-                                f"{ENV_GPQA}=/path/to/gpqa_diamond.csv (never shipped), or drop gpqa from the list")
-            elif not Path(path).is_file():
-                problems.append(f"GPQA CSV {path}: no such file ({ENV_GPQA} or [eval] gpqa_path)")
-    return problems
-
-
-def _llm_problems(profile: Profile, env: Mapping[str, str],
-                  probe: Callable[[str], str | None]) -> tuple[list[str], list[str]]:
-    problems, notes = [], []
-    endpoints: dict[str, list[str]] = {}  # url -> the stages that need it
-    for sections, devices in ((("autointerp",), LLM_2), (("autointerp", "sae_autointerp"), LLM_3)):
-        values: dict = {}
-        for s in sections:
-            values.update(profile.section(s))
-        if "llm" not in {values.get(k) for k in ("explainer", "scorer", "categoriser")}:
-            continue
-        where = "[" + "] + [".join(sections) + "]"
-        url = values.get("llm_base_url") or env.get(ENV_LLM_BASE_URL)
-        if not url:
-            problems.append(f"{where} uses an LLM but llm_base_url is unset (and {ENV_LLM_BASE_URL} too)")
-        else:
-            endpoints.setdefault(url, []).extend(st.name for st in stages() if st.devices is devices)
-        if not (values.get("llm_model") or env.get(ENV_LLM_MODEL)):
-            problems.append(f"{where} uses an LLM but llm_model is unset (and {ENV_LLM_MODEL} too)")
-        auth = values.get("llm_auth_env")
-        if auth and not env.get(auth):
-            notes.append(f"{where}: {auth} is unset (fine for an endpoint that needs no key)")
-    behaviour = profile.section("sae_lora")
-    url = behaviour.get("llm_base_url") or env.get(ENV_LLM_BASE_URL)
-    if behaviour.get("data_source") == "llm" and url:
-        endpoints.setdefault(url, []).append("5.0_make_behavior_dataset (--data_source llm)")
-    for url, names in endpoints.items():
-        why = probe(url.rstrip("/") + "/models")
-        if why:
-            notes.append(f"LLM endpoint {url} does not answer here ({why}): stages {', '.join(dict.fromkeys(names))} "
-                         f"fail without it; start the server before them (e.g. `vllm serve MODEL --port PORT`) or set "
-                         f"llm_base_url to one that answers")
-    return problems, notes
-
-
-def _engine_problems(profile: Profile, env: Mapping[str, str]) -> list[str]:
-    """DeepSpeed and its config where training runs ZeRO-3; vLLM where a table asks for it."""
-    problems = []
-    gpus = plan_values(profile).get("gpus", 0)
-    if zero3_shards(plan_values(profile), env) > 1:
-        if not _installed("deepspeed"):
-            problems.append(f"DeepSpeed is not installed, and training on [plan] gpus = {gpus} GPUs runs DeepSpeed "
-                            f"ZeRO-3: pip install deepspeed on the training machine (or ENGINE=ddp, where every GPU "
-                            f"holds the whole model and its optimizer)")
-        ds = env.get(ENV_DS_CONFIG) or str(DS_CONFIG)
-        if not Path(ds).is_file():
-            problems.append(f"DeepSpeed config {ds} ({ENV_DS_CONFIG}): no such file")
-    for name, table in profile.values.items():
-        if isinstance(table, dict) and table.get("backend") == "vllm" and not _installed("vllm"):
-            problems.append(f"[{name}] backend = \"vllm\" but vllm is not installed: pip install vllm on the GPU "
-                            f"machine (it needs a CUDA torch), or set backend = \"hf\"")
-    return problems
-
-
-def _memory_notes(profile: Profile) -> list[str]:
-    """Stages whose memory estimate exceeds one GPU ([plan] gpu_memory_gib) on a GPU plan."""
-    plan = plan_values(profile)
-    gib = plan.get("gpu_memory_gib")
-    if not gib or plan.get("gpus", 0) <= 0:
-        return []
-    notes = []
-    for st in stages():
-        parts = st.memory(profile) if st.memory else []
-        total = sum(p.size or 0 for p in parts)
-        if total > gib * GIB:
-            terms = " + ".join(f"{p.what.split(' (')[0]} {human_bytes(p.size)}" for p in parts)
-            notes.append(f"stage {st.name} needs about {human_bytes(total)} per GPU ({terms}), more than [plan] "
-                         f"gpu_memory_gib = {gib}: lower its batch or token budget, or plan larger GPUs")
-    return notes
-
-
-def check_profile(profile: Profile, env: Mapping[str, str] = os.environ) -> tuple[list[str], list[str]]:
-    """(problems, notes): problems are inputs a stage needs that are unset or missing (the job does not start);
-    notes are facts worth knowing, among them inputs a real run here would miss that the check cannot be sure of
-    (an endpoint or the hub not answering: probed with a short timeout) and stages over one GPU's memory."""
-    probe = functools.cache(_unreachable)  # each endpoint asked once
-    problems, notes = _model_and_data_problems(profile, env, probe)
-    problems += _benchmark_problems(profile, env)
-    llm_problems, llm_notes = _llm_problems(profile, env, probe)
-    problems += llm_problems + _engine_problems(profile, env)
-    notes += llm_notes + _memory_notes(profile)
-    missing = [k for k in MODEL_KEYS if k not in plan_values(profile)]
-    if missing:
-        notes.append(f"[plan] lacks {missing}: some disk and memory estimates are unknown")
-    return list(dict.fromkeys(problems)), list(dict.fromkeys(notes))
-
-
-# ---- plan and run ---------------------------------------------------------------------------------------
 
 def human_bytes(n: int | None) -> str:
     if n is None:
@@ -792,94 +511,3 @@ def human_bytes(n: int | None) -> str:
         n /= 1024
     return ""  # unreachable
 
-
-def plan_text(profile: Profile, spec: str, python: str, env: Mapping[str, str] = os.environ) -> str:
-    """The dry-run plan: every stage's command, devices, disk and memory, then the disk in all and at its peak."""
-    per = memory_device(profile)
-    lines = [f"Plan of the main job on profile {profile.name} ({profile.path}), {len(stages())} stages; "
-             f"outputs under {project_root()}; memory is {per}", ""]
-    kept, peak, peak_stage, unknown = 0, 0, "", False
-    for i, st in enumerate(stages(), 1):
-        devices = st.devices(profile) if callable(st.devices) else st.devices
-        lines += [f"{i:2d}. {st.name}", f"    command: {shlex.join(command(st, spec, python, env=env))}",
-                  f"    devices: {devices}"]
-        disk = st.disk(profile) if st.disk else []
-        for part in disk:
-            lines.append(f"    disk:    {human_bytes(part.size)}  {part.what}")
-            unknown |= part.size is None
-        kept += sum(p.size or 0 for p in disk if p.kept)
-        if kept + sum(p.size or 0 for p in disk if not p.kept) > peak:
-            peak, peak_stage = kept + sum(p.size or 0 for p in disk if not p.kept), st.name
-        memory = st.memory(profile) if st.memory else []
-        lines += [f"    memory:  {human_bytes(p.size)}  {p.what}" for p in memory]
-        if len(memory) > 1:
-            total = None if any(p.size is None for p in memory) else sum(p.size for p in memory)
-            lines.append(f"    memory:  {human_bytes(total)}  in all, {per}")
-    lines += ["", f"disk in all (estimated): {human_bytes(kept)} after the job{' + unknown parts' if unknown else ''}; "
-                  f"at most {human_bytes(peak)} at once (while {peak_stage} runs)",
-              f"stage times go to {times_path(profile.name)}"]
-    return "\n".join(lines)
-
-
-def run_stages(spec: str, python: str, env: Mapping[str, str] = os.environ,
-               stage_list: Sequence[Stage] | None = None) -> int:
-    """Run every stage (of ``stage_list``, default :func:`stages`) in order; log each wall time; stop at the
-    first failure, naming it. A profile given by a relative path reaches every stage as its absolute path."""
-    profile = load_profile(spec)
-    times = times_path(profile.name)
-    times.parent.mkdir(parents=True, exist_ok=True)
-    for st in stages() if stage_list is None else stage_list:
-        argv = command(st, profile.spec, python, env=env)
-        print(f"=== {st.name}: {shlex.join(argv)}", flush=True)
-        t0 = time.monotonic()
-        rc = subprocess.call(argv, env={**env, "PYTHON": python})
-        if rc != 0:
-            print(f"error: stage '{st.name}' failed (exit {rc}); rerun it with: {shlex.join(argv)}  "
-                  f"(or rerun run_all.sh: finished stages are skipped)", file=sys.stderr, flush=True)
-            return 1
-        line = f"{datetime.now().isoformat(timespec='seconds')}\t{st.name}\t{round(time.monotonic() - t0)}s"
-        print(line, flush=True)
-        with times.open("a") as f:
-            f.write(line + "\n")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", default=os.environ.get(ENV_PROFILE) or "tiny",
-                        help=f"profile name or .toml path (env {ENV_PROFILE}, default tiny)")
-    parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
-                        help="print the plan and check the profile; run nothing")
-    args = parser.parse_args(argv)
-    python = os.environ.get("PYTHON") or sys.executable
-    try:
-        profile = load_profile(args.profile)
-        rehearsal = prepare(profile)  # a rehearsal profile's fixtures exist before anything reads them
-        problems, notes = check_profile(profile)
-        if args.dry_run:
-            print(plan_text(profile, profile.spec, python))
-    except Exception as e:
-        if not report_error(e):  # bad input is one error line, a bug keeps its traceback
-            raise
-        return 2
-    for n in notes:
-        print(f"note: {n}")
-    if problems:
-        print(f"\n{len(problems)} problem(s) with profile {profile.name}:", file=sys.stderr)
-        for p in problems:
-            print(f"  - {p}", file=sys.stderr)
-        return 2
-    if args.dry_run:
-        print(f"\nprofile {profile.name}: every required id and path is set")
-        return 0
-    try:
-        with llm_endpoint(profile, rehearsal, project_root() / "logs"):
-            return run_stages(args.profile, python)
-    except Exception as e:  # e.g. RANK1_ROOT read-only or full: the times file cannot be written
-        if not report_error(e):
-            raise
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
