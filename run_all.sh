@@ -27,16 +27,20 @@ eval_benchmarks                      | py   | eval      | -           | s1_peft/
 lora_ablation_all_by_type            | py   | artifacts | -           | 1_lora_adapter_ablations/lora_ablation_all_by_type.py
 iterative_mlp_ablation_by_matrix     | py   | model     | -           | 1_lora_adapter_ablations/iterative_mlp_ablation_by_matrix.py
 lora_layer_ablation_kl_visualization | py   | model     | -           | 1_lora_adapter_ablations/lora_layer_ablation_kl_visualization.py
-# 2. Adapter activations vs. MLP neurons: stores, top-k, dashboard, autointerp, Figure 2
+# 2. Adapter activations vs. MLP neurons and random directions: stores, top-k, dashboard, autointerp, Figure 2
 2.0_extract_lora_activations         | py   | extract   | store       | 2_lora_activation_interp/2.0_extract_lora_activations.py
 2.1_precompute_lora_topk             | py   | artifacts | -           | 2_lora_activation_interp/2.1_precompute_lora_topk.py
 2.3_lora_activation_dashboard        | py   | artifacts | -           | 2_lora_activation_interp/2.3_lora_activation_dashboard.py
 2.4_extract_mlp_activations          | py   | extract   | mlp_store   | 2_lora_activation_interp/2.4_extract_mlp_activations.py
 2.5_precompute_mlp_topk              | py   | artifacts | -           | 2_lora_activation_interp/2.5_precompute_mlp_topk.py
+2.6_extract_random_activations       | py   | extract   | store       | 2_lora_activation_interp/2.6_extract_random_activations.py
+2.6_precompute_random_topk           | py   | artifacts | -           | 2_lora_activation_interp/2.6_precompute_random_topk.py
 2.2_run_lora_autointerp              | py   | llm2      | -           | 2_lora_activation_interp/2.2_run_lora_autointerp.py
 2.7_run_mlp_autointerp               | py   | llm2      | -           | 2_lora_activation_interp/2.7_run_mlp_autointerp.py
+2.6_run_random_autointerp            | py   | llm2      | -           | 2_lora_activation_interp/2.6_run_random_autointerp.py
 2.3_analyze_lora_interpretability    | py   | artifacts | -           | 2_lora_activation_interp/2.3_analyze_lora_interpretability.py
 2.3_analyze_mlp_interpretability     | py   | artifacts | -           | 2_lora_activation_interp/2.3_analyze_lora_interpretability.py --kind mlp
+2.3_analyze_random_interpretability  | py   | artifacts | -           | 2_lora_activation_interp/2.3_analyze_lora_interpretability.py --kind random
 2.8_compare_lora_mlp                 | py   | artifacts | -           | 2_lora_activation_interp/2.8_compare_lora_mlp.py
 # 3. The BatchTopK SAE on the adapter state, its features, categories and Figure 3
 3.0_train_sae                        | py   | sae       | sae         | 3_lora_sae/3.0_train_sae.py
@@ -50,7 +54,7 @@ lora_layer_ablation_kl_visualization | py   | model     | -           | 1_lora_a
 4.4_weight_geometry                  | py   | weights   | -           | 4_lora_interventions/4.4_weight_geometry.py
 4.1_attribution                      | py   | model     | -           | 4_lora_interventions/4.1_attribution.py
 4.0_steering                         | py   | model     | -           | 4_lora_interventions/4.0_steering.py
-4.2_counterfactual_rollouts          | py   | model     | -           | 4_lora_interventions/4.2_counterfactual_rollouts.py
+4.2_counterfactual_rollouts          | py   | rollouts  | -           | 4_lora_interventions/4.2_counterfactual_rollouts.py
 4.3_correctness_probes               | py   | artifacts | -           | 4_lora_interventions/4.3_correctness_probes.py
 # 5. SAE-LoRA: a low-rank finetune in the latent space of a residual-stream SAE
 5.0_make_behavior_dataset            | py   | behaviour | -           | 5_sae_latent_lora/5.0_make_behavior_dataset.py

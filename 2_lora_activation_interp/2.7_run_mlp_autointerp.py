@@ -1,5 +1,6 @@
 """Stage 2.7: the autointerp of 2.2 for the MLP-neuron baseline (same explainer, scorer, categoriser and
-settings; the profile's [autointerp] table serves both).
+settings; the profile's [autointerp] table serves both; failed features are retried and --max_failed_share
+checked as in 2.2).
 
 Reads results/<profile>/mlp_topk/<run>/ (2.5) and writes results/<profile>/mlp_autointerp/<run>/.
 

@@ -6,7 +6,8 @@ trains on the rest (streamed from the shards, shuffled with a seed, bounded memo
 writes results/<profile>/sae/<run>/:
     cfg.json, sae_weights.safetensors   the SAELens inference SAE (sae_lens.SAE.load_from_disk(folder)); it
                                         takes raw store activations and encodes each token on its own
-    sae_metrics.json                    held-out FVU, L0, dead/alive fractions, loss-gap share with its CI
+    sae_metrics.json                    held-out FVU, L0, alive latents (training window), loss-gap shares vs zero
+                                        and vs mean ablation with their CIs
     sae_train_log.json, config.json, argv.json
 
 Usage:

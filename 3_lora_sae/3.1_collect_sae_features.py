@@ -1,7 +1,8 @@
-"""Stage 3.1: the SAE's features (its alive latents): top examples with +-48 tokens of context, firing rate
-(density), activation mass, quantiles, decile and non-firing samples for scoring, and the adapters each decoder
-direction loads on (layers x projections). Every token is encoded on its own (the saved JumpReLU SAE), shard by
-shard; no latent store is written.
+"""Stage 3.1: the SAE's features (its alive latents, as 3.0 counted them: fired in the last training window;
+rank1.sae.alive): top examples with +-48 tokens of context, firing rate (density), activation mass, quantiles,
+decile and non-firing samples for scoring, and the adapters each decoder direction loads on (layers x
+projections). Every token is encoded on its own (the saved JumpReLU SAE), shard by shard; no latent store is
+written.
 
 Reads the store of 2.0 and the SAE of 3.0 (checked: same run, same width) and writes
 results/<profile>/sae_features/<run>/ in the top-k format of 2.1 (topk.safetensors, features.json, vocab.json,

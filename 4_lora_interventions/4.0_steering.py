@@ -6,12 +6,16 @@ artifact), for any projection; (b) add m x (mean residual norm at its layer) x u
 for o_proj / down_proj. Each magnitude is swept per adapter on held-out problems; measured against the
 unsteered model: next-token KL(P_unsteered || P_steered) teacher-forced on the unsteered generation,
 marker rate ("Wait", "verify", "check" per 100 thinking tokens), accuracy, thinking length, repetition.
-The onset is the smallest |m| whose mean KL exceeds --kl_threshold; beside it, the magnitude the
-authors' recipe (50 x sqrt(mean MLP-output norm) x raw B) corresponds to in the same units.
+The onset is the smallest |m| whose mean KL exceeds --kl_threshold, with a bootstrap CI over problems; beside
+it, the magnitude the authors' recipe (50 x sqrt(mean MLP-output norm) x raw B) corresponds to in the same
+units. The control (--random_control, on by default; --random_seed): every setting again with B replaced by a
+seeded random vector of B's norm at the same site, so an onset can be told apart from what any direction of
+that size does. It doubles the steered generations and KL passes.
 
 Usage:
     python 4_lora_interventions/4.0_steering.py                          # tiny profile, newest run
     python 4_lora_interventions/4.0_steering.py --layers 4,15,25 --scalar_projections down_proj,up_proj
+    python 4_lora_interventions/4.0_steering.py --no-random_control     # the LoRA directions only
 
 Writes into results/<profile>/steering/<run>/: steering.json, steering_generations.jsonl (a few per
 setting), steering_curves.{pdf,png}. Resumes per setting.

@@ -30,7 +30,8 @@ def main(cfg: SaeLoraConfig) -> None:
     m = read_json(run_train_residual_sae(cfg) / RESID_SAE_METRICS)
     h, s = m["heldout"], m["splice"]
     print(f"SAE at layer {m['layer']}: {m['d_model']} -> {m['d_sae']} latents; held-out FVU {h['fvu']:.4f}, "
-          f"L0 {h['l0']:.1f}, dead {h['dead_frac']:.1%}\nCE clean {s['ce_clean']:.4f}, SAE {s['ce_sae']:.4f}, "
+          f"L0 {h['l0']:.1f}, {h['n_firing']} latents fire on held-out tokens\nCE clean {s['ce_clean']:.4f}, "
+          f"SAE {s['ce_sae']:.4f}, "
           f"mean-ablated {s['ce_mean']:.4f}, zero-ablated {s['ce_zero']:.4f}; recovered vs mean "
           f"{s['recovered_vs_mean']['value']:.3f}")
 

@@ -3,14 +3,16 @@
 Base model and SAE frozen; A, B, s trained on the next-token cross-entropy of the assistant tokens plus
 l1_weight x L1 (raw: of the parameters, the seed's; normalized: of the unit-norm directions). The residual
 entering --layer is computed once; only layers layer..L-1 run per step. By default the whole sweep: l1 = 0 once,
-then every weight of --sweep_l1 for both penalties (--no-sweep: one run with --penalty / --l1_weight). Each run
-is skipped when finished and resumes from its newest complete checkpoint after a kill. Writes
-results/<profile>/sae_lora/<name>/adapters/<run>/: adapter.safetensors (A, B, s), adapter_config.json,
+then every weight of --sweep_l1 for both penalties (--no-sweep: one run with --penalty / --l1_weight), each once
+per seed of --seeds (--init alive: A and B start nonzero only on the latents alive on the training tokens). Each
+run is skipped when finished and resumes from its newest complete checkpoint after a kill. Writes
+results/<profile>/sae_lora/<name>/adapters/<run>_seed<seed>/: adapter.safetensors (A, B, s), adapter_config.json,
 train_log.json.
 
 Usage:
     python 5_sae_latent_lora/5.2_train_sae_lora.py
     python 5_sae_latent_lora/5.2_train_sae_lora.py --sweep_l1 0,0.001,0.01,0.05
+    python 5_sae_latent_lora/5.2_train_sae_lora.py --seeds 0,1,2,3,4 --init alive
     python 5_sae_latent_lora/5.2_train_sae_lora.py --no-sweep --penalty raw --l1_weight 0.05 --mode sae_replace
 """
 

@@ -3,7 +3,9 @@
 Behaviour rate on the held-out prompts inside and outside the condition (greedy next token after the
 teacher-forced trace and the answer tag is the marker; bootstrap CIs) for the base model, the standard LoRA
 and every SAE-LoRA run; sparsity of the unit-norm directions (Hoyer, Gini, top-10 share) against their
-initialisation and against l1 = 0; the top read and write latents with their top-activating store tokens.
+initialisation and against l1 = 0; the top read and write latents with their top-activating store tokens;
+the penalty comparison over --seeds (mean, spread, and against l1 = 0 a verdict only where the seeds' ranges do
+not overlap, "cannot tell" otherwise).
 Writes results/<profile>/sae_lora/<name>/: sae_lora_results.json, sae_lora_sweep.{pdf,png},
 sae_lora_directions.{pdf,png}, config.json, argv.json.
 
@@ -27,6 +29,12 @@ def main(cfg: SaeLoraConfig) -> None:
         extra = f"  Hoyer A {sp['A']['hoyer']:.3f} B {sp['B']['hoyer']:.3f}" if sp else ""
         print(f"{name:24s} inside {r['inside']['rate']['value']:.2f}  outside {r['outside']['rate']['value']:.2f}"
               f"{extra}")
+    for name, g in res["comparison"]["groups"].items():
+        m = g["measures"]
+        line = ", ".join(f"{k} {m[k]['mean']:.3g} [{m[k]['min']:.3g}, {m[k]['max']:.3g}]"
+                         for k in ("inside_rate", "outside_rate", "final_ce", "hoyer_A"))
+        verdicts = ", ".join(f"{k} {v}" for k, v in g.get("vs_l1_0", {}).items())
+        print(f"{name} over seeds {g['seeds']}: {line}" + (f"; vs l1 = 0: {verdicts}" if verdicts else ""))
 
 
 if __name__ == "__main__":

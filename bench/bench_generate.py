@@ -9,9 +9,14 @@ prompts, which costs both sides the same multiply-adds, dominates the batched si
 sides run the model the way the evaluation does (``variant_context(..., "adapter_on")``: adapters folded
 into the weights on CPU; ``--no_fold`` keeps them as separate modules).
 
+``--vllm`` also times vLLM (one engine, the adapter as a LoRA request, fp32 on CPU) on the same prompts and budget
+after the other two, and prints its ratio to the batched side; where vLLM cannot run (not installed, or a CPU
+without AVX-512 and no GPU) it says why and times the rest.
+
 Usage:
     python bench/bench_generate.py --run tiny-r1-all        # tiny profile (SmolLM2-135M + adapter), 64 prompts
     python bench/bench_generate.py --profile test --n 8 --tokens 16
+    python bench/bench_generate.py --run tiny-r1-all --vllm # and vLLM beside them
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ def main() -> None:
     parser.add_argument("--adapter", help="a PEFT adapter folder instead of --run")
     parser.add_argument("--no_fold", action="store_true", help="keep the adapters as separate modules (the "
                                                                "evaluation folds them into the weights on CPU)")
+    parser.add_argument("--vllm", action="store_true", help="also time vLLM on the same prompts (where it runs)")
     args = parser.parse_args()
 
     from rank1.benchmarks import BenchmarkSpec, load_benchmark
@@ -94,6 +100,56 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in rates.items()}
     print(f"median tokens/s: batched {med['batched']:.1f}, one at a time {med['single']:.1f}")
     print(f"speed-up batched / one at a time: {med['batched'] / med['single']:.1f}x  (target >= 8x)")
+    if args.vllm:
+        why = vllm_cannot_run()
+        if why:
+            print(f"vLLM not timed: {why}")
+            return
+        vllm_rate = time_vllm(args, tok, prompts, loaded.run.weights_dir if args.adapter or args.run else None,
+                              model_id if not (args.adapter or args.run) else loaded.run.model_id)
+        print(f"median tokens/s: vLLM {vllm_rate:.1f}; vLLM / batched: {vllm_rate / med['batched']:.1f}x")
+
+
+def vllm_cannot_run() -> str | None:
+    """Why vLLM cannot generate on this machine (None: it can)."""
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    from rank1.serving import VLLM_MISSING
+
+    if importlib.util.find_spec("vllm") is None:
+        return VLLM_MISSING
+    if torch.cuda.is_available():
+        return None
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    flags = re.search(r"^flags\s*:\s*(.+)$", info, re.M)
+    if flags and "avx512f" in flags.group(1).split():
+        return None
+    name = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
+    return f"vLLM's CPU backend needs AVX-512; this CPU ({name.group(1).strip() if name else 'unknown'}) lacks avx512f"
+
+
+def time_vllm(args, tok, prompts, adapter, model_id: str) -> float:
+    """Median thinking tokens/s of vLLM over ``args.repeats`` runs (the engine started once, before timing)."""
+    from rank1.generate import Budget
+    from rank1.models import resolve_model_source
+    from rank1.serving import EngineSizing, VLLMEngine, adapter_rank, context_length, vllm_lora_rank
+
+    budget = Budget(args.tokens, 0)
+    longest = max(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts)
+    sizing = EngineSizing(max_model_len=context_length(longest, budget), gpu_memory_utilization=0.5,
+                          max_lora_rank=vllm_lora_rank(adapter_rank(adapter)) if adapter else None,
+                          dtype="bfloat16" if torch.cuda.is_available() else "float32")
+    engine = VLLMEngine(resolve_model_source(model_id), tok, sizing)
+    backend, rates = engine.backend(str(adapter) if adapter else None), []
+    for r in range(args.repeats):
+        t0 = time.perf_counter()
+        tokens = sum(g.think_tokens for g in backend.generate(prompts, budget))
+        rates.append(tokens / (time.perf_counter() - t0))
+        print(f"  repeat {r}: vllm    {tokens:5d} tokens  {rates[-1]:7.1f} tokens/s", flush=True)
+    engine.close()
+    return statistics.median(rates)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,11 @@ from rank1.errors import CannotWrite, CorruptArtifact, OtherSettings
 
 log = logging.getLogger(__name__)
 SECRET_MARKERS = ("token", "key", "secret", "password")
+SECRET_PARAMS = ("sig", "signature", "auth", "authorization", "credential", "credentials", "apikey")  # query names
+REDACTED = "***"
+MIN_SECRET_LENGTH = 8  # a secret environment variable's value shorter than this is not redacted from logs
+URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+SECRET_QUERY_RE = re.compile(r"([?&;]([^=&#;]+)=)([^&#;]*)")
 TIMINGS_JSON = "timings.json"  # beside a stage's artifacts: the wall times kept out of them (see record_timings)
 REPO = Path(__file__).resolve().parents[1]
 WRITE_ELSEWHERE = "or write elsewhere: RANK1_ROOT=DIR moves every output (--out DIR one stage's)"
@@ -157,7 +162,7 @@ def _atomic_path(path: Path) -> Iterator[Path]:
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
     return Path(path)
 
 
@@ -246,9 +251,10 @@ def _json_default(obj: Any) -> Any:
 
 
 def public_config(cfg: Any) -> dict[str, Any]:
-    """The config as a dict, without fields that look like secrets."""
+    """The config as a dict, without fields that look like secrets and without credentials in its values
+    (:func:`strip_credentials`)."""
     values = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
-    return {k: v for k, v in values.items() if not is_secret_name(k)}
+    return {k: strip_credentials(v) for k, v in values.items() if not is_secret_name(k)}
 
 
 def is_secret_name(name: str) -> bool:
@@ -258,16 +264,98 @@ def is_secret_name(name: str) -> bool:
     return any(m in words for m in SECRET_MARKERS) or name.lower().endswith(SECRET_MARKERS)
 
 
+def strip_credentials(value: Any) -> Any:
+    """``value`` (a string, or lists, tuples and dicts of them, recursively) with the credentials of every URL in
+    it replaced by ``***``: the password of the userinfo (``http://user:KEY@host`` -> ``http://user:***@host``; a
+    userinfo without password, often a token itself, as a whole: ``https://***@host``) and the values of query
+    parameters named like secrets (``?api_key=...``, ``&token=...``; :func:`is_secret_name`, :data:`SECRET_PARAMS`).
+    A URL here is ``scheme://...`` up to the next blank or quote. Other values are returned as they are."""
+    return _map_strings(value, _strip_text)
+
+
+def redact(value: Any) -> Any:
+    """:func:`strip_credentials` of ``value``, with the values of secret environment variables
+    (:func:`secret_env_values`) replaced by ``***`` too."""
+    secrets = secret_env_values()
+
+    def text(s: str) -> str:
+        s = _strip_text(s)
+        for secret in secrets:
+            s = s.replace(secret, REDACTED)
+        return s
+
+    return _map_strings(value, text)
+
+
+def secret_env_values() -> list[str]:
+    """The values of the environment variables whose names look secret (:func:`is_secret_name`: ``HF_TOKEN``,
+    ``OPENAI_API_KEY``) and that are long enough (:data:`MIN_SECRET_LENGTH`) not to be ordinary words; longest
+    first, so a secret that contains another is replaced whole."""
+    values = {v for k, v in os.environ.items() if is_secret_name(k) and len(v) >= MIN_SECRET_LENGTH}
+    return sorted(values, key=len, reverse=True)
+
+
+def public_argv(argv: list[str]) -> list[str]:
+    """``argv`` with the value of every flag named like a secret (``--hf_token X``, ``--api_key=X``) replaced by
+    ``***`` and the rest :func:`redact`-ed."""
+    out, hide_next = [], False
+    for arg in argv:
+        name, eq, _ = arg.partition("=")
+        flag = arg.startswith("-")
+        if hide_next and not flag:
+            out.append(REDACTED)
+        elif flag and eq and is_secret_name(name.lstrip("-")):
+            out.append(f"{name}={REDACTED}")
+        else:
+            out.append(redact(arg))
+        hide_next = flag and not eq and is_secret_name(arg.lstrip("-"))
+    return out
+
+
+def _map_strings(value: Any, fn: Callable[[str], str]) -> Any:
+    """``fn`` applied to every string of ``value`` (dict values, list and tuple items, recursively)."""
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, Mapping):
+        return {k: _map_strings(v, fn) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_map_strings(v, fn) for v in value)
+    return value
+
+
+def _strip_text(text: str) -> str:
+    return URL_RE.sub(lambda m: _strip_url(m.group(0)), text) if "://" in text else text
+
+
+def _strip_url(url: str) -> str:
+    scheme, rest = url.split("://", 1)
+    cut = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority, tail = rest[:cut], rest[cut:]
+    if "@" in authority:
+        userinfo, host = authority.rsplit("@", 1)
+        user, has_password, _ = userinfo.partition(":")
+        authority = f"{user}:{REDACTED}@{host}" if has_password and user else f"{REDACTED}@{host}"
+    tail = SECRET_QUERY_RE.sub(lambda m: m.group(1) + (REDACTED if _secret_param(m.group(2)) else m.group(3)), tail)
+    return f"{scheme}://{authority}{tail}"
+
+
+def _secret_param(name: str) -> bool:
+    return is_secret_name(name) or name.lower().replace("-", "_").endswith(SECRET_PARAMS)
+
+
 def write_run_metadata(folder: str | os.PathLike, cfg: Any, extra: dict[str, Any] | None = None) -> None:
-    """Write the resolved config and the command line into ``folder``."""
+    """Write the resolved config and the command line into ``folder``, without secrets: config fields named like
+    secrets are left out, every value has its URL credentials replaced by ``***`` (:func:`strip_credentials`), and
+    the command line also the values of secret flags and environment variables (:func:`public_argv`). (The config
+    is not searched for environment values: what a rerun compares with it must not depend on the environment.)"""
     folder = Path(folder)
-    write_json(folder / CONFIG_JSON, {**public_config(cfg), **(extra or {})})
-    write_json(folder / ARGV_JSON, {
-        "argv": sys.argv,
+    write_json(folder / CONFIG_JSON, strip_credentials({**public_config(cfg), **(extra or {})}))
+    write_json(folder / ARGV_JSON, redact({
+        "argv": public_argv(sys.argv),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "cwd": os.getcwd(),
-    })
+    }))
 
 
 def record_timings(folder: str | os.PathLike, artifact: str, **seconds: float) -> Path:

@@ -42,11 +42,11 @@ from __future__ import annotations
 import csv
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rank1.config import REPO_ROOT, data_dir
+from rank1.config import REPO_ROOT, data_dir, parse_list
 from rank1.constants import EVAL_JSONL
 from rank1.data import iter_jsonl
 from rank1.metrics import NUMBER_RE, normalize_number
@@ -83,13 +83,21 @@ class BenchmarkSpec:
     name: str
     limit: int = 0
 
+    @property
+    def text(self) -> str:
+        """The spec as ``--benchmarks`` writes it (``math500:30``; ``heldout`` without a limit)."""
+        return f"{self.name}:{self.limit}" if self.limit else self.name
+
     @classmethod
-    def parse(cls, text: str) -> list[BenchmarkSpec]:
+    def parse(cls, items: Sequence[str] | str) -> list[BenchmarkSpec]:
+        """The specs of the ``--benchmarks`` list ``items`` (a string: a comma-separated list, as an older profile
+        gives it)."""
+        items = parse_list(items, str) if isinstance(items, str) else list(items)
         specs = []
-        for part in (p.strip() for p in text.split(",") if p.strip()):
+        for part in items:
             name, _, n = part.partition(":")
             if name not in BENCHMARK_NAMES:
-                raise ValueError(f"unknown benchmark {name!r} in --benchmarks {text!r}; "
+                raise ValueError(f"unknown benchmark {name!r} in --benchmarks {','.join(items)!r}; "
                                  f"known: {', '.join(BENCHMARK_NAMES)} (optionally name:N for the first N)")
             if n and (not n.isdigit() or int(n) < 1):
                 raise ValueError(f"--benchmarks {part!r}: N in name:N must be a positive integer")
@@ -97,7 +105,7 @@ class BenchmarkSpec:
         if not specs:
             raise ValueError("--benchmarks is empty; give e.g. heldout,math500:30")
         if len({s.name for s in specs}) != len(specs):
-            raise ValueError(f"--benchmarks {text!r} names a benchmark twice")
+            raise ValueError(f"--benchmarks {','.join(items)!r} names a benchmark twice")
         return specs
 
 

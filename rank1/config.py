@@ -16,6 +16,15 @@ config has no field for, or a value of the wrong type is an error naming the fil
 nearest valid name. A stage given ``--profile path/to/my.toml`` is called ``my`` (its output folders), and its
 config's ``profile`` is a :class:`ProfileName`: the name that remembers the file, so that any code reading the
 profile again (:func:`load_profile` of ``cfg.profile``) reads that file, not ``configs/profiles/my.toml``.
+
+Field types are ``bool``, ``int``, ``float``, ``str``, ``Literal[...]``, ``list[X]`` of ``int``, ``float``, ``str``
+or ``Literal[...]``, and ``T | None`` of any of them. A list field is parsed once, where the value enters: on the
+command line it is one comma-separated word (``--layers 0,3,5``; ``--layers ''`` is the empty list; a word that
+starts with a minus sign takes ``=``: ``--scalar_magnitudes=-3,1``), in a profile a TOML array of its element type
+(or, as older profiles have it, one comma-separated string, read as the command line reads it). Stages see, and
+``config.json`` saves, lists. The conversion is written here rather than left to argparse's ``nargs``, whose
+space-separated lists cannot be emptied once a profile gave a value and whose errors cannot name a profile's file
+and key.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
 import os
 import sys
 import tomllib
@@ -30,7 +40,7 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, Literal, NoReturn, TypeVar
 
 from rank1.constants import ENV_CACHE, ENV_PROFILE, ENV_ROOT, TRAIN_JSONL
 
@@ -52,8 +62,16 @@ C = TypeVar("C")
 
 
 def option(help: str, default: Any = None) -> Any:
-    """A config field: its default and the one-line help that ``--help`` shows."""
+    """A config field: its default and the one-line help that ``--help`` shows. A list (or tuple) default, the
+    default of a ``list[...]`` field, becomes a factory of fresh lists (dataclasses refuse a shared list)."""
+    if isinstance(default, (list, tuple)):
+        return dataclasses.field(default_factory=functools.partial(list, tuple(default)), metadata={"help": help})
     return dataclasses.field(default=default, metadata={"help": help})
+
+
+def field_default(f: dataclasses.Field) -> Any:
+    """The default of a config field (a new list for a list field); ``dataclasses.MISSING`` when it has none."""
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 def project_root() -> Path:
@@ -240,13 +258,24 @@ def load_profile(name_or_path: str | None = None) -> Profile:
     return Profile(name=path.stem, path=path.resolve(), values=expand_paths(values), sources=sources)
 
 
-def _field_type(tp: Any) -> type:
+def _field_type(tp: Any) -> Any:
     """The type a flag parses to: ``X`` for ``X`` and for ``X | None``."""
     args = typing.get_args(tp)
     if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
         (base,) = [a for a in args if a is not type(None)]
         return base
     return tp
+
+
+def _element_type(tp: Any) -> Any | None:
+    """``X`` of a ``list[X]`` field type (or of ``list[X] | None``); None for any other type."""
+    base = _field_type(tp)
+    return typing.get_args(base)[0] if typing.get_origin(base) is list else None
+
+
+def _allowed(tp: Any) -> tuple | None:
+    """The values of a ``Literal[...]`` type; None for any other type."""
+    return typing.get_args(tp) if typing.get_origin(tp) is Literal else None
 
 
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
@@ -263,37 +292,152 @@ def _fits(value: Any, expected: type) -> bool:
     return isinstance(value, expected)
 
 
-def _check_value(profile: Profile, table: str | None, key: str, value: Any, hint: Any) -> None:
+def _toml_name(value: Any) -> str:
+    return next((n for t, n in _TOML_NAMES.items() if isinstance(value, t)), type(value).__name__)
+
+
+def _one_of(allowed: tuple) -> str:
+    return f"one of {', '.join(map(str, allowed))}"
+
+
+def _word(word: str, tp: Any) -> Any:
+    """One value of type ``tp`` (``int``, ``float``, ``str`` or a ``Literal`` of strings) written as text."""
+    allowed = _allowed(tp)
+    if allowed is not None:
+        if word not in allowed:
+            raise ValueError(f"{word!r} is not {_one_of(allowed)}")
+        return word
+    try:
+        return tp(word)
+    except ValueError:
+        raise ValueError(f"{word!r} is not {_TYPE_NAMES[tp]}") from None
+
+
+def _element(value: Any, tp: Any) -> Any:
+    """One element of type ``tp`` given as a TOML (or Python) value; ``int`` where ``float`` is asked is widened."""
+    allowed = _allowed(tp)
+    if allowed is not None:
+        if value not in allowed:
+            raise ValueError(f"{value!r} is not {_one_of(allowed)}")
+        return value
+    if not _fits(value, tp):
+        raise ValueError(f"{value!r} is not {_TYPE_NAMES[tp]}")
+    return float(value) if tp is float else value
+
+
+def parse_list(text: str, element: Any) -> list:
+    """The elements of type ``element`` of a comma-separated ``text`` (spaces around an element are dropped;
+    ``""`` is the empty list). An empty or malformed element is a ``ValueError`` naming it."""
+    words = [w.strip() for w in text.split(",")]
+    if words == [""]:
+        return []
+    if "" in words:
+        raise ValueError(f"{text!r} has an empty element")
+    return [_word(w, element) for w in words]
+
+
+def _list_value(value: Any, element: Any) -> list:
+    """A list field's value from a profile or a program: an array (list or tuple) of ``element`` values, or one
+    comma-separated string read as the command line reads it."""
+    if isinstance(value, str):
+        return parse_list(value, element)
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"must be an array, got {_toml_name(value)}")
+    return [_element(v, element) for v in value]
+
+
+def _plural(element: Any) -> str:
+    """What a list of ``element`` holds: ``integers``, ``numbers``, ``strings``, or ``them`` (a ``Literal``'s
+    values, named just before)."""
+    return "them" if _allowed(element) else f"{_TYPE_NAMES[element].split()[-1]}s"
+
+
+def _typed_value(value: Any, hint: Any) -> Any:
+    """``value`` as a field of type ``hint`` holds it: a list field's array or comma string as a checked list, a
+    ``Literal`` field's value checked; other values as given. A bad one is a ``ValueError`` saying why."""
+    element = _element_type(hint)
+    if value is None:
+        return value
+    if element is not None:
+        try:
+            return _list_value(value, element)
+        except ValueError as e:
+            raise ValueError(f"{e}; give an array of {_plural(element)} (or one comma-separated string)") from None
+    allowed = _allowed(_field_type(hint))
+    if allowed is not None and value not in allowed:
+        raise ValueError(f"must be {_one_of(allowed)}")
+    return value
+
+
+def _profile_value(profile: Profile, table: str | None, key: str, value: Any, hint: Any) -> Any:
+    """``value`` of ``key`` (of ``[table]``; None: a top-level key) checked and typed as the field of type ``hint``
+    holds it; a bad one is a ``ValueError`` naming the profile file, the table and the key."""
+    where = f"profile {profile.source(table, key)}: {f'[{table}] {key}' if table else key} = {value!r}"
     expected = _field_type(hint)
     if expected in _TYPE_NAMES and not _fits(value, expected):
-        got = next((n for t, n in _TOML_NAMES.items() if isinstance(value, t)), type(value).__name__)
-        where = f"[{table}] {key}" if table else key
-        raise ValueError(f"profile {profile.source(table, key)}: {where} = {value!r} must be "
-                         f"{_TYPE_NAMES[expected]}, got {got}")
+        raise ValueError(f"{where} must be {_TYPE_NAMES[expected]}, got {_toml_name(value)}")
+    try:
+        return _typed_value(value, hint)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
 
 
 def profile_defaults(cls: type[C], profile: Profile, section: str | tuple[str, ...]) -> dict[str, Any]:
     """Values the profile gives for ``cls``: common keys it has as fields, then its own table (several
     tables: each overrides the ones before, e.g. ``("autointerp", "sae_autointerp")``). A key ``cls`` has no
-    field for, or a value of another type than the field's, is a ``ValueError`` naming the profile file."""
+    field for, or a value of another type than the field's, is a ``ValueError`` naming the profile file. List
+    fields come back as lists."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)} - {"profile"}
-    values = {k: v for k, v in profile.values.items() if k in COMMON_KEYS and k in names}
-    for key, value in values.items():
-        _check_value(profile, None, key, value, hints[key])
+    values = {k: _profile_value(profile, None, k, v, hints[k])
+              for k, v in profile.values.items() if k in COMMON_KEYS and k in names}
     for sec in (section,) if isinstance(section, str) else section:
-        table = profile.section(sec)
-        for key, value in table.items():
+        for key, value in profile.section(sec).items():
             if key not in names:
                 raise ValueError(f"profile {profile.source(sec, key)}: [{sec}] has unknown key {key!r} "
                                  f"({nearest(key, names, 'keys')})")
-            _check_value(profile, sec, key, value, hints[key])
-        values.update(table)
+            values[key] = _profile_value(profile, sec, key, value, hints[key])
     return values
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     pass
+
+
+def _flag_type(name: str, hint: Any) -> Any:
+    """argparse's ``type`` of ``--name`` for a list or ``Literal`` field: its one word parsed once into the list
+    (or checked against the allowed values); a bad element is an error naming the flag, the element and what is
+    allowed. Any other field: its type."""
+    element, base = _element_type(hint), _field_type(hint)
+    if element is None and _allowed(base) is None:
+        return base
+
+    def parse(text: str) -> Any:
+        try:
+            return parse_list(text, element) if element is not None else _word(text, base)
+        except ValueError as e:
+            how = "" if element is None else f"; give a comma-separated list of {_plural(element)} ('' for none)"
+            raise argparse.ArgumentTypeError(f"{text!r}: {e}{how}") from None
+
+    parse.__name__ = name
+    return parse
+
+
+def _metavar(hint: Any) -> str:
+    """``INT``, ``INT,...`` for a list, ``{a,b}`` or ``{a,b},...`` for ``Literal`` values."""
+    element, base = _element_type(hint), _field_type(hint)
+    one = element if element is not None else base
+    allowed = _allowed(one)
+    name = "{" + ",".join(map(str, allowed)) + "}" if allowed else one.__name__.upper()
+    return f"{name},..." if element is not None else name
+
+
+def _shown(value: Any, hint: Any) -> Any:
+    """A default as the flag is written: a list as its comma-separated word (argparse parses it like a given
+    value, so ``--help`` shows it as a comma list)."""
+    if _element_type(hint) is not None and isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return value
 
 
 def build_parser(cls: type[C], description: str, defaults: dict[str, Any]) -> argparse.ArgumentParser:
@@ -305,14 +449,14 @@ def build_parser(cls: type[C], description: str, defaults: dict[str, Any]) -> ar
     for f in dataclasses.fields(cls):
         if f.name == "profile":
             continue
-        base = _field_type(hints[f.name])
-        default = defaults.get(f.name, f.default)
-        kwargs: dict[str, Any] = {"default": default, "help": f.metadata.get("help", "")}
-        if base is bool:
+        hint = hints[f.name]
+        default = defaults[f.name] if f.name in defaults else field_default(f)
+        kwargs: dict[str, Any] = {"default": _shown(default, hint), "help": f.metadata.get("help", "")}
+        if _field_type(hint) is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            kwargs["type"] = base
-            kwargs["metavar"] = base.__name__.upper()
+            kwargs["type"] = _flag_type(f.name, hint)
+            kwargs["metavar"] = _metavar(hint)
         parser.add_argument(f"--{f.name}", **kwargs)
     return parser
 
@@ -351,8 +495,28 @@ def parse_config(cls: type[C], section: str | tuple[str, ...], description: str,
 def config_from_profile(cls: type[C], section: str | tuple[str, ...], profile: str | None = None,
                         **overrides) -> C:
     """Programmatic twin of :func:`parse_config`, for tests and notebooks (``profile``: a name, a path or a
-    config's :class:`ProfileName`)."""
+    config's :class:`ProfileName`). An override of a list field may be a list or a comma-separated string, as in a
+    profile; a bad one is a ``ValueError`` naming it."""
     prof = load_profile(profile)
     values = profile_defaults(cls, prof, section)
-    values.update(overrides)
+    hints = typing.get_type_hints(cls)
+    for key, value in overrides.items():
+        try:
+            values[key] = _typed_value(value, hints[key]) if key in hints else value
+        except ValueError as e:
+            raise ValueError(f"{key}={value!r}: {e}") from None
     return cls(profile=ProfileName(prof.name, prof.path), **values)
+
+
+def saved_as_today(cfg: C, saved: dict[str, Any]) -> dict[str, Any]:
+    """A config that an earlier run of ``cfg``'s stage saved (its ``config.json``) as ``cfg``'s class makes it
+    today, to compare with ``dataclasses.asdict(cfg)``: fields it lacks take their defaults, list fields saved as
+    comma-separated strings (before they were lists) are parsed, and the class's normalisation
+    (``__post_init__``) runs on the result."""
+    hints = typing.get_type_hints(type(cfg))
+    values = {}
+    for f in dataclasses.fields(cfg):
+        value = saved[f.name] if f.name in saved else field_default(f)
+        element = _element_type(hints[f.name])
+        values[f.name] = parse_list(value, element) if element is not None and isinstance(value, str) else value
+    return dataclasses.asdict(dataclasses.replace(cfg, **values))

@@ -13,7 +13,11 @@ whole prompt and thinking of every row. The loop here keeps one KV cache per bat
 tokens through it, drops finished rows from the cache, and sorts prompts by length so a batch holds
 similar lengths. It decodes greedily (``tests/test_generate.py`` checks it equals HF greedy output,
 phase by phase), or samples at a temperature with one seeded generator per item (:class:`Sampling`,
-for rollouts), so an item's sample does not depend on what else is in its batch.
+for rollouts), so an item's sample does not depend on what else is in its batch. On a GPU, each batch's KV
+cache is allocated once at its longest possible length, after :func:`check_kv_fits` has compared it with the free
+memory (a batch too large is refused with the batch size that fits, before anything is generated).
+
+Serving (vLLM, the parity check against the PEFT model, a model in its own process) is :mod:`rank1.serving`.
 """
 
 from __future__ import annotations
@@ -32,12 +36,15 @@ from transformers.cache_utils import DynamicLayer
 from rank1.batching import longest_first, pad_ids
 from rank1.constants import ANSWER_TAG, THINK_TAG
 from rank1.data import prompt_text
-from rank1.errors import CheckFailed
+from rank1.errors import Rank1Error
 
 log = logging.getLogger(__name__)
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 FORCED_ANSWER = f"{ANSWER_TAG}\nAnswer:"
+# Room for the forced ``[\n]<|im_start|>answer\nAnswer:`` between the thinking and the answer (5-7 tokens with
+# the ChatML tokenizers used here), so a thinking that ran out of budget still fits the context with its answer.
+FORCED_ALLOWANCE = 16
 
 
 @dataclass(frozen=True)
@@ -152,10 +159,15 @@ def _next_input(row: _Row, argmax: int, tokenizer, stops: StopTokens, budget: Bu
 
 
 class _SpareLayer(DynamicLayer):
-    """The KV cache of one layer in buffers with spare room along the sequence: a decoding step writes its
-    position in place, where transformers' ``DynamicLayer`` concatenates the whole cache again (a copy that
-    grows with the length at every step). Room doubles when full; keys/values handed to attention are views of
-    the filled part, the same numbers as the concatenated tensors."""
+    """The KV cache of one layer in buffers with room along the sequence: a decoding step writes its position in
+    place, where transformers' ``DynamicLayer`` concatenates the whole cache again (a copy that grows with the length
+    at every step). The room is the batch's longest possible sequence (``capacity``: prompt, both budgets and the
+    forced answer tag), so it is allocated once; should a sequence outgrow it, it grows by ``GROW_STEP`` positions
+    (never doubling: the memory :func:`check_kv_fits` planned is the memory used). Keys/values handed to attention
+    are views of the filled part, the same numbers as the concatenated tensors."""
+
+    capacity = 64
+    GROW_STEP = 256
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
@@ -164,7 +176,9 @@ class _SpareLayer(DynamicLayer):
             self._n = 0
         n, add = self._n, key_states.shape[-2]
         if self._k is None or n + add > self._k.shape[-2]:
-            room = max(2 * (n + add), 64)
+            room = self.capacity if self._k is None else self._k.shape[-2]
+            while room < n + add:
+                room += self.GROW_STEP
             k = key_states.new_empty((*key_states.shape[:-2], room, key_states.shape[-1]))
             v = value_states.new_empty((*value_states.shape[:-2], room, value_states.shape[-1]))
             if n:
@@ -182,10 +196,71 @@ class _SpareLayer(DynamicLayer):
             self.keys, self.values = self._k[..., :self._n, :], self._v[..., :self._n, :]
 
 
-def _spare_cache() -> DynamicCache:
+def _spare_cache(capacity: int = 64) -> DynamicCache:
+    """A cache whose layers (:class:`_SpareLayer`) hold ``capacity`` positions from the start."""
     cache = DynamicCache()
-    cache.layer_class_to_replicate = _SpareLayer
+    cache.layer_class_to_replicate = type("_SizedSpareLayer", (_SpareLayer,), {"capacity": max(capacity, 1)})
     return cache
+
+
+class BatchTooLarge(Rank1Error, ValueError):
+    """A generation batch whose KV cache cannot fit the free GPU memory."""
+
+
+@dataclass(frozen=True)
+class KVDims:
+    """What one position of one sequence costs in the KV cache: layers x KV heads x head dim x bytes, and the
+    attention heads (grouped-query attention repeats K and V up to them inside attention, one layer at a time)."""
+
+    layers: int
+    kv_heads: int
+    heads: int
+    head_dim: int
+    dtype_bytes: int
+
+    @classmethod
+    def of(cls, model: PreTrainedModel) -> KVDims:
+        c = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        heads = c.num_attention_heads
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
+        return cls(c.num_hidden_layers, getattr(c, "num_key_value_heads", None) or heads, heads, head_dim,
+                   next(model.parameters()).element_size())
+
+    def cache_bytes(self, batch: int, tokens: int) -> int:
+        """K and V of every layer for ``batch`` sequences of ``tokens`` positions."""
+        return 2 * self.layers * self.kv_heads * self.head_dim * self.dtype_bytes * batch * tokens
+
+    def repeat_bytes(self, batch: int, tokens: int) -> int:
+        """The K and V copies of one layer repeated to every attention head (transformers' ``repeat_kv``, which a
+        padded batch cannot skip), alive while that layer attends."""
+        return 2 * self.heads * self.head_dim * self.dtype_bytes * batch * tokens if self.heads != self.kv_heads else 0
+
+    def need(self, batch: int, tokens: int) -> int:
+        return self.cache_bytes(batch, tokens) + self.repeat_bytes(batch, tokens)
+
+
+def check_kv_fits(dims: KVDims, batch: int, tokens: int, free_bytes: int) -> None:
+    """Raise :class:`BatchTooLarge`, naming the numbers and the batch size that would fit, when the KV cache of
+    ``batch`` sequences of ``tokens`` positions (plus one layer's repeated K/V) exceeds ``free_bytes``."""
+    need = dims.need(batch, tokens)
+    if need <= free_bytes:
+        return
+    fits = free_bytes // max(dims.need(1, tokens), 1)
+    gib = 1 << 30
+    raise BatchTooLarge(
+        f"a batch of {batch} sequences of up to {tokens} tokens needs {need / gib:.1f} GiB of KV cache (2 x "
+        f"{dims.layers} layers x {dims.kv_heads} kv heads x {dims.head_dim} x {dims.dtype_bytes} B per token, plus "
+        f"one layer repeated to {dims.heads} heads), but the GPU has {free_bytes / gib:.1f} GiB free; "
+        + (f"use --batch_size {fits} or less" if fits else "lower the budgets (no batch of one fits)")
+        + ", or --backend vllm")
+
+
+def _free_gpu_bytes(model: PreTrainedModel) -> int | None:
+    """Free memory of the GPUs ``model`` is on, counting what PyTorch's allocator holds unused (an earlier batch's
+    cache), summed over the devices of a split model; None on CPU."""
+    devices = {p.device for p in model.parameters() if p.device.type == "cuda"}
+    return sum(torch.cuda.mem_get_info(d)[0] + torch.cuda.memory_reserved(d) - torch.cuda.memory_allocated(d)
+               for d in devices) if devices else None
 
 
 @dataclass(frozen=True)
@@ -225,7 +300,7 @@ def _decode_batch(model: PreTrainedModel, tokenizer, prompt_ids: list[list[int]]
     inputs_BT, mask_BT = inputs_BT.to(device), mask_BT.to(device)
     positions_BT = (mask_BT.cumsum(-1) - 1).clamp(min=0)
     rows, active = [_Row(i) for i in range(len(prompt_ids))], list(range(len(prompt_ids)))
-    cache = _spare_cache()
+    cache = _spare_cache(inputs_BT.shape[1] + budget.think_tokens + FORCED_ALLOWANCE + budget.answer_tokens)
     while True:
         logits = model(input_ids=inputs_BT, attention_mask=mask_BT, position_ids=positions_BT,
                        past_key_values=cache, use_cache=True, logits_to_keep=1).logits
@@ -259,8 +334,12 @@ def budget_forced_greedy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     out: list[Generation | None] = [None] * len(prompts)
     bar = tqdm(total=len(prompts), desc=desc, unit="item", leave=False)
-    tokens = 0
+    tokens, free = 0, _free_gpu_bytes(model)
+    dims = KVDims.of(model) if free is not None else None
     for chunk in longest_first([len(e) for e in encoded], batch_size, cost=len):
+        if dims is not None:  # before the first (longest) batch allocates anything
+            longest = max(len(encoded[i]) for i in chunk) + budget.think_tokens + FORCED_ALLOWANCE
+            check_kv_fits(dims, len(chunk), longest + budget.answer_tokens, _free_gpu_bytes(model))
         with autocast():
             rows = _decode_batch(model, tokenizer, [encoded[i] for i in chunk], stops, budget, sampling,
                                  sampling.generators(chunk) if sampling else None)
@@ -306,102 +385,3 @@ class HFBackend:
     def first_token_logprobs(self, prompts: Sequence[str], k: int) -> list[dict[int, float]]:
         with self.autocast():
             return hf_first_token_logprobs(self.model, self.tokenizer, prompts, k)
-
-
-class ParityError(CheckFailed):
-    """A serving backend's log-probs disagree with the reference (PEFT) model's."""
-
-
-def check_logprob_parity(reference: Backend, candidate: Backend, prompts: Sequence[str], k: int = 5,
-                         atol: float = 0.05, what: str = "candidate") -> float:
-    """Compare first-token top-``k`` log-probs of ``candidate`` with ``reference`` on ``prompts``.
-
-    The top-1 token must agree, and on every token both report, the log-probs must agree within
-    ``atol``. Returns the largest difference; raises :class:`ParityError` on a mismatch (a wrong
-    adapter scale, a missing adapter, another checkpoint all show up here).
-    """
-    ref, cand = reference.first_token_logprobs(prompts, k), candidate.first_token_logprobs(prompts, k)
-    worst = 0.0
-    for i, (r, c) in enumerate(zip(ref, cand, strict=True)):
-        r_top, c_top = max(r, key=r.get), max(c, key=c.get)
-        shared = set(r) & set(c)
-        diff = max((abs(r[t] - c[t]) for t in shared), default=float("inf"))
-        worst = max(worst, diff)
-        if r_top != c_top or diff > atol:
-            raise ParityError(f"{what}: first-token log-probs differ from the PEFT model on prompt {i} "
-                              f"(top token {c_top} vs {r_top}, max |diff| {diff:.4f} > {atol} over "
-                              f"{len(shared)} shared tokens); do not trust its numbers (check the adapter "
-                              f"scale/rank support of the serving engine, or use --backend hf)")
-    log.info("%s: first-token log-prob parity ok on %d prompts (max |diff| %.2e)", what, len(prompts), worst)
-    return worst
-
-
-class VLLMBackend:
-    """vLLM serving of the base model (optionally a LoRA adapter folder), or of a full model folder.
-
-    Used only when ``vllm`` is importable (GPU machines). The adapter is served unmerged through
-    ``LoRARequest``; vLLM's rank-1 / RSLoRA handling came late, so :func:`check_logprob_parity`
-    against the PEFT model must pass before its numbers are used (the evaluation stage does this).
-    """
-
-    def __init__(self, model_path: str, tokenizer: PreTrainedTokenizerBase, adapter_dir: str | None = None,
-                 tensor_parallel: int = 1, max_model_len: int = 32768, gpu_memory_utilization: float = 0.9):
-        try:
-            from vllm import LLM
-            from vllm.lora.request import LoRARequest
-        except ImportError:
-            raise ValueError("--backend vllm asked for, but vllm is not installed (it needs a CUDA torch): "
-                             "pip install vllm on a GPU machine, or use --backend hf") from None
-        self.tokenizer, self.stops = tokenizer, StopTokens.of(tokenizer)
-        self.llm = LLM(model=model_path, tokenizer=model_path, dtype="bfloat16", seed=0,
-                       tensor_parallel_size=tensor_parallel, max_model_len=max_model_len,
-                       gpu_memory_utilization=gpu_memory_utilization, enable_lora=adapter_dir is not None,
-                       max_lora_rank=8 if adapter_dir else None)
-        self.lora = LoRARequest("adapter", 1, adapter_dir) if adapter_dir else None
-
-    def _run(self, ids: list[list[int]], max_tokens: int, stops: frozenset[int], logprobs: int | None = None,
-             sampling: Sampling | None = None):
-        from vllm import SamplingParams
-
-        def params_of(i: int | None):
-            temp, seed = (0.0, None) if sampling is None else (
-                sampling.temperature, sampling.seed * 1_000_003 + sampling.first_item + i)
-            return SamplingParams(temperature=temp, seed=seed, max_tokens=max_tokens, stop_token_ids=sorted(stops),
-                                  skip_special_tokens=False, logprobs=logprobs)
-
-        params = params_of(None) if sampling is None else [params_of(i) for i in range(len(ids))]
-        outs = self.llm.generate([{"prompt_token_ids": x} for x in ids], params, lora_request=self.lora)
-        return [o.outputs[0] for o in outs]
-
-    def generate(self, prompts: Sequence[str], budget: Budget, desc: str = "generate",  # noqa: ARG002 (vLLM shows its own progress)
-                 sampling: Sampling | None = None) -> list[Generation]:
-        tok = self.tokenizer
-        ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        think = [(list(o.token_ids), o.finish_reason == "length")
-                 for o in self._run(ids, budget.think_tokens, self.stops.think, sampling=sampling)]
-        think = [([t for t in x if t not in self.stops.think], hit) for x, hit in think]
-        texts = [tok.decode(x, skip_special_tokens=False) for x, _ in think]
-        answers: list[tuple[list[int], bool]] = [([], False)] * len(prompts)
-        if budget.answer_tokens:
-            forced = [p + t + forced_answer_ids(tok, s) for p, (t, _), s in zip(ids, think, texts, strict=True)]
-            answers = [([t for t in o.token_ids if t not in self.stops.answer], o.finish_reason == "length")
-                       for o in self._run(forced, budget.answer_tokens, self.stops.answer, sampling=sampling)]
-        return [Generation(s, tok.decode(a, skip_special_tokens=False), len(t), len(a), th, ah)
-                for (t, th), s, (a, ah) in zip(think, texts, answers, strict=True)]
-
-    def first_token_logprobs(self, prompts: Sequence[str], k: int) -> list[dict[int, float]]:
-        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        outs = self._run(ids, 1, frozenset(), logprobs=k)
-        return [{int(t): float(lp.logprob) for t, lp in o.logprobs[0].items()} for o in outs]
-
-
-class FixedLogprobs:
-    """Reference log-probs computed earlier (e.g. by the PEFT model before vLLM took the GPU)."""
-
-    def __init__(self, logprobs: list[dict[int, float]]):
-        self.logprobs = logprobs
-
-    def first_token_logprobs(self, prompts: Sequence[str], k: int) -> list[dict[int, float]]:  # noqa: ARG002 (fixed)
-        if len(prompts) != len(self.logprobs):
-            raise ValueError(f"{len(self.logprobs)} reference log-prob sets for {len(prompts)} prompts")
-        return self.logprobs

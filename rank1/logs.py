@@ -15,15 +15,53 @@ from urllib.parse import urlsplit, urlunsplit
 
 from safetensors import SafetensorError
 
-from rank1.artifacts import WRITE_ELSEWHERE, cannot_write, forget_new_folders, public_config, remove_new_empty_folders
+from rank1.artifacts import (
+    WRITE_ELSEWHERE,
+    cannot_write,
+    forget_new_folders,
+    public_config,
+    redact,
+    remove_new_empty_folders,
+)
 from rank1.errors import Rank1Error
+
+# Libraries that log every request at INFO (with its URL) or below: kept at WARNING. The HTTP client of the
+# autointerp stage quiets the ones it actually runs on as well (rank1.autointerp.client).
+HTTP_LOGGERS = ("openai", "httpx", "httpx2", "httpcore", "httpcore2", "urllib3", "requests")
+
+
+class RedactSecrets(logging.Filter):
+    """A handler filter: every record the handler emits (also another library's: HTTP clients log the URLs they
+    call) has its URL credentials and the values of secret environment variables replaced by ``***``
+    (:func:`rank1.artifacts.redact`), in the message, the traceback and the stack."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed call: the handler reports it (logging.Handler.handleError)
+            return True
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
 
 
 def setup_logging(cfg=None, level: int = logging.INFO) -> None:
+    """One format, rank 0 at ``level`` (others at WARNING), HTTP libraries at WARNING, a :class:`RedactSecrets`
+    filter on every root handler; then the resolved config (without secrets) is logged."""
     rank = int(os.environ.get("RANK", 0))
     logging.basicConfig(level=level if rank == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("httpx", "urllib3", "filelock"):
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactSecrets) for f in handler.filters):
+            handler.addFilter(RedactSecrets())
+    for noisy in (*HTTP_LOGGERS, "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if cfg is not None and rank == 0:
         logging.getLogger("config").info("%s %s", type(cfg).__name__,

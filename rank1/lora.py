@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch
 from peft import LoraConfig, PeftModel
 from safetensors.torch import load_file
 
+from rank1.config import parse_list
 from rank1.constants import ATTN_PROJECTIONS, MLP_PROJECTIONS, PROJECTIONS
 from rank1.errors import CheckFailed
 
@@ -20,16 +22,6 @@ log = logging.getLogger(__name__)
 
 LORA_ALPHA = 16
 SAVED_KEY_RE = re.compile(r"layers\.(\d+)\..*?(\w+_proj)\.lora_([AB])\.weight$")
-
-
-def parse_layer_indices(text: str | None) -> list[int] | None:
-    """Parse ``"3,5,7"``; None or empty gives None."""
-    if text is None or not str(text).strip():
-        return None
-    try:
-        return [int(t) for t in str(text).split(",") if t.strip()]
-    except ValueError:
-        raise ValueError(f"--layer_indices must be comma-separated integers, got {text!r}") from None
 
 
 def select_layers(num_layers: int, layer_start: int | None = None, layer_end: int | None = None,
@@ -72,17 +64,17 @@ def select_layers(num_layers: int, layer_start: int | None = None, layer_end: in
 PROJECTION_GROUPS = {"all": PROJECTIONS, "mlp": MLP_PROJECTIONS, "attn": ATTN_PROJECTIONS}
 
 
-def parse_projections(text: str | None) -> tuple[str, ...]:
-    """``all`` | ``mlp`` | ``attn`` | a comma list of projections (``q,k,v`` or ``q_proj,gate_proj``),
-    returned in the paper's projection order."""
-    text = (text or "all").strip()
-    if text in PROJECTION_GROUPS:
-        return PROJECTION_GROUPS[text]
-    names = {t.strip() if t.strip().endswith("_proj") else f"{t.strip()}_proj"
-             for t in text.split(",") if t.strip()}
+def parse_projections(spec: Sequence[str] | str, flag: str = "projections") -> tuple[str, ...]:
+    """The projections ``spec`` names, in the paper's projection order: ``[all]`` | ``[mlp]`` | ``[attn]`` | a list
+    of projections (``[q, k, v]`` or ``[q_proj, gate_proj]``). A string is read as a comma-separated list (the
+    target modules of a saved adapter, joined). ``flag`` names the option in the error of an unknown name."""
+    items = parse_list(spec, str) if isinstance(spec, str) else list(spec)
+    if len(items) == 1 and items[0] in PROJECTION_GROUPS:
+        return PROJECTION_GROUPS[items[0]]
+    names = {t if t.endswith("_proj") else f"{t}_proj" for t in items}
     unknown = sorted(names - set(PROJECTIONS))
     if unknown or not names:
-        raise ValueError(f"--projections {text!r}: unknown {unknown or 'empty list'}; use all, mlp, attn "
+        raise ValueError(f"--{flag} {','.join(items)!r}: unknown {unknown or 'empty list'}; use all, mlp, attn "
                          f"or a comma list of {[p.removesuffix('_proj') for p in PROJECTIONS]}")
     return tuple(p for p in PROJECTIONS if p in names)
 
@@ -129,9 +121,12 @@ class AdapterCheckError(CheckFailed):
     """A saved adapter is incomplete, empty, untrained or of another rank than asked."""
 
 
-def factor_problems(found: dict[tuple[int, str, str], torch.Tensor], rank: int, folder: Path) -> list[str]:
+def factor_problems(found: dict[tuple[int, str, str], torch.Tensor], rank: int, folder: Path,
+                    control: bool = False) -> list[str]:
     """What is wrong with the saved factors ``{(layer, projection, "A" | "B"): tensor}``: shapes, non-finite
-    values, an all-zero A, every B all zero (some zero B are logged, see :func:`verify_adapter`)."""
+    values, an all-zero A, every B all zero (some zero B are logged, see :func:`verify_adapter`). With
+    ``control`` (the random-direction control, :func:`verify_control_adapter`) the opposite: any B that is not
+    all zero."""
     problems, b_sites, zero_b = [], [], []
     for (lay, p, ab), t in sorted(found.items()):
         if t.numel() == 0 or t.dim() != 2 or (t.shape[0] if ab == "A" else t.shape[1]) != rank:
@@ -144,6 +139,10 @@ def factor_problems(found: dict[tuple[int, str, str], torch.Tensor], rank: int, 
             b_sites.append((lay, p))
             if not t.any():
                 zero_b.append((lay, p))
+    if control:
+        nonzero = sorted(set(b_sites) - set(zero_b), key=lambda site: (site[0], PROJECTIONS.index(site[1])))
+        return problems + [f"layer {lay} {p} lora_B is not zero: the random-direction control must compute the "
+                           f"base model" for lay, p in nonzero[:5]]
     if zero_b and len(zero_b) == len(b_sites):
         problems.append(f"every lora_B ({len(zero_b)}) is all zero: the adapter was never trained (B starts "
                         f"at zero, so it computes the base model); check the learning rate and the number "
@@ -194,6 +193,32 @@ def verify_adapter(folder: str | Path, layers: list[int], rank: int,
     problems += factor_problems(found, rank, folder)
     if problems:
         raise AdapterCheckError(f"adapter in {folder} is incomplete or untrained:\n  " + "\n  ".join(problems[:10]))
+    return len(expected) // 2
+
+
+CONTROL_RECORD = "random_control.json"  # marks an adapter folder as the random-direction control (B = 0)
+
+
+def verify_control_adapter(folder: str | Path, layers: list[int], projections: tuple[str, ...] = PROJECTIONS) -> int:
+    """Check the random-direction control (``rank1.activations.control``): the exemption from the training
+    check's "every B is zero means untrained" is explicit and recorded, never inferred: the folder must hold
+    :data:`CONTROL_RECORD`, and every (layer, projection) must have a finite, non-zero rank-1 ``lora_A`` and a
+    ``lora_B`` that is exactly zero (so the model with it is the base model). Returns the number of adapters;
+    raises AdapterCheckError otherwise."""
+    folder = Path(folder)
+    for p in (folder / CONTROL_RECORD, folder / "adapter_model.safetensors"):
+        if not p.is_file():
+            raise AdapterCheckError(f"{p} is missing: {folder} is not a random-direction control; draw it again "
+                                    f"with --overwrite")
+    found = {(int(m.group(1)), m.group(2), m.group(3)): t
+             for key, t in load_file(str(folder / "adapter_model.safetensors")).items()
+             if (m := SAVED_KEY_RE.search(key))}
+    expected = {(lay, p, ab) for lay in layers for p in projections for ab in "AB"}
+    problems = [f"{len(d)} tensors {what}, e.g. {sorted(d)[:3]}" for d, what in
+                ((expected - set(found), "missing"), (set(found) - expected, "unexpected")) if d]
+    problems += factor_problems(found, 1, folder, control=True)
+    if problems:
+        raise AdapterCheckError(f"random-direction control in {folder} is not valid:\n  " + "\n  ".join(problems[:10]))
     return len(expected) // 2
 
 

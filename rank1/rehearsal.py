@@ -68,7 +68,7 @@ ALLOWED_OVERRIDES = frozenset({
     "train.model_size", "train.epochs", "train.global_batch", "train.block_size", "train.save_steps",
     "train.precision", "train.gradient_checkpointing",
     "eval.benchmarks", "eval.gpqa_path", "eval.think_tokens", "eval.answer_tokens", "eval.batch_size",
-    "eval.precision",
+    "eval.precision", "eval.backend",
     "extract.max_docs", "extract.block_size", "extract.shard_tokens", "extract.batch_tokens", "extract.dtype",
     "extract.precision", "extract.num_gpus", "extract.num_procs",
     "ablation.n_samples", "ablation.greedy_samples", "ablation.max_tokens", "ablation.cache_limit_mb",
@@ -90,7 +90,7 @@ ALLOWED_OVERRIDES = frozenset({
     "sae_lora.layer", "sae_lora.store_tokens", "sae_lora.shard_tokens", "sae_lora.expansion", "sae_lora.k",
     "sae_lora.sae_batch", "sae_lora.sae_buffer_tokens", "sae_lora.loss_gap_docs", "sae_lora.n_train",
     "sae_lora.n_heldout", "sae_lora.global_batch", "sae_lora.micro_batch", "sae_lora.checkpoint_every",
-    "sae_lora.precision",
+    "sae_lora.precision", "sae_lora.seeds",
 })
 
 # Qwen2.5-Instruct's chat template without its tool-calling branches (the pipeline sends no tools)

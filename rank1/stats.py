@@ -8,14 +8,23 @@ problems needs (e.g. recovery = (lora - base) / (full - base)).
 Class shares, the chi-square test of a contingency table, category enrichment (a ratio of shares of two
 independent groups) and the Mann-Whitney rank test serve the autointerp comparison; the tests themselves
 come from ``scipy.stats``.
+
+Tests across many quantities: the sign-flip test of paired differences (``scipy.stats.permutation_test``),
+Benjamini-Hochberg (``scipy.stats.false_discovery_control``), and the power bounds of the sign-flip test
+(the smallest p it can reach on n units, the units a feature needs to pass BH), closed forms neither
+library offers. :func:`stratified_auc` is a pair-weighted mean of ``sklearn.metrics.roc_auc_score`` over
+strata: sklearn has no AUC restricted to within-stratum pairs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from math import comb
 
 import numpy as np
+from scipy.stats import chi2_contingency, false_discovery_control, mannwhitneyu, permutation_test
+from sklearn.metrics import roc_auc_score
 
 from rank1.metrics import recovery
 
@@ -139,8 +148,6 @@ def chi_square(table_RC) -> dict:
     """Pearson chi-square test of independence on a contingency table (rows: groups, columns: classes), via
     ``scipy.stats.chi2_contingency`` without continuity correction. Columns that are empty in every row are
     dropped first (they have no expected count) and listed in ``dropped_columns``."""
-    from scipy.stats import chi2_contingency
-
     table_RC = np.asarray(table_RC, dtype=np.float64)
     keep = table_RC.sum(axis=0) > 0
     kept = table_RC[:, keep]
@@ -194,8 +201,6 @@ def enrichment(a_N, b_M, categories, n_resamples: int = DEFAULT_RESAMPLES, level
 def rank_test(a_N, b_M) -> dict:
     """Two-sided Mann-Whitney U test of a vs b (``scipy.stats.mannwhitneyu``) with the common-language
     effect size P(a > b) + P(a = b) / 2 = U_a / (n_a n_b), and both medians. NaNs are dropped."""
-    from scipy.stats import mannwhitneyu
-
     a_N = np.asarray(a_N, dtype=np.float64)
     b_M = np.asarray(b_M, dtype=np.float64)
     a_N, b_M = a_N[np.isfinite(a_N)], b_M[np.isfinite(b_M)]
@@ -214,8 +219,6 @@ def sign_flip_test(d_NK: np.ndarray, n_resamples: int = DEFAULT_RESAMPLES, seed:
     """Two-sided p-value per column of paired differences ``d_NK`` (N units x K quantities) that their
     mean is 0: the null makes each unit's difference symmetric about 0, so signs are flipped per unit
     (``scipy.stats.permutation_test`` with one sample; exact when 2^N <= ``n_resamples``)."""
-    from scipy.stats import permutation_test
-
     d_NK = np.asarray(d_NK, dtype=np.float64)
     if d_NK.ndim != 2 or len(d_NK) < 2:
         raise ValueError(f"sign_flip_test needs at least 2 units x K quantities, got shape {d_NK.shape}")
@@ -225,27 +228,94 @@ def sign_flip_test(d_NK: np.ndarray, n_resamples: int = DEFAULT_RESAMPLES, seed:
     return np.atleast_1d(res.pvalue)
 
 
+def sign_flip_min_p(n_units: int, n_resamples: int = DEFAULT_RESAMPLES) -> float:
+    """The smallest two-sided p-value :func:`sign_flip_test` can return on ``n_units`` units: every unit's
+    difference of one sign leaves only that pattern and its mirror image as extreme, 2 / 2^n when all 2^n
+    sign patterns are enumerated; with ``n_resamples`` random flips instead (2^n > ``n_resamples``), scipy
+    counts the observed pattern among the flips, so no p falls below 2 / (``n_resamples`` + 1)."""
+    if n_units < 1:
+        raise ValueError(f"a sign-flip test needs at least 1 unit, got {n_units}")
+    exact = 2.0 / 2.0 ** n_units
+    return min(1.0, exact if 2 ** n_units <= n_resamples else max(exact, 2.0 / (n_resamples + 1)))
+
+
+def sign_flip_units_needed(n_tests: int, q: float, n_resamples: int = DEFAULT_RESAMPLES) -> int | None:
+    """The fewest units at which a single feature (all its differences of one sign) can pass
+    Benjamini-Hochberg at level ``q`` among ``n_tests`` features: its p must reach q / n_tests; None when
+    ``n_resamples`` random flips cannot resolve a p that small at any number of units."""
+    if n_tests < 1 or not 0 < q < 1:
+        raise ValueError(f"need n_tests >= 1 and 0 < q < 1, got {n_tests} and {q}")
+    target = q / n_tests
+    if 2.0 / (n_resamples + 1) > target:
+        return None
+    n = 1
+    while sign_flip_min_p(n, n_resamples) > target:
+        n += 1
+    return n
+
+
+def paired_difference(a_N: np.ndarray, b_N: np.ndarray, n_resamples: int = DEFAULT_RESAMPLES, level: float = 0.95,
+                      seed: int = 0) -> dict:
+    """Is the mean of ``a_N`` above the mean of ``b_N`` measured on the same units? The mean paired difference
+    with a percentile bootstrap CI over units, the two-sided sign-flip p-value (:func:`sign_flip_test`), the
+    smallest p the test can reach here, and how many distinct bootstrap resamples ``n`` units have
+    (multisets of size n from n: C(2n - 1, n); 35 for 4 units). ``separated``: the CI excludes 0 and the
+    sign-flip p is at most 1 - ``level`` (a few units can give a bootstrap CI off 0 that the exact test cannot
+    confirm); ``powered``: the test can reach p <= 1 - ``level`` at all on this many units."""
+    a_N, b_N = np.asarray(a_N, dtype=np.float64), np.asarray(b_N, dtype=np.float64)
+    if a_N.shape != b_N.shape or a_N.ndim != 1 or len(a_N) < 2:
+        raise ValueError(f"paired_difference needs two 1-d arrays of one length >= 2, got {a_N.shape}, {b_N.shape}")
+    d_N = a_N - b_N
+    est = bootstrap_mean(d_N, n_resamples, level, seed)
+    n, alpha = len(d_N), 1 - level
+    p = float(sign_flip_test(d_N[:, None], n_resamples, seed)[0])
+    min_p = sign_flip_min_p(n, n_resamples)
+    return {"mean_diff": est.value, "lo": est.lo, "hi": est.hi, "level": level, "n_units": n, "p_sign_flip": p,
+            "min_p_possible": min_p, "powered": bool(min_p <= alpha + 1e-12), "distinct_resamples": comb(2 * n - 1, n),
+            "units_positive": int((d_N > 0).sum()),
+            "separated": bool((est.lo > 0 or est.hi < 0) and p <= alpha + 1e-12)}
+
+
 def fdr_bh(p_K: np.ndarray) -> np.ndarray:
     """Benjamini-Hochberg adjusted p-values (``scipy.stats.false_discovery_control``)."""
-    from scipy.stats import false_discovery_control
-
     return false_discovery_control(np.asarray(p_K, dtype=np.float64), method="bh")
 
 
-def grouped_auc(y_N: np.ndarray, score_N: np.ndarray, groups_N: np.ndarray, n_resamples: int = 2000,
-                level: float = 0.95, seed: int = 0, baseline_N: np.ndarray | None = None) -> Estimate:
-    """ROC-AUC of ``score_N`` for labels ``y_N`` (minus the AUC of ``baseline_N`` on the same rows, if
-    given) with a percentile CI from resampling groups (problems) with replacement; a resample with one
-    class only is undefined (its share is reported)."""
-    from sklearn.metrics import roc_auc_score
+def stratified_auc(y_N: np.ndarray, score_N: np.ndarray, strata_N: np.ndarray | None = None) -> float:
+    """ROC-AUC counting only the (positive, negative) pairs within one stratum: the pair-weighted mean of the
+    strata's AUCs, sum_s AUC_s n1_s n0_s / sum_s n1_s n0_s. Out-of-fold scores come from one model per fold,
+    and a fold's model shifts all its scores by an offset of its own (its intercept, its training means);
+    comparing scores only within a fold (``strata_N`` = the fold of each row) cancels that offset. Without
+    strata, the plain AUC. NaN when no stratum holds both classes."""
+    y_N, score_N = np.asarray(y_N), np.asarray(score_N, dtype=np.float64)
+    strata_N = np.zeros(len(y_N), dtype=int) if strata_N is None else np.asarray(strata_N)
+    total, pairs = 0.0, 0
+    for s in np.unique(strata_N):
+        m = strata_N == s
+        n1 = int(y_N[m].sum())
+        n0 = int(m.sum()) - n1
+        if n1 and n0:
+            total += roc_auc_score(y_N[m], score_N[m]) * n1 * n0
+            pairs += n1 * n0
+    return total / pairs if pairs else float("nan")
 
+
+def grouped_auc(y_N: np.ndarray, score_N: np.ndarray, groups_N: np.ndarray, n_resamples: int = 2000,
+                level: float = 0.95, seed: int = 0, baseline_N: np.ndarray | None = None,
+                strata_N: np.ndarray | None = None) -> Estimate:
+    """ROC-AUC of ``score_N`` for labels ``y_N`` (pairs compared within ``strata_N`` only, when given: see
+    :func:`stratified_auc`; minus the AUC of ``baseline_N`` on the same rows, if given) with a percentile CI
+    from resampling groups (problems) with replacement; a resample with no pair of both classes is
+    undefined (its share is reported). The CI holds the fitted models fixed; the permutation null of
+    :mod:`rank1.interventions.probes` refits them."""
     y_N, score_N, groups_N = map(np.asarray, (y_N, score_N, groups_N))
+    strata_N = np.zeros(len(y_N), dtype=int) if strata_N is None else np.asarray(strata_N)
 
     def stat(idx):
-        if len(set(y_N[idx].tolist())) < 2:
-            return np.nan
-        auc = roc_auc_score(y_N[idx], score_N[idx])
-        return auc - roc_auc_score(y_N[idx], np.asarray(baseline_N)[idx]) if baseline_N is not None else auc
+        auc = stratified_auc(y_N[idx], score_N[idx], strata_N[idx])
+        if baseline_N is None or not np.isfinite(auc):
+            return auc
+        return auc - stratified_auc(y_N[idx], np.asarray(baseline_N)[idx], strata_N[idx])
 
     uniq = np.unique(groups_N)
     rows = [np.flatnonzero(groups_N == g) for g in uniq]

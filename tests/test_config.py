@@ -7,23 +7,31 @@ import json
 import pickle
 import shutil
 import subprocess
+from typing import Literal
 
 import pytest
 
 from helpers import run_script
+from rank1.ablation.config import AblationConfig
 from rank1.activations.config import TopKConfig
+from rank1.artifacts import write_run_metadata
 from rank1.config import (
     KNOWN_TABLES,
     REPO_ROOT,
     ProfileName,
     available_profiles,
     config_from_profile,
+    field_default,
     load_profile,
+    option,
     parse_config,
     profile_defaults,
     project_root,
+    saved_as_today,
 )
-from rank1.training.config import TrainConfig
+from rank1.interventions.config import ProbeConfig, SteeringConfig
+from rank1.sae_lora.config import SaeLoraConfig
+from rank1.training.config import EvalConfig, TrainConfig
 
 
 def test_unknown_profile_lists_the_known_ones():
@@ -183,7 +191,8 @@ def _section_arguments() -> dict[str, set[str]]:
                 continue
             func = node.func
             name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
-            if name == "get" and isinstance(func.value, ast.Attribute) and func.value.attr == "values":
+            if name == "get" and isinstance(func, ast.Attribute) and isinstance(func.value, ast.Attribute) \
+                    and func.value.attr == "values":
                 index = 0
             elif name in arg and len(node.args) > arg[name]:
                 index = arg[name]
@@ -282,3 +291,145 @@ def test_a_path_profile_reaches_the_configs_a_stage_builds(tmp_path, monkeypatch
     assert (cfg.profile, cfg.model_size) == ("cluster", "7B")
     train = config_from_profile(TrainConfig, "train", cfg.profile)
     assert (train.profile, train.model_id) == ("cluster", "Qwen/Qwen2.5-7B-Instruct")
+
+
+# ---------------------------------------------------------------- list fields
+
+
+@dataclasses.dataclass
+class Lists:
+    """A config with every kind of list field and a Literal scalar (read from a table no profile has)."""
+
+    profile: str = option("profile", "test")
+    ints: list[int] = option("integers", [1, 2])
+    floats: list[float] = option("numbers", [0.5])
+    names: list[str] = option("strings", [])
+    picks: list[Literal["a", "b"]] = option("values of a literal", ["a"])
+    maybe: list[int] | None = option("integers or not given")
+    mode: Literal["x", "y"] = option("one value of a literal", "x")
+
+
+def lists(*argv: str) -> Lists:
+    return parse_config(Lists, "lists", "", ["--profile", "test", *argv])
+
+
+def test_a_list_flag_is_one_comma_separated_word_parsed_once():
+    cfg = lists("--ints", "0, 3,5", "--floats", "1,2.5e-3", "--names", "a b,c", "--picks", "b,a", "--maybe", "7")
+    assert (cfg.ints, cfg.floats, cfg.names, cfg.picks, cfg.maybe) == ([0, 3, 5], [1.0, 0.0025], ["a b", "c"],
+                                                                       ["b", "a"], [7])
+    assert all(type(x) is float for x in cfg.floats)
+    empty = lists("--ints", "", "--picks", "")
+    assert (empty.ints, empty.picks, empty.maybe) == ([], [], None)
+    assert (lists().ints, lists("--mode", "y").mode) == ([1, 2], "y")
+
+
+def test_list_defaults_are_fresh_lists():
+    a, b = Lists(), Lists()
+    a.ints.append(3)
+    assert (a.ints, b.ints, Lists().ints) == ([1, 2, 3], [1, 2], [1, 2])
+    assert field_default(next(f for f in dataclasses.fields(Lists) if f.name == "floats")) == [0.5]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--ints", "0,x"], "argument --ints: '0,x': 'x' is not an integer; give a comma-separated list of integers "
+                        "('' for none)"),
+    (["--ints", "1.5"], "argument --ints: '1.5': '1.5' is not an integer"),
+    (["--ints", "0,,3"], "argument --ints: '0,,3': '0,,3' has an empty element"),
+    (["--floats", "1,one"], "argument --floats: '1,one': 'one' is not a number"),
+    (["--picks", "a,c"], "argument --picks: 'a,c': 'c' is not one of a, b; give a comma-separated list of them"),
+    (["--mode", "z"], "argument --mode: 'z': 'z' is not one of x, y"),
+])
+def test_a_bad_element_on_the_command_line_names_the_flag_and_what_is_allowed(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        lists(*argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_help_shows_a_list_default_as_a_comma_list(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(ProbeConfig, "probes", "", ["--profile", "test", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--cs FLOAT,... inverse L2 strengths C the inner folds choose from (default: 0.01,0.1,1.0,10.0)" in out
+
+
+def profile_with(tmp_path, table: str, body: str):
+    path = tmp_path / "mine.toml"
+    path.write_text(f'extends = "test"\n[{table}]\n{body}\n')
+    return str(path)
+
+
+def test_a_profile_gives_a_list_as_an_array_or_as_a_comma_string(tmp_path):
+    path = profile_with(tmp_path, "steering", 'layers = [1, 0]\nscalar_magnitudes = [1, 2.5]\n'
+                                              'vector_magnitudes = "0.5, 2"\nvector_projections = []')
+    cfg = config_from_profile(SteeringConfig, "steering", path)
+    assert (cfg.layers, cfg.scalar_magnitudes, cfg.vector_magnitudes, cfg.vector_projections) == (
+        [1, 0], [1.0, 2.5], [0.5, 2.0], [])
+    assert parse_config(SteeringConfig, "steering", "", ["--profile", path, "--layers", "2"]).layers == [2]
+
+
+@pytest.mark.parametrize("table, line, message", [
+    ("steering", 'layers = [0, "x"]',
+     "[steering] layers = [0, 'x']: 'x' is not an integer; give an array of integers (or one comma-separated string)"),
+    ("steering", "layers = [0.5]", "[steering] layers = [0.5]: 0.5 is not an integer"),
+    ("steering", "layers = 3", "[steering] layers = 3: must be an array, got an integer"),
+    ("steering", 'scalar_magnitudes = "1,x"', "[steering] scalar_magnitudes = '1,x': 'x' is not a number"),
+    ("ablation", 'families = ["layer", "types"]',
+     "[ablation] families = ['layer', 'types']: 'types' is not one of layer, adapter, type; give an array of them"),
+])
+def test_a_bad_element_in_a_profile_names_the_file_the_key_and_the_element(tmp_path, capsys, monkeypatch, table,
+                                                                           line, message):
+    monkeypatch.delenv("RANK1_DEBUG", raising=False)
+    path = profile_with(tmp_path, table, line)
+    cls = {"steering": SteeringConfig, "ablation": AblationConfig}[table]
+    with pytest.raises(SystemExit) as exit_:
+        parse_config(cls, table, "", ["--profile", path])
+    assert exit_.value.code == 2
+    (err,) = capsys.readouterr().err.splitlines()
+    assert err.startswith(f"error: profile {path}: {message}")
+
+
+def test_a_list_round_trips_through_config_json(tmp_path):
+    cfg = parse_config(SteeringConfig, "steering", "", ["--profile", "test", "--layers", "1,0",
+                                                        "--scalar_magnitudes=-3,0.5", "--scalar_projections", "mlp"])
+    write_run_metadata(tmp_path, cfg)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert (saved["layers"], saved["scalar_magnitudes"], saved["scalar_projections"]) == (
+        [1, 0], [-3.0, 0.5], ["gate_proj", "up_proj", "down_proj"])
+    keys = ("layers", "scalar_magnitudes", "scalar_projections", "vector_projections", "vector_magnitudes")
+    again = config_from_profile(SteeringConfig, "steering", "test", **{k: saved[k] for k in keys})
+    assert dataclasses.asdict(again) == dataclasses.asdict(cfg)
+    argv = [f"--{k}={','.join(map(str, saved[k]))}" for k in keys]  # "=": a word may start with a minus sign
+    assert dataclasses.asdict(parse_config(SteeringConfig, "steering", "", ["--profile", "test", *argv])) == \
+        dataclasses.asdict(cfg)
+
+
+def test_an_override_of_a_list_field_is_checked():
+    with pytest.raises(ValueError, match=r"^layers='0,x': 'x' is not an integer"):
+        config_from_profile(SteeringConfig, "steering", "test", layers="0,x")
+    assert config_from_profile(SteeringConfig, "steering", "test", layers="2, 1").layers == [2, 1]
+
+
+def test_special_lists_are_saved_normalised_and_keep_their_run_names():
+    train = parse_config(TrainConfig, "train", "", ["--profile", "test", "--projections", "mlp"])
+    assert train.projections == ["gate_proj", "up_proj", "down_proj"] and train.default_run_name(2) == "test-r1-all-mlp"
+    assert parse_config(TrainConfig, "train", "", ["--profile", "test"]).default_run_name(2) == "test-r1-all"
+    picked = parse_config(TrainConfig, "train", "", ["--profile", "test", "--layer_indices", "1",
+                                                     "--projections", "v,q"])
+    assert (picked.projections, picked.default_run_name(4)) == (["q_proj", "v_proj"], "test-r1-L1-qv")
+    assert parse_config(TrainConfig, "train", "", ["--profile", "test", "--layer_indices", ""]).layer_indices is None
+    ev = parse_config(EvalConfig, "eval", "", ["--profile", "test", "--benchmarks", "math500:030,heldout"])
+    assert ev.benchmarks == ["math500:30", "heldout"]
+    assert [(s.name, s.limit) for s in ev.benchmark_specs] == [("math500", 30), ("heldout", 0)]
+    sweep = parse_config(SaeLoraConfig, "sae_lora", "", ["--profile", "test", "--sweep_l1", "0.01,0,0.01"])
+    assert sweep.sweep_l1 == [0.0, 0.01] and sweep.runs() == [("raw", 0.0), ("raw", 0.01), ("normalized", 0.01)]
+
+
+def test_a_config_saved_with_comma_strings_reads_as_todays_lists():
+    cfg = config_from_profile(TrainConfig, "train", "test", projections=["mlp"], layer_indices=[1, 0])
+    saved = {**json.loads(json.dumps(dataclasses.asdict(cfg))), "projections": "mlp", "layer_indices": "1,0"}
+    assert saved_as_today(cfg, saved) == dataclasses.asdict(cfg)
+    del saved["seed"]  # a field newer than the run: its default
+    assert saved_as_today(cfg, saved)["seed"] == TrainConfig.seed
+    assert saved_as_today(cfg, {**saved, "projections": "attn"})["projections"] == ["q_proj", "k_proj", "v_proj",
+                                                                                     "o_proj"]

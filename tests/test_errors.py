@@ -32,9 +32,9 @@ from rank1.activations.stage import extract, precompute_topk
 from rank1.artifacts import atomic_path, make_folder, read_json, remove_new_empty_folders, reuse_finished, write_json
 from rank1.config import REPO_ROOT, config_from_profile
 from rank1.errors import CannotWrite, CorruptArtifact
-from rank1.generate import ParityError
 from rank1.logs import run_main
 from rank1.lora import AdapterCheckError
+from rank1.serving import ParityError
 from rank1.store import Store
 
 ERROR_LINE = re.compile(r"^(?:[\w.-]+: )?error: ")  # ours, or argparse's "<script>: error: "
@@ -353,13 +353,14 @@ ROWS = [
     Row("unknown-flag", [TOPK, "--nope", "4"], "unrecognized arguments: --nope 4"),
     Row("flag-of-wrong-type", [TOPK, "--k", "abc"], "argument --k: invalid int value: 'abc'"),
     Row("negative-k", [TOPK, "--k", "-1", "--out", "{bad}/topk_new"], "k >= 1"),
-    Row("zero-problems", [STEERING, "--n_problems", "0"], "--n_layers, --think_tokens and --batch_size must be >= 1"),
+    Row("zero-problems", [STEERING, "--n_problems", "0"], "--n_problems, --n_layers, --think_tokens, --batch_size and "
+                                                         "--n_resamples must be >= 1"),
     Row("bad-dtype", [EXTRACT, "--dtype", "float8"], "--dtype must be one of ['float16', 'bfloat16', 'float32']"),
     Row("problem-source-typo", [STEERING, "--problems", "heldot"], "--problems must be one of"),
-    Row("layers-not-numbers", [STEERING, "--layers", "x"], "--layers must be comma-separated layer numbers"),
+    Row("layers-not-numbers", [STEERING, "--layers", "0,x"], "argument --layers: '0,x': 'x' is not an integer"),
     Row("one-sample-per-problem", [f"{S4}/4.2_counterfactual_rollouts.py", "--n_samples", "1"],
         "--n_samples must be >= 2"),
-    Row("bad-cs", [PROBES, "--cs", "-1"], "--cs must be comma-separated positive numbers"),
+    Row("bad-cs", [PROBES, "--cs", "-1"], "--cs must be positive numbers (at least one), got [-1.0]"),
     Row("attribution-target-typo", [f"{S4}/4.1_attribution.py", "--target", "logits"], "--target must be one of"),
     Row("benchmark-name-typo", [EVAL, "--benchmarks", "math50"], "unknown benchmark 'math50'"),
     Row("gpqa-without-path", [EVAL, "--benchmarks", "gpqa"], "no --gpqa_path was given"),
@@ -411,6 +412,8 @@ ROWS = [
         conditions=(lambda w: disk_full(),)),
     Row("read-only-root-for-run_all.sh", ["rank1.pipeline"], "{ro}/logs: permission denied", env={"RANK1_ROOT": "{ro}"},
         conditions=(lambda w: read_only(w.ro), lambda w: no_stage_runs())),
+    Row("failed-share-out-of-range", [f"{S2}/2.2_run_lora_autointerp.py", "--max_failed_share", "1.5", "--out",
+                                      "{bad}/autointerp_new"], "max_failed_share must be a share between 0 and 1"),
 ]
 
 

@@ -7,7 +7,7 @@ from rank1.lora import (
     AdapterCheckError,
     adapter_sites,
     lora_config,
-    parse_layer_indices,
+    parse_projections,
     rslora_scale,
     select_layers,
     verify_adapter,
@@ -51,11 +51,25 @@ def test_select_layers_errors(kwargs, message):
         select_layers(8, **kwargs)
 
 
-def test_parse_layer_indices():
-    assert parse_layer_indices("3, 5,7") == [3, 5, 7]
-    assert parse_layer_indices("") is None
-    with pytest.raises(ValueError, match="comma-separated integers"):
-        parse_layer_indices("3;5")
+@pytest.mark.parametrize("spec,expected", [
+    (["all"], ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
+    (["mlp"], ("gate_proj", "up_proj", "down_proj")),
+    (["attn"], ("q_proj", "k_proj", "v_proj", "o_proj")),
+    (["down", "q_proj", "v"], ("q_proj", "v_proj", "down_proj")),  # the paper's order, short or full names
+    ("up, gate", ("gate_proj", "up_proj")),  # a string: the joined target modules of a saved adapter
+])
+def test_parse_projections(spec, expected):
+    assert parse_projections(spec) == expected
+
+
+@pytest.mark.parametrize("spec,message", [
+    (["q", "x"], r"--projections 'q,x': unknown \['x_proj'\]"),
+    (["mlp", "q"], r"unknown \['mlp_proj'\]"),  # a group stands alone
+    ([], "unknown empty list"),
+])
+def test_parse_projections_errors(spec, message):
+    with pytest.raises(ValueError, match=message):
+        parse_projections(spec)
 
 
 def test_rank_below_one():

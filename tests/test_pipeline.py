@@ -143,7 +143,8 @@ def test_paper_profile_needs_only_gpqa_where_deepspeed_and_vllm_are_installed(mo
     problems, _ = check_profile(load_profile("paper"))
     assert any(p.startswith("DeepSpeed is not installed, and training on [plan] gpus = 8") for p in problems)
     assert any(p.startswith('[rollouts] backend = "vllm" but vllm is not installed') for p in problems)
-    assert len(problems) == 3
+    assert any(p.startswith('[eval] backend = "vllm" but vllm is not installed') for p in problems)
+    assert len(problems) == 4
 
 
 def test_gpqa_path_reaches_the_evaluation():
@@ -232,8 +233,8 @@ def test_kv_cache_of_the_paper_evaluation_by_hand():
     paper = load_profile("paper")
     # batch 16 x (512 prompt + 8192 think + 512 answer = 9216 tokens) x 256 KiB = 36 GiB
     assert estimates.kv_cache_bytes(pipeline.plan_values(paper), 9216, 16, 2) == 16 * 9216 * KV_TOKEN32 == 36 * GIB
-    # [eval] batch_size 8 (what fits one 80 GiB GPU): 8 x 9216 x 256 KiB = 18 GiB
-    weights, kv = estimates._eval_memory(paper)
+    # --backend hf at [eval] batch_size 8 (what fits one 80 GiB GPU): 8 x 9216 x 256 KiB = 18 GiB
+    weights, kv = estimates._generation_memory(pipeline.plan_values(paper), "bf16", 8, 8192, 512)
     assert weights.size == P32 * 2 and kv.size == 18 * GIB  # bf16 weights: 61.0 GiB; 79.0 GiB in all
     assert "8 sequences x 9216 tokens" in kv.what
 
@@ -314,7 +315,8 @@ def test_dry_run_of_the_paper_profile_prints_memory_and_the_disk_peak(monkeypatc
     assert main(["--profile", "paper", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "memory is per GPU" in out
-    assert "    memory:  79.0 GiB  in all, per GPU\n" in out  # eval_benchmarks: 61.0 + 18.0 GiB
+    # eval_benchmarks through vLLM on 8 GPUs: 0.9 x 80 GiB per GPU, 61.0 / 8 GiB of it weights
+    assert "    memory:  72.0 GiB  vLLM on 8 GPUs (tensor parallel 8), per GPU 0.9 x 80 GiB: 7.6 GiB of weights" in out
     assert "    disk:    1.3 TiB  3 checkpoints, 427.2 GiB each" in out
     assert "at most 1.4 TiB at once (while 0.1 train full runs)" in out  # downloads and models + 3 checkpoints
     assert "note: stage eval_benchmarks needs" not in out
@@ -326,7 +328,8 @@ def test_memory_over_one_gpu_is_a_note_only_on_a_gpu_plan(tmp_path):
     assert inputs._memory_notes(roomy) == []
     small = profile_file(tmp_path, 'extends = "paper"\n[plan]\ngpu_memory_gib = 40\n', "small.toml")
     flagged = {n.split(" needs")[0] for n in inputs._memory_notes(small)}
-    assert "stage eval_benchmarks" in flagged and "stage 2.0_extract_lora_activations" in flagged
+    # the evaluation through vLLM takes a share of each of the 8 GPUs, whatever their size; extraction does not fit
+    assert "stage eval_benchmarks" not in flagged and "stage 2.0_extract_lora_activations" in flagged
     cpu = profile_file(tmp_path, 'extends = "paper"\n[plan]\ngpus = 0\n', "cpu.toml")
     assert inputs._memory_notes(cpu) == [] and estimates.memory_device(cpu) == "host RAM"
 
@@ -400,7 +403,8 @@ def test_an_llm_endpoint_that_does_not_answer_is_flagged_without_failing(tmp_pat
     assert problems == [] and no_network == ["http://127.0.0.1:9/v1/models"]  # asked once for both tables
     [note] = notes
     assert note.startswith("LLM endpoint http://127.0.0.1:9/v1 does not answer here (no answer (tests)): stages "
-                           "2.2_run_lora_autointerp, 2.7_run_mlp_autointerp, 3.3.0_autointerp, 3.3.1_categorize fail")
+                           "2.2_run_lora_autointerp, 2.7_run_mlp_autointerp, 2.6_run_random_autointerp, 3.3.0_autointerp, "
+                           "3.3.1_categorize fail")
     assert main(["--profile", str(path), "--dry-run"]) == 0
     assert "note: LLM endpoint http://127.0.0.1:9/v1 does not answer here" in capsys.readouterr().out
     reachable(monkeypatch)
@@ -444,7 +448,7 @@ def test_a_vllm_backend_without_vllm_is_a_problem(tmp_path, monkeypatch):
                                   f'[rollouts]\nbackend = "vllm"\n{PLAN_DIMS}')
     problems = check_profile(prof, env={})[0]
     assert [p.split(" but")[0] for p in problems] == ['[eval] backend = "vllm"', '[rollouts] backend = "vllm"']
-    assert all("pip install vllm" in p and 'set backend = "hf"' in p for p in problems)
+    assert all("bash setup.sh --gpu" in p and 'set backend = "hf"' in p for p in problems)
     installed(monkeypatch, "vllm")
     assert check_profile(prof, env={})[0] == []
 
@@ -456,3 +460,31 @@ def test_the_profiles_gpqa_path_counts_and_must_exist(tmp_path):
     assert check_profile(prof, env={})[0] == [f"GPQA CSV {csv}: no such file (GPQA_PATH or [eval] gpqa_path)"]
     csv.write_text("Question\n")
     assert check_profile(prof, env={})[0] == []
+
+
+def test_vllm_generation_plan_of_the_paper_profile_by_hand():
+    """[eval] on vLLM: 8 GPUs, tensor parallel 8, 0.9 x 80 GiB each: an eighth of the bf16 weights, the rest a paged
+    KV cache holding 1 of the 8 kv heads of every position: 2 x 64 layers x 1 x 128 x 2 B = 32 KiB per token."""
+    paper = load_profile("paper")
+    (part,) = estimates._eval_memory(paper)
+    own = int(0.9 * 80 * GIB)
+    weights = P32 * 2 // 8
+    context = 512 + 8192 + 16 + 512  # prompt_tokens + think + the forced answer tag + answer
+    assert KV_TOKEN32 // 8 == 32 * 1024
+    fits = (own - weights) // (32 * 1024 * context)
+    assert part.size == own and fits == 228
+    assert part.what.startswith("vLLM on 8 GPUs (tensor parallel 8), per GPU 0.9 x 80 GiB: 7.6 GiB of weights and "
+                                "64.4 GiB of paged KV cache at 32 KiB per token (1 of 8 kv heads): 228 sequences of "
+                                "9232 tokens decode at once")
+    assert estimates.DEVICES["eval"](paper).startswith("8 GPUs through vLLM (tensor parallel 8)")
+    # 4 GPUs of a model with 2 kv heads: each GPU holds ceil(2 / 4) = 1 of them (vLLM replicates); batch 64 waits
+    plan = {**pipeline.plan_values(paper), "kv_heads": 2}
+    small = estimates.vllm_plan(plan, 2, 64, 100, 10, 0.5, 4, 50)
+    per_token = 2 * 64 * 1 * 128 * 2
+    n = (int(0.5 * 80 * GIB) - estimates.model_params(plan) * 2 // 4) // (per_token * (50 + 100 + 16 + 10))
+    assert f"{n} sequences of 176 tokens" in small.what and "(1 of 2 kv heads)" in small.what
+    assert small.size == int(0.5 * 80 * GIB)
+    # one GPU, 0.5 x 80 GiB < the 61 GiB of weights: no sequence fits, and the size is the GPU it would need
+    alone = estimates.vllm_plan(pipeline.plan_values(paper), 2, 8, 8192, 512, 0.5, 1, 512)
+    assert "0 sequences" in alone.what and alone.size > 80 * GIB
+    assert alone.size == int((P32 * 2 + KV_TOKEN32 * context) / 0.5) + 1

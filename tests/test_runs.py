@@ -176,11 +176,12 @@ def test_missing_things_fail_clearly(isolated_root, tmp_path):
 
 def test_projection_subset_run(isolated_root):
     write_splits(data_dir("test"), n_train=16, n_eval=4, seed=0)
-    folder = train(config_from_profile(TrainConfig, "train", "test", max_steps=2, projections="mlp"))
+    folder = train(config_from_profile(TrainConfig, "train", "test", max_steps=2, projections=["mlp"]))
     assert folder.name == "test-r1-all-mlp"
     loaded = resolve_run(str(folder), "test").load()
     assert sorted({s.proj for s in loaded.sites}) == ["down_proj", "gate_proj", "up_proj"]
     assert len(loaded.sites) == 6
     with pytest.raises(ValueError, match="unknown \\['x_proj'\\]"):
-        config_from_profile(TrainConfig, "train", "test", projections="q,x")
-    assert config_from_profile(TrainConfig, "train", "test", projections="q,v").default_run_name(2) == "test-r1-all-qv"
+        config_from_profile(TrainConfig, "train", "test", projections=["q", "x"])
+    qv = config_from_profile(TrainConfig, "train", "test", projections=["q", "v"])
+    assert qv.default_run_name(2) == "test-r1-all-qv"

@@ -134,3 +134,52 @@ def test_rank_test_hand_computed():
     res = rank_test([3, 4], [3, 5])
     assert res["u"] == 1.5 and res["effect"] == pytest.approx(1.5 / 4)
     assert rank_test([float("nan")], [1.0])["p_value"] is None
+
+
+def test_sign_flip_min_p_and_units_needed_by_hand():
+    from rank1.stats import sign_flip_min_p, sign_flip_test, sign_flip_units_needed
+
+    assert sign_flip_min_p(6) == 2 / 2**6 == 0.03125  # all six of one sign: that pattern and its mirror
+    assert sign_flip_test(np.ones((6, 1)))[0] == pytest.approx(0.03125)  # the test itself reaches it
+    assert sign_flip_min_p(20, n_resamples=999) == pytest.approx(2 / 1000)  # random flips: the count's floor
+    # one of 210 features passes BH at q = 0.05 only if p <= 0.05 / 210 = 2.38e-4: 2 / 2^n <= 2.38e-4 from n = 14
+    assert sign_flip_min_p(13) > 0.05 / 210 >= sign_flip_min_p(14)
+    assert sign_flip_units_needed(210, 0.05) == 14
+    assert sign_flip_units_needed(210, 0.05, n_resamples=1000) is None  # 2 / 1001 never reaches 2.38e-4
+    with pytest.raises(ValueError, match="0 < q < 1"):
+        sign_flip_units_needed(10, 1.5)
+
+
+def test_paired_difference_with_four_units_cannot_separate():
+    from rank1.stats import paired_difference
+
+    t = paired_difference(np.array([3.0, 2, 4, 5]), np.array([1.0, 1, 1, 1]), n_resamples=2000)
+    assert t["mean_diff"] == 2.5 and t["units_positive"] == 4 and t["n_units"] == 4
+    assert t["distinct_resamples"] == 35  # multisets of 4 from 4: C(7, 4)
+    assert t["lo"] > 0  # the bootstrap CI is off 0 ...
+    assert t["p_sign_flip"] == pytest.approx(2 / 16) == t["min_p_possible"]  # ... the exact test cannot say so
+    assert not t["powered"] and not t["separated"]
+    many = paired_difference(np.arange(8.0) + 1, np.zeros(8), n_resamples=2000)
+    assert many["powered"] and many["separated"] and many["p_sign_flip"] == pytest.approx(2 / 256)
+    with pytest.raises(ValueError, match="one length >= 2"):
+        paired_difference(np.ones(3), np.ones(4))
+
+
+def test_stratified_auc_compares_within_strata_only():
+    from sklearn.metrics import roc_auc_score
+
+    from rank1.stats import grouped_auc, stratified_auc
+
+    y = np.array([0, 1, 0, 1, 0, 1])
+    s = np.array([0.1, 0.2, 5.0, 5.1, 9.0, 8.0])  # strata 0 and 1 ranked right, stratum 2 wrong
+    strata = np.array([0, 0, 1, 1, 2, 2])
+    assert stratified_auc(y, s, strata) == pytest.approx(2 / 3)  # 1 + 1 + 0 over 3 within-stratum pairs
+    assert stratified_auc(y, s) == roc_auc_score(y, s)
+    # a constant added to one stratum changes the pooled AUC (5/6 -> 4/6 by hand) but not the stratified one
+    y2, s2, strata2 = np.array([0, 0, 1, 0, 1]), np.array([0, 0.5, 1, 10, 11]), np.array([0, 0, 0, 1, 1])
+    shifted = s2 - 20 * (strata2 == 1)
+    assert (roc_auc_score(y2, s2), roc_auc_score(y2, shifted)) == pytest.approx((5 / 6, 4 / 6))
+    assert stratified_auc(y2, s2, strata2) == stratified_auc(y2, shifted, strata2) == 1.0
+    assert np.isnan(stratified_auc(np.array([0, 1]), np.array([0.0, 1.0]), np.array([0, 1])))
+    est = grouped_auc(y, s, strata, 200, strata_N=strata)
+    assert est.value == pytest.approx(2 / 3) and est.lo <= est.value <= est.hi

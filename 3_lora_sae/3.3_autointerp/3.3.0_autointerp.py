@@ -5,7 +5,8 @@ lexicon offline, or an LLM behind any OpenAI-compatible endpoint).
 Settings: the profile's [autointerp] table (explainer, scorer, LLM endpoint) with [sae_autointerp] on top. The
 authors showed an SAE feature's top 12 examples, at most 4 per document, +-16 tokens (and asked for no rating;
 the 0/1/2 rating is recorded anyway). Categories come next, from 3.3.1. A killed run keeps every finished
-feature: rerun the same command to continue.
+feature: rerun the same command to continue (features whose explanation failed are retried; more than
+--max_failed_share of them ends the run with an error line after writing its records, as in 2.2).
 
 Reads results/<profile>/sae_features/<run>/ (3.1) and writes results/<profile>/sae_autointerp/<run>/:
 explanations.jsonl, summary.json, config.json, argv.json (format in rank1/autointerp/run.py).

@@ -212,7 +212,7 @@ def measure(cfg: AblationConfig, families: Sequence[str], json_name: str, tokens
 
 def run_generate_ablation_data(cfg: AblationConfig) -> Path:
     """Leave-one-layer-out, per-adapter and by-type ablations (the families asked); returns the results folder."""
-    return measure(cfg, cfg.family_list(), K.ABLATION_JSON, K.ABLATION_TOKENS, "ablation sweep").parent
+    return measure(cfg, cfg.families, K.ABLATION_JSON, K.ABLATION_TOKENS, "ablation sweep").parent
 
 
 # ---------------------------------------------------------------- 1.1_visualize_ablation_results.py
@@ -240,7 +240,18 @@ def findings(report: dict) -> list[str]:
         t = report["type"]
         lines.append("whole types removed: " + ", ".join(
             f"{n} {m:.3g}" for n, m in zip(t["names"], t["kl"]["mean"], strict=True)))
+    for family, r in (report.get("rankings") or {}).items():
+        if "top_vs_runner_up" in r:
+            lines.append(f"{family} ranking: {ranking_text(r['top_vs_runner_up'])}")
     return lines
+
+
+def ranking_text(t: dict) -> str:
+    """The paired test of the largest against the runner-up in words (for the log and the report)."""
+    tell = "separated" if t["separated"] else "cannot tell" + ("" if t["powered"] else " (underpowered)")
+    return (f"{t['top']} - {t['runner_up']} = {t['mean_diff']:.3g} [{t['lo']:.3g}, {t['hi']:.3g}] nats, larger on "
+            f"{t['units_positive']} of {t['n_units']} sequences, sign-flip p {t['p_sign_flip']:.3g} (smallest "
+            f"attainable {t['min_p_possible']:.3g}; {t['distinct_resamples']} distinct bootstrap resamples): {tell}")
 
 
 def run_visualize_ablation_results(cfg: AblationConfig) -> Path:

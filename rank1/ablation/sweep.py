@@ -43,7 +43,7 @@ from rank1.hooks import ablate_adapters
 from rank1.lora import AdapterSite
 from rank1.metrics import Reference, head_kl_ce
 from rank1.runs import Loaded
-from rank1.stats import bootstrap_means
+from rank1.stats import bootstrap_means, paired_bootstrap, paired_difference
 from rank1.tokens import TOKEN_CLASSES
 
 KL_DIRECTION = ("KL(P_full || P_ablated): the full model's next-token distribution P_full against the "
@@ -273,6 +273,41 @@ def summarize(result: SweepResult, sites: Sequence[AdapterSite], n_resamples: in
         cols = [np.mean([kl_AS[index[n]] for n in grid[K.PROJECTIONS.index(p)] if n is not None], axis=0)
                 for p in projs]
         out["adapter_mean_by_projection"] = {"projections": projs, "kl": estimates(np.stack(cols, 1), n_resamples)}
+    rankings = {}
+    if "layer" in by_family:
+        rankings["layer"] = {"layers": layers, **ranking_tests(kl_AS[[index[n] for n in by_family["layer"]]],
+                                                              layers, n_resamples)}
+    if "type" in by_family and {"mlp", "attn"} <= set(by_family["type"]) and kl_AS.shape[1] >= 2:
+        rankings["type"] = {"mlp_vs_attn": {"top": "mlp", "runner_up": "attn", **paired_difference(
+            kl_AS[index["mlp"]], kl_AS[index["attn"]], n_resamples)}}
+    if "adapter" in by_family and len(projs) >= 2:
+        rankings["projection"] = ranking_tests(np.stack(cols), projs, n_resamples)
+    if rankings:
+        out["rankings"] = rankings
+    return out
+
+
+TOP_LAYERS = 4  # "a few layers dominate": the paper names 4 (44, 45, 46, 62 of 64)
+
+
+def ranking_tests(kl_KS: np.ndarray, names: Sequence, n_resamples: int, top_k: int = TOP_LAYERS) -> dict[str, Any]:
+    """Is the ranking of ``names`` by mean KL over sequences resolved? The largest against the runner-up,
+    paired over the sequences the KL was measured on (:func:`rank1.stats.paired_difference`: bootstrap CI
+    of the mean difference, sign-flip p, the distinct resamples the sample allows), and the share of the
+    summed KL that the ``top_k`` largest carry, with a bootstrap CI over sequences (the top ``top_k`` chosen
+    on the whole sample)."""
+    mean_K = kl_KS.mean(1)
+    order = np.argsort(-mean_K, kind="stable")
+    out: dict[str, Any] = {"order": [names[k] for k in order], "mean": mean_K[order].tolist()}
+    if kl_KS.shape[1] >= 2 and len(names) >= 2:
+        out["top_vs_runner_up"] = {"top": names[order[0]], "runner_up": names[order[1]],
+                                   **paired_difference(kl_KS[order[0]], kl_KS[order[1]], n_resamples)}
+    if len(names) > top_k:
+        top = kl_KS[order[:top_k]].sum(0)
+        est = paired_bootstrap({"top": top, "total": kl_KS.sum(0)},
+                               lambda top, total: top.mean() / total.mean() if total.mean() > 0 else None, n_resamples)
+        out["top_share"] = {"top_k": top_k, "names": [names[k] for k in order[:top_k]],
+                            "uniform": top_k / len(names), **est.to_dict()}
     return out
 
 

@@ -7,9 +7,17 @@ that were skipped (no activating example) or whose explanation failed are counte
   authors' 8; 0: thirds of the network), by projection (when the features are adapters), by polarity;
   the held-out scores (detection, fuzzing: mean with CI, quartiles, histogram, mean per class); category
   shares.
-- :func:`compare`: the same shares side by side, the chi-square test of the 2 x 3 table (LoRA / MLP x
-  class), a Mann-Whitney test of each held-out score, and category enrichment (share among LoRA features
-  over share among MLP features, two-sample bootstrap CI) for every category, beside the paper's numbers.
+- :func:`compare`: the same shares side by side for LoRA features, MLP neurons and the random-direction control
+  (``rank1.activations.control``: untrained directions at the adapter's sites, on the base model); the
+  chi-square test of the 2 x 3 table (LoRA / MLP x class; it counts the two polarities of a site as two
+  units, so it is kept as the paper's test only); the site-level comparison, where a site (both polarities)
+  is one unit, monosemantic when either polarity is, LoRA minus each other side with a CI (paired by site
+  against the control, which has the same sites; two-sample against MLP neurons); the density-matched
+  comparison (the lexicon explainer rates a sparse feature monosemantic more easily than a dense one, so
+  shares are also given per firing-density bin and standardised to LoRA's densities); a Mann-Whitney test of
+  each held-out score; and category enrichment (share among LoRA features over share among MLP features,
+  two-sample bootstrap CI, Fisher exact p with Benjamini-Hochberg q across all categories) beside the paper's
+  numbers.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.stats import fisher_exact
 
 from rank1 import constants as K
 from rank1.artifacts import read_json
@@ -28,7 +37,16 @@ from rank1.autointerp.run import AutointerpError
 from rank1.constants import PROJECTIONS
 from rank1.paper import PAPER_INTERP as PAPER
 from rank1.runs import check_same_identity
-from rank1.stats import DEFAULT_RESAMPLES, bootstrap_mean, chi_square, class_shares, enrichment, rank_test
+from rank1.stats import (
+    DEFAULT_RESAMPLES,
+    bootstrap_mean,
+    chi_square,
+    class_shares,
+    enrichment,
+    fdr_bh,
+    paired_difference,
+    rank_test,
+)
 
 SCORES = ("detection", "fuzzing")
 HIST_BINS = 10
@@ -114,15 +132,22 @@ def analyze(records: list[dict], n_layers: int | None, layer_bin: int = 0, n_res
     return out
 
 
-def check_comparable(lora_cfg: dict, mlp_cfg: dict, lora_dir: Path, mlp_dir: Path) -> None:
-    """Both sides from the same run and corpus, explained and scored the same way; raises otherwise."""
-    for cfg, folder, kind in ((lora_cfg, lora_dir, "lora"), (mlp_cfg, mlp_dir, "mlp")):
+def check_comparable(lora_cfg: dict, mlp_cfg: dict, lora_dir: Path, mlp_dir: Path, other: str = "mlp") -> None:
+    """Both sides from the same run and corpus, explained and scored the same way; raises otherwise. The
+    random-direction control (``other='random'``) may read a prefix of the LoRA side's corpus (the profile's
+    ``random_max_tokens``): the same source, at most as many tokens."""
+    for cfg, folder, kind in ((lora_cfg, lora_dir, "lora"), (mlp_cfg, mlp_dir, other)):
         if cfg.get("kind", kind) != kind:
             raise AutointerpError(f"{folder} holds autointerp results of {cfg.get('kind')!r} features, not {kind!r}")
     check_same_identity(lora_cfg.get("identity") or {}, mlp_cfg.get("identity") or {},
-                        f"the MLP side {mlp_dir} (its top-k examples)")
+                        f"the {'MLP' if other == 'mlp' else 'random-direction control'} side {mlp_dir} (its top-k "
+                        f"examples)")
     corpus = [(c.get("corpus") or {}).get("sha256") for c in (lora_cfg, mlp_cfg)]
-    if corpus[0] != corpus[1] or lora_cfg.get("n_tokens") != mlp_cfg.get("n_tokens"):
+    if other == "random":
+        corpus = [(c.get("corpus") or {}).get("source") for c in (lora_cfg, mlp_cfg)]
+    mismatch = (lora_cfg.get("n_tokens") or 0) < (mlp_cfg.get("n_tokens") or 0) if other == "random" else \
+        lora_cfg.get("n_tokens") != mlp_cfg.get("n_tokens")
+    if corpus[0] != corpus[1] or mismatch:
         raise AutointerpError(f"{lora_dir} and {mlp_dir} come from different corpora ({lora_cfg.get('n_tokens')} vs. "
                               f"{mlp_cfg.get('n_tokens')} tokens); extract both stores with the same --corpus and "
                               f"--max_tokens")
@@ -133,29 +158,130 @@ def check_comparable(lora_cfg: dict, mlp_cfg: dict, lora_dir: Path, mlp_dir: Pat
                                   f"{ms.get(part)}); rerun one of them with the other's settings (--overwrite)")
 
 
-def compare(lora: list[dict], mlp: list[dict], n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
-            scheme: str = "lexicon") -> dict[str, Any]:
-    a, b = rated(lora), rated(mlp)
-    if not a or not b:
-        raise AutointerpError(f"need rated features on both sides, got {len(a)} LoRA and {len(b)} MLP")
-    table = [[sum(r["classification"] == c for r in side) for c in CLASSES] for side in (a, b)]
-    out: dict[str, Any] = {"classes": {"lora": shares(a, n_resamples, seed), "mlp": shares(b, n_resamples, seed)},
-                           "table": {"rows": ["lora", "mlp"], "columns": list(CLASSES.values()), "counts": table},
-                           "chi_square": chi_square(table)}
-    out["scores"] = {}
-    for m in SCORES:
-        va = [r[m]["balanced_accuracy"] for r in a if r.get(m) and r[m].get("balanced_accuracy") is not None]
-        vb = [r[m]["balanced_accuracy"] for r in b if r.get(m) and r[m].get("balanced_accuracy") is not None]
-        out["scores"][m] = {"lora": {**score_summary(a, m, n_resamples, seed), "values": va},
-                            "mlp": {**score_summary(b, m, n_resamples, seed), "values": vb},
-                            "mann_whitney": rank_test(va, vb)}
+def two_sample_difference(a_N, b_M, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+                          level: float = 0.95) -> dict[str, Any]:
+    """mean(a) - mean(b) of two independent samples with a percentile bootstrap CI (each resampled on its own)."""
+    a_N, b_M = np.asarray(a_N, dtype=np.float64), np.asarray(b_M, dtype=np.float64)
+    if not len(a_N) or not len(b_M):
+        return {"value": None, "lo": None, "hi": None, "n": [len(a_N), len(b_M)]}
+    rng = np.random.default_rng(seed)
+    reps = (a_N[rng.integers(0, len(a_N), (n_resamples, len(a_N)))].mean(1)
+            - b_M[rng.integers(0, len(b_M), (n_resamples, len(b_M)))].mean(1))
+    lo, hi = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
+    return {"value": float(a_N.mean() - b_M.mean()), "lo": float(lo), "hi": float(hi), "level": level,
+            "n": [len(a_N), len(b_M)], "test": "two-sample bootstrap"}
+
+
+def site_monosemantic(records: list[dict]) -> dict[tuple, bool]:
+    """{(layer, site): monosemantic} over the rated features: a site (one adapter, neuron or control direction,
+    both polarities) is one unit, monosemantic when either of its polarities is rated so."""
+    out: dict[tuple, bool] = {}
+    for r in rated(records):
+        key = (r.get("layer"), r.get("site_name", r.get("site")))
+        out[key] = out.get(key, False) or r["classification"] == 0
+    return out
+
+
+def site_comparison(sides: dict[str, list[dict]], n_resamples: int, seed: int) -> dict[str, Any]:
+    """Monosemantic share of sites per side, and LoRA minus each other side: against the random control paired
+    by site (the same layers and projections, every site rated on both sides) with a sign-flip test; against
+    MLP neurons (other sites) as two independent samples."""
+    mono = {k: site_monosemantic(v) for k, v in sides.items()}
+    out: dict[str, Any] = {"unit": "site (both polarities; monosemantic if either polarity is)",
+                           "shares": {k: {"n": len(m), "monosemantic": bootstrap_mean(
+                               np.array(list(m.values()), dtype=float), n_resamples, seed=seed).to_dict()}
+                               for k, m in mono.items() if m}, "lora_minus": {}}
+    for other in (k for k in mono if k != "lora"):
+        shared = sorted(set(mono["lora"]) & set(mono[other]), key=str)
+        if other == "random" and len(shared) >= 2 and len(shared) == len(mono["lora"]) == len(mono[other]):
+            d = paired_difference(np.array([mono["lora"][s] for s in shared], dtype=float),
+                                  np.array([mono[other][s] for s in shared], dtype=float), n_resamples, seed=seed)
+            out["lora_minus"][other] = {"value": d["mean_diff"], "lo": d["lo"], "hi": d["hi"], "level": d["level"],
+                                        "n": [len(shared)] * 2, "test": "paired by site", "p_value": d["p_sign_flip"]}
+        else:
+            out["lora_minus"][other] = two_sample_difference(list(mono["lora"].values()), list(mono[other].values()),
+                                                             n_resamples, seed)
+    return out
+
+
+def density_comparison(sides: dict[str, list[dict]], n_tokens: dict[str, int | None], n_bins: int,
+                       n_resamples: int, seed: int) -> dict[str, Any] | None:
+    """Monosemantic share per firing-density bin per side (density: the share of the side's tokens where the
+    feature is active, ``n_active / n_tokens``; bins: quantiles of all sides' densities pooled), and each side's
+    share standardised to the LoRA features' density distribution (the per-bin shares weighted by LoRA's bin
+    counts), so sides are compared at matched density. None when a side lacks densities."""
+    dens = {}
+    for k, recs in sides.items():
+        ok = rated(recs)
+        if not n_tokens.get(k) or not ok or any(r.get("n_active") is None for r in ok):
+            return None
+        dens[k] = (np.array([r["n_active"] / n_tokens[k] for r in ok]), np.array([r["classification"] == 0
+                                                                                  for r in ok], dtype=float))
+    pooled = np.concatenate([d for d, _ in dens.values()])
+    edges = np.unique(np.quantile(pooled, np.linspace(0, 1, n_bins + 1)))
+    edges[0], edges[-1] = 0.0, 1.0
+    which = {k: np.clip(np.searchsorted(edges, d, side="right") - 1, 0, len(edges) - 2) for k, (d, _) in dens.items()}
+    bins = []
+    for b in range(len(edges) - 1):
+        row: dict[str, Any] = {"density": [float(edges[b]), float(edges[b + 1])]}
+        for k, (_, mono) in dens.items():
+            sel = mono[which[k] == b]
+            row[k] = {"n": len(sel), "monosemantic": bootstrap_mean(sel, n_resamples, seed=seed).to_dict()
+                      if len(sel) else None}
+        bins.append(row)
+    weights = np.array([r["lora"]["n"] for r in bins], dtype=float) / len(dens["lora"][0])
+    standardised = {}
+    for k, (_, mono) in dens.items():
+        per_bin = [float(mono[which[k] == b].mean()) if (which[k] == b).any() else None for b in range(len(bins))]
+        missing = [i for i, v in enumerate(per_bin) if v is None and weights[i] > 0]
+        standardised[k] = None if missing else float(sum(w * (v or 0.0) for w, v in zip(weights, per_bin,
+                                                                                         strict=True)))
+    return {"unit": "feature", "density": "n_active / n_tokens of the side's store", "bins": bins,
+            "standardised_to_lora": standardised,
+            "median_density": {k: float(np.median(d)) for k, (d, _) in dens.items()}}
+
+
+def enrichment_tests(a: list[dict], b: list[dict], scheme: str, n_resamples: int, seed: int) -> dict[str, Any]:
+    """Category enrichment of ``a`` over ``b`` with a Fisher exact p per category and Benjamini-Hochberg q
+    across all the scheme's categories (they are tested together)."""
     sch = SCHEMES[scheme]
     ca, cb = [r.get("category") for r in a], [r.get("category") for r in b]
-    if any(ca) and any(cb):
-        est = enrichment(ca, cb, sch.keys, n_resamples, seed=seed)
-        out["enrichment"] = {k: {"name": sch.names[k], "lora_count": ca.count(k), "mlp_count": cb.count(k),
-                                 "lora_share": ca.count(k) / len(ca), "mlp_share": cb.count(k) / len(cb),
-                                 "enrichment": e.to_dict(), "paper": PAPER["enrichment"].get(k) if scheme == "lexicon"
-                                 else None} for k, e in est.items()}
+    est = enrichment(ca, cb, sch.keys, n_resamples, seed=seed)
+    p = [float(fisher_exact([[ca.count(k), len(ca) - ca.count(k)], [cb.count(k), len(cb) - cb.count(k)]])[1])
+         for k in sch.keys]
+    q = fdr_bh(np.array(p)).tolist()
+    return {k: {"name": sch.names[k], "lora_count": ca.count(k), "mlp_count": cb.count(k),
+                "lora_share": ca.count(k) / len(ca), "mlp_share": cb.count(k) / len(cb), "enrichment": e.to_dict(),
+                "p_fisher": p[i], "q_bh": q[i], "paper": PAPER["enrichment"].get(k) if scheme == "lexicon" else None}
+            for i, (k, e) in enumerate(est.items())}
+
+
+def compare(lora: list[dict], mlp: list[dict], n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+            scheme: str = "lexicon", random: list[dict] | None = None, n_tokens: dict[str, int | None] | None = None,
+            density_bins: int = 5) -> dict[str, Any]:
+    """LoRA features vs. MLP neurons (and the random-direction control when given): see the module docstring."""
+    sides = {"lora": lora, "mlp": mlp, **({"random": random} if random is not None else {})}
+    ok = {k: rated(v) for k, v in sides.items()}
+    if not all(ok.values()):
+        raise AutointerpError("need rated features on every side, got " +
+                              ", ".join(f"{len(v)} {k}" for k, v in ok.items()))
+    a, b = ok["lora"], ok["mlp"]
+    table = [[sum(r["classification"] == c for r in side) for c in CLASSES] for side in (a, b)]
+    out: dict[str, Any] = {"sides": list(sides), "classes": {k: shares(v, n_resamples, seed) for k, v in ok.items()},
+                           "table": {"rows": ["lora", "mlp"], "columns": list(CLASSES.values()), "counts": table,
+                                     "unit": "feature (the two polarities of a site counted as two units)"},
+                           "chi_square": chi_square(table), "sites": site_comparison(sides, n_resamples, seed)}
+    out["density"] = density_comparison(sides, n_tokens or {}, density_bins, n_resamples, seed)
+    out["scores"] = {}
+    for m in SCORES:
+        vals = {k: [r[m]["balanced_accuracy"] for r in v if r.get(m) and r[m].get("balanced_accuracy") is not None]
+                for k, v in ok.items()}
+        out["scores"][m] = {**{k: {**score_summary(v, m, n_resamples, seed), "values": vals[k]} for k, v in ok.items()},
+                            "mann_whitney": rank_test(vals["lora"], vals["mlp"])}
+        if "random" in ok:
+            out["scores"][m]["mann_whitney_random"] = rank_test(vals["lora"], vals["random"])
+    if any(r.get("category") for r in a) and any(r.get("category") for r in b):
+        out["enrichment"] = enrichment_tests(a, b, scheme, n_resamples, seed)
+        out["enrichment_correction"] = "Benjamini-Hochberg across the categories (q_bh), Fisher exact p per category"
     out["paper"] = PAPER
     return out

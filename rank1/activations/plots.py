@@ -11,8 +11,8 @@ from rank1.autointerp.prompts import CLASSES
 from rank1.plots import plt, save_figure
 
 CLASS_COLORS = ("tab:green", "tab:orange", "tab:gray")
-SIDE_COLORS = {"lora": "tab:red", "mlp": "tab:blue"}
-SIDE_LABELS = {"lora": "LoRA directions", "mlp": "MLP neurons"}
+SIDE_COLORS = {"lora": "tab:red", "mlp": "tab:blue", "random": "tab:gray"}
+SIDE_LABELS = {"lora": "LoRA directions", "mlp": "MLP neurons", "random": "random directions (control)"}
 
 
 def _err(shares: dict[str, Any], name: str) -> tuple[float, list[float]]:
@@ -63,19 +63,24 @@ def plot_interpretability(analysis: dict[str, Any], stem: str | Path, title: str
 
 
 def plot_figure2(comp: dict[str, Any], stem: str | Path, title: str) -> list[Path]:
-    """Figure 2: class shares LoRA vs. MLP, held-out scores, category enrichment."""
+    """Figure 2: class shares of LoRA directions, MLP neurons and the random-direction control (when compared),
+    held-out scores, category enrichment."""
     fig = plt.figure(figsize=(14, 4.8))
     gs = fig.add_gridspec(1, 3, width_ratios=[1.1, 1, 1.3])
     ax = fig.add_subplot(gs[0])
     names = list(CLASSES.values())
     x = np.arange(len(names))
-    for j, side in enumerate(("lora", "mlp")):
+    sides = list(comp["classes"])
+    width = 0.8 / len(sides)
+    for j, side in enumerate(sides):
+        off = (j - (len(sides) - 1) / 2) * width
         vals, errs = zip(*(_err(comp["classes"][side], n) for n in names), strict=True)
-        ax.bar(x + (j - 0.5) * 0.38, vals, 0.38, yerr=np.array(errs).T, capsize=2, color=SIDE_COLORS[side],
+        ax.bar(x + off, vals, width, yerr=np.array(errs).T, capsize=2, color=SIDE_COLORS[side],
                label=f"{SIDE_LABELS[side]} (n={comp['classes'][side]['n']})")
-        paper = comp["paper"]["committed_table"][side]
-        ax.scatter(x + (j - 0.5) * 0.38, [paper[n] for n in names], marker="x", color="k", s=18, zorder=3,
-                   label="paper (committed table)" if j == 0 else None)
+        paper = comp["paper"]["committed_table"].get(side)
+        if paper:
+            ax.scatter(x + off, [paper[n] for n in names], marker="x", color="k", s=18, zorder=3,
+                       label="paper (committed table)" if j == 0 else None)
     chi = comp["chi_square"]
     chi_txt = f"chi2={chi['statistic']:.1f}, p={chi['p_value']:.2g}" if chi["statistic"] is not None else "chi2 n/a"
     ax.set_xticks(x, [n.replace("but ", "but\n") for n in names], fontsize=8)
@@ -87,7 +92,7 @@ def plot_figure2(comp: dict[str, Any], stem: str | Path, title: str) -> list[Pat
     ax = fig.add_subplot(gs[1])
     data, labels, colors = [], [], []
     for m in ("detection", "fuzzing"):
-        for side in ("lora", "mlp"):
+        for side in sides:
             s = comp["scores"][m][side]
             data.append(_values(s))
             labels.append(f"{m}\n{side}")

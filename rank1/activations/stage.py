@@ -1,9 +1,10 @@
 """Stage 2, one function per script of ``2_lora_activation_interp/``: the activation stores and their top-k
-examples (LoRA side and the MLP-neuron baseline), the LoRA dashboard, the class shares of one side and LoRA
-vs. MLP (Figure 2). The autointerp scripts 2.2 / 2.7 run :func:`rank1.autointerp.stage.run_stage`.
+examples (LoRA side, the MLP-neuron baseline and the random-direction control of ``rank1.activations.control``),
+the LoRA dashboard, the class shares of one side and LoRA vs. MLP vs. the control (Figure 2). The autointerp
+scripts 2.2 / 2.7 / 2.6 run :func:`rank1.autointerp.stage.run_stage`.
 
-Folders (``results_dir``): ``results/<profile>/{lora,mlp}_activations/<run>/`` (the store),
-``results/<profile>/{lora,mlp}_topk/<run>/`` (top-k examples), ``results/<profile>/lora_dashboard/<run>/``,
+Folders (``results_dir``): ``results/<profile>/{lora,mlp,random}_activations/<run>/`` (the store),
+``results/<profile>/{lora,mlp,random}_topk/<run>/`` (top-k examples), ``results/<profile>/lora_dashboard/<run>/``,
 ``results/<profile>/<kind>_interpretability/<run>/`` and ``results/<profile>/lora_vs_mlp/<run>/``; ``--out``
 replaces any of them. The MLP side belongs to the run too: its neurons are the run's base model's, sampled as
 many per layer as the run has adapters per layer, and its corpus is the same. The analyses read saved
@@ -20,6 +21,7 @@ from safetensors import safe_open
 
 from rank1 import constants as K
 from rank1.activations.config import CompareConfig, DashboardConfig, ExtractConfig, InterpretabilityConfig, TopKConfig
+from rank1.activations.control import CONTROL_DIR, ensure_control_adapter
 from rank1.activations.dashboard import build_payloads
 from rank1.activations.interpretability import analyze, check_comparable, compare, load_autointerp, scheme_of
 from rank1.activations.plots import plot_figure2, plot_interpretability
@@ -29,7 +31,7 @@ from rank1.config import dataset_file, results_dir
 from rank1.dashboard import write_dashboard
 from rank1.lora import PROJECTIONS, SAVED_KEY_RE, adapter_vectors, parse_projections
 from rank1.models import load_tokenizer, model_config
-from rank1.runs import Run, check_same_identity
+from rank1.runs import Run, check_same_identity, weights_sha256
 from rank1.store import StoreError, check_writable, extract_store, load_corpus, open_for_run
 from rank1.topk import TopKResult, compute_topk, decode_vocab, used_token_ids
 
@@ -79,6 +81,28 @@ def _sites(spec: CaptureSpec) -> list[dict]:
     return [{"layer": li, "name": f"n{n}", "neuron": n} for li, idx in enumerate(neurons) for n in idx]
 
 
+def extract_random_control(cfg: ExtractConfig) -> Path:
+    """2.6: the random-direction control's store (``rank1.activations.control``): the run's sites, each read
+    through a random direction of the trained A's norm with B = 0 (the base model), over the first
+    ``random_max_tokens`` tokens of the LoRA store's corpus; returns the store folder. Its identity is the run's
+    plus a ``control`` record, so the later steps take the same ``--run``."""
+    run = cfg.resolve_run()
+    folder = store_folder(cfg, "random", run)
+    check_writable(folder.parent if not folder.exists() else folder)
+    control, fresh = ensure_control_adapter(run, folder / CONTROL_DIR, cfg.random_seed, cfg.overwrite)
+    tokenizer = load_tokenizer(run.model_id)
+    corpus = load_corpus(tokenizer, dataset_file(cfg.corpus_source, cfg.profile),
+                         cfg.random_max_tokens or cfg.max_tokens, cfg.max_docs, cfg.block_size)
+    spec = CaptureSpec(control, "lora", cfg.precision)
+    record = control.config["control"]
+    identity = {**run.identity(), "control": {**record, "weights_sha256": weights_sha256(control.weights_dir,
+                                                                                         run.model_id)}}
+    return extract_store(spec, corpus, folder, sites=_sites(spec), identity=identity, shard_tokens=cfg.shard_tokens,
+                         batch_tokens=cfg.batch_tokens, dtype=cfg.dtype, workers=cfg.num_procs, gpus=cfg.num_gpus,
+                         overwrite=cfg.overwrite or fresh,  # a control drawn now invalidates shards of an older one
+                         extra={"config": public_config(cfg), "kind": "random"})  # read as LoRA scalars
+
+
 def run_extract_lora_activations(cfg: ExtractConfig) -> Path:
     """2.0: every adapter's scalar activation per token; returns the store folder."""
     return extract(cfg, "lora")
@@ -125,6 +149,11 @@ def run_precompute_lora_topk(cfg: TopKConfig) -> Path:
 def run_precompute_mlp_topk(cfg: TopKConfig) -> Path:
     """2.5: top-k examples of the MLP-neuron baseline; returns the top-k folder."""
     return precompute_topk(cfg, "mlp")
+
+
+def run_precompute_random_topk(cfg: TopKConfig) -> Path:
+    """2.6: top-k examples of the random-direction control; returns the top-k folder."""
+    return precompute_topk(cfg, "random")
 
 
 # ---------------------------------------------------------------- the LoRA dashboard (2.3)
@@ -191,37 +220,63 @@ def interpretability_findings(report: dict[str, Any]) -> list[str]:
 
 
 def run_compare_lora_mlp(cfg: CompareConfig) -> Path:
-    """LoRA directions vs. MLP neurons from both autointerp folders (checked comparable), with Figure 2;
-    returns the output folder."""
+    """LoRA directions vs. MLP neurons vs. the random-direction control from their autointerp folders (checked
+    comparable), with Figure 2; returns the output folder. The control is left out, with a warning and
+    ``"random": null`` in the JSON, only when ``--random`` is not given and its default folder does not exist."""
     run = cfg.resolve_run()
-    lora_dir = Path(cfg.lora) if cfg.lora else results_dir(cfg.profile, K.AUTOINTERP_STAGE.format(kind="lora"),
-                                                           run.name)
-    mlp_dir = Path(cfg.mlp) if cfg.mlp else results_dir(cfg.profile, K.AUTOINTERP_STAGE.format(kind="mlp"), run.name)
+    dirs = {k: Path(v) if v else results_dir(cfg.profile, K.AUTOINTERP_STAGE.format(kind=k), run.name)
+            for k, v in (("lora", cfg.lora), ("mlp", cfg.mlp), ("random", cfg.random))}
+    if not cfg.random and not dirs["random"].exists():
+        log.warning("no random-direction control at %s (run 2.6 first): Figure 2 compares LoRA and MLP only, and "
+                    "the verdicts that need the control read 'cannot tell'", dirs["random"])
+        dirs.pop("random")
     out = Path(cfg.out) if cfg.out else results_dir(cfg.profile, K.COMPARE_STAGE, run.name)
-    lora, lora_cfg = load_autointerp(lora_dir)
-    mlp, mlp_cfg = load_autointerp(mlp_dir)
-    check_same_identity(run.identity(), lora_cfg.get("identity") or {}, f"autointerp results {lora_dir}")
-    check_comparable(lora_cfg, mlp_cfg, lora_dir, mlp_dir)
+    loaded = {k: load_autointerp(d) for k, d in dirs.items()}
+    check_same_identity(run.identity(), loaded["lora"][1].get("identity") or {}, f"autointerp results {dirs['lora']}")
+    check_comparable(loaded["lora"][1], loaded["mlp"][1], dirs["lora"], dirs["mlp"])
+    if "random" in loaded:
+        check_comparable(loaded["lora"][1], loaded["random"][1], dirs["lora"], dirs["random"], other="random")
     check_writable(out)
-    comp = compare(lora, mlp, cfg.n_resamples, cfg.seed, scheme_of(lora_cfg))
-    comp["sources"] = {"lora": str(lora_dir), "mlp": str(mlp_dir)}
+    comp = compare(loaded["lora"][0], loaded["mlp"][0], cfg.n_resamples, cfg.seed, scheme_of(loaded["lora"][1]),
+                   random=loaded["random"][0] if "random" in loaded else None,
+                   n_tokens={k: c.get("n_tokens") for k, (_, c) in loaded.items()}, density_bins=cfg.density_bins)
+    comp["sources"] = {k: str(d) for k, d in dirs.items()} | ({} if "random" in dirs else {"random": None})
+    comp["explainer"] = ((loaded["lora"][1].get("settings") or {}).get("explainer") or {}).get("kind")
+    comp["n_tokens"] = {k: c.get("n_tokens") for k, (_, c) in loaded.items()}
     for line in comparison_findings(comp):
         log.info("%s", line)
     write_json(out / K.COMPARE_JSON, comp)
-    plot_figure2(comp, out / K.FIGURE2_STEM, f"LoRA directions vs. MLP neurons ({run.name}; "
+    lora_cfg = loaded["lora"][1]
+    plot_figure2(comp, out / K.FIGURE2_STEM, f"LoRA directions vs. MLP neurons vs. random directions ({run.name}; "
                  f"{lora_cfg.get('explainer')} explainer, {lora_cfg.get('scorer')} scorer)")
-    write_run_metadata(out, cfg, {"identity": lora_cfg.get("identity"), "lora": str(lora_dir), "mlp": str(mlp_dir)})
+    write_run_metadata(out, cfg, {"identity": lora_cfg.get("identity"), **{k: str(d) for k, d in dirs.items()}})
     return out
 
 
 def comparison_findings(comp: dict[str, Any]) -> list[str]:
     cl = comp["classes"]
     chi = comp["chi_square"]
-    lines = [f"monosemantic: LoRA {_fmt(cl['lora']['shares']['monosemantic'])} (n={cl['lora']['n']}) vs. MLP "
-             f"{_fmt(cl['mlp']['shares']['monosemantic'])} (n={cl['mlp']['n']}); paper 22.4% vs. 20.2%",
-             "chi-square 2 x 3: " + ("undefined" if chi["statistic"] is None else
-                                     f"{chi['statistic']:.2f} (dof {chi['dof']}, p {chi['p_value']:.3g})")]
+    names = {"lora": "LoRA", "mlp": "MLP", "random": "random directions"}
+    lines = ["monosemantic features: " + ", ".join(f"{names[k]} {_fmt(cl[k]['shares']['monosemantic'])} "
+                                                  f"(n={cl[k]['n']})" for k in cl) + "; paper 22.4% vs. 20.2%",
+             "chi-square 2 x 3, LoRA vs. MLP features (polarities as separate units): " + (
+                 "undefined" if chi["statistic"] is None else
+                 f"{chi['statistic']:.2f} (dof {chi['dof']}, p {chi['p_value']:.3g})")]
+    sites = comp["sites"]
+    lines.append("monosemantic sites (either polarity): " + ", ".join(
+        f"{names[k]} {_fmt(v['monosemantic'])} (n={v['n']})" for k, v in sites["shares"].items()))
+    for k, d in sites["lora_minus"].items():
+        lines.append(f"sites, LoRA minus {names[k]}: {_fmt(d)} ({d.get('test')})")
+    dens = comp.get("density")
+    if dens:
+        lines.append("monosemantic share standardised to LoRA's firing densities: " + ", ".join(
+            f"{names[k]} {'undefined' if v is None else f'{100 * v:.1f}%'}"
+            for k, v in dens["standardised_to_lora"].items()))
+        for b in dens["bins"]:
+            lines.append(f"density {b['density'][0]:.3g}-{b['density'][1]:.3g}: " + ", ".join(
+                f"{names[k]} {_fmt(b[k]['monosemantic']) if b[k]['n'] else '-'} (n={b[k]['n']})" for k in cl))
     for m, s in comp["scores"].items():
+        lines.append(f"{m}: features without a score: " + ", ".join(f"{names[k]} {s[k]['n_undefined']}" for k in cl))
         mw = s["mann_whitney"]
         if mw["p_value"] is not None:
             lines.append(f"{m}: median LoRA {mw['median_a']:.3f} vs. MLP {mw['median_b']:.3f}, P(LoRA > MLP) "
@@ -229,5 +284,5 @@ def comparison_findings(comp: dict[str, Any]) -> list[str]:
     for e in (comp.get("enrichment") or {}).values():
         paper = f" (paper {e['paper']}x)" if e.get("paper") else ""
         lines.append(f"enrichment {e['name']}: {_fmt(e['enrichment'], pct=False)} "
-                     f"({e['lora_count']} LoRA / {e['mlp_count']} MLP){paper}")
+                     f"({e['lora_count']} LoRA / {e['mlp_count']} MLP; BH q {e['q_bh']:.3g}){paper}")
     return lines

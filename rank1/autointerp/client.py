@@ -1,18 +1,24 @@
 """Chat completions from any OpenAI-compatible endpoint (OpenAI, vLLM, ``transformers serve``), cached.
 
 - The ``openai`` client sends the requests; the API key is read from an environment variable whose *name*
-  the config holds (default ``OPENAI_API_KEY``) and is never written anywhere (error texts are scrubbed).
+  the config holds (default ``OPENAI_API_KEY``) and is never written anywhere: error texts are scrubbed of it
+  and of the credentials of the base URL (``http://user:KEY@host/v1`` is sent as given, written as
+  ``http://user:***@host/v1``), and the HTTP libraries under the client are kept at WARNING (they log every
+  request's URL at INFO).
 - Cache: one JSON file per request under ``<cache root>/autointerp/``, keyed by sha256 of the model and
   the request (messages and sampling settings), written atomically; a rerun sends no request for what
   it has seen. The raw answer is cached, so a malformed answer stays malformed (and recorded as an error)
-  until the prompt or the model changes.
+  until the prompt or the model changes, or a run retries the feature: inside :meth:`ChatClient.refreshing`
+  (a failed feature retried, see :mod:`rank1.autointerp.run`) the cache is not read, and the new answer
+  replaces the entry.
 - Bounded concurrency: at most ``concurrency`` requests in flight, whatever the number of threads.
 - Retries: connection errors, timeouts, 429 and 5xx are retried with exponential backoff and jitter
   (a 429's ``Retry-After`` is honoured); the client's own retries are off, so every retry is counted
   and the first request that exhausts them aborts the whole run (:class:`EndpointError`) instead of every
   feature retrying against a dead server. A wrong key (401/403), a model the server does not serve (404,
   or a 4xx that names the requested model) abort at once with a message that says what to fix. Other 4xx answers
-  (a prompt too long, say) are recorded as that request's error.
+  (a prompt too long, say) and an answer that is no chat completion (a proxy's HTML page, text that is not JSON)
+  are recorded as that request's error (counted as ``failed_requests``).
 
 The retry loop is written here rather than left to ``openai`` (which retries too) for the counts and the
 run-wide abort.
@@ -24,13 +30,17 @@ import json
 import logging
 import os
 import random
+import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rank1.artifacts import read_json, settings_digest, write_json
+from rank1.artifacts import REDACTED, read_json, settings_digest, strip_credentials, write_json
+from rank1.logs import HTTP_LOGGERS
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +84,15 @@ class LLMSettings:
 
 @dataclass
 class Usage:
-    """Counts for the progress bar and the summary (cost-relevant: requests and tokens)."""
+    """Counts for the progress bar and the summary (cost-relevant: requests and tokens). ``failed_requests``:
+    requests that got no usable chat completion (an HTTP error answer other than those that stop the run, no
+    message content, an answer that is no chat completion); an answer that came but does not parse is the
+    caller's error, not counted here."""
 
     requests: int = 0
     cached: int = 0
     retries: int = 0
-    errors: int = 0
+    failed_requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -90,7 +103,7 @@ class Usage:
                 setattr(self, k, getattr(self, k) + v)
 
     def to_dict(self) -> dict[str, int]:
-        return {k: getattr(self, k) for k in ("requests", "cached", "retries", "errors", "prompt_tokens",
+        return {k: getattr(self, k) for k in ("requests", "cached", "retries", "failed_requests", "prompt_tokens",
                                               "completion_tokens")}
 
 
@@ -113,9 +126,24 @@ class ChatClient:
         self._slots = threading.BoundedSemaphore(max(1, settings.concurrency))
         self.usage = Usage()
         self.abort = threading.Event()  # set on the first fatal error: other threads stop at once
+        self._local = threading.local()  # .fresh: this thread's requests skip the cache (refreshing)
+        quiet_http_loggers(self._client)
+
+    @contextmanager
+    def refreshing(self) -> Iterator[None]:
+        """Inside, this thread's requests do not read the cache: they are sent, and a new answer replaces the
+        cached one (a failed feature retried gets new answers, not its old malformed ones)."""
+        before = getattr(self._local, "fresh", False)
+        self._local.fresh = True
+        try:
+            yield
+        finally:
+            self._local.fresh = before
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._key, "***") if self._key else text
+        """``text`` without the API key and without the credentials of any URL in it."""
+        text = strip_credentials(text)
+        return text.replace(self._key, REDACTED) if self._key else text
 
     def complete(self, messages: list[dict[str, str]]) -> Completion:
         s = self.settings
@@ -124,7 +152,7 @@ class ChatClient:
             request["temperature"] = s.temperature
         key = settings_digest({"model": s.model, **request})
         path = self.cache_dir / key[:2] / f"{key}.json" if self.cache_dir else None
-        if path is not None and path.is_file():
+        if path is not None and path.is_file() and not getattr(self._local, "fresh", False):
             try:
                 hit = read_json(path)
                 self.usage.add(cached=1)
@@ -165,15 +193,22 @@ class ChatClient:
             except openai.APIStatusError as e:
                 if s.model in self._detail(e):  # transformers serve: 400 "pinned to X; requested Y"
                     raise self._fatal(self._not_served(e)) from None
-                self.usage.add(errors=1)
+                self.usage.add(failed_requests=1)
                 return Completion(None, error=self._describe(e))
+            except (json.JSONDecodeError, openai.APIResponseValidationError) as e:  # a body that is not JSON
+                self.usage.add(failed_requests=1)
+                return Completion(None, error=self._scrub(f"the answer is not a chat completion ({e})"[:500]))
+            if not hasattr(resp, "choices"):  # a body of another content type comes back as its text
+                self.usage.add(failed_requests=1)
+                return Completion(None, error=self._scrub(f"the answer is not a chat completion: "
+                                                          f"{str(resp)[:200]!r}"))
             choice = resp.choices[0] if resp.choices else None
             text = choice.message.content if choice is not None and choice.message is not None else None
             u = resp.usage
             pt, ct = (u.prompt_tokens or 0, u.completion_tokens or 0) if u is not None else (0, 0)
             self.usage.add(prompt_tokens=pt, completion_tokens=ct)
             if text is None:
-                self.usage.add(errors=1)
+                self.usage.add(failed_requests=1)
                 return Completion(None, pt, ct, error="the answer has no message content")
             return Completion(text, pt, ct)
         raise AssertionError("unreachable")
@@ -226,3 +261,15 @@ class ChatClient:
         return (f"the LLM endpoint {s.base_url} kept failing after {attempts} attempts ({self._describe(err)}); "
                 f"lower --llm_concurrency or wait, then rerun the same command to continue (finished features "
                 f"are kept)")
+
+
+def quiet_http_loggers(client: Any) -> None:
+    """Set the loggers of the ``openai`` client and of the HTTP library it runs on to WARNING: the fixed list
+    :data:`rank1.logs.HTTP_LOGGERS` and the packages the client's HTTP objects actually come from (``openai``
+    may run on a fork of ``httpx``, whose loggers have other names)."""
+    http = getattr(client, "_client", None)
+    transport = getattr(http, "_transport", None)
+    packages = {cls.__module__.split(".")[0] for obj in (http, transport, getattr(transport, "_pool", None))
+                if obj is not None for cls in type(obj).__mro__}
+    for name in sorted(set(HTTP_LOGGERS) | (packages - set(sys.stdlib_module_names))):
+        logging.getLogger(name).setLevel(logging.WARNING)

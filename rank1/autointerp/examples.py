@@ -9,7 +9,10 @@
   most ``n_score_quiet``. Part 1 samples them with the whole +-context window quiet, which a dense feature
   (active on a third of all tokens, say) rarely has; when there are fewer than wanted (``n_score_quiet``,
   else part 1's ``n_random``), quiet +-``window`` spans cut from the held-out activating windows (away
-  from their example token) fill up. A feature with no quiet context at all gets no detection score.
+  from their example token) fill up. A feature with no quiet context at all (a dense feature: the lexicon
+  rates such features, so leaving them unscored would select on density) takes its negatives from its own
+  low deciles instead: spans whose values stay at or below the upper edge of its k-th lowest decile of active
+  values, the smallest k (at most :data:`LOW_DECILES`) that gives any (``quiet_level`` = k).
 
 Values are the feature's ``v``: for a negative-polarity feature the strength of the negative direction
 (``-x``), so every feature reads "bigger is stronger". Windows keep the full context of the top-k
@@ -25,6 +28,8 @@ from typing import Any
 import numpy as np
 
 from rank1.topk import N_DECILES, TopKResult
+
+LOW_DECILES = 5  # a dense feature's negatives stay within its lower half of active values at most
 
 
 @dataclass
@@ -47,6 +52,7 @@ class FeatureExamples:
     quiet: list[Window] = field(default_factory=list)
     threshold: float | None = None  # a token is active above this value (the top-k artifact's threshold)
     window: int = 8  # tokens shown on each side of the peak
+    quiet_level: int = 0  # 0: negatives below the threshold; k: a dense feature's, below its k-th decile edge
 
     @property
     def name(self) -> str:
@@ -96,11 +102,25 @@ def build_examples(res: TopKResult, f: int, n_examples: int = 10, window: int = 
     want = n_score_quiet or random_slots
     if len(quiet) < want and thr is not None:
         quiet += quiet_spans(active, thr, window, want - len(quiet))
+    quiet_level = 0
+    if not quiet and want and "decile_edges_FD1" in res.tensors:
+        quiet, quiet_level = low_decile_spans(active, res.tensors["decile_edges_FD1"][f].tolist(), window, want)
     if n_score_active:
         active = active[:n_score_active]
     if n_score_quiet:
         quiet = quiet[:n_score_quiet]
-    return FeatureExamples(f, res.features[f], top, active, quiet, thr, window)
+    return FeatureExamples(f, res.features[f], top, active, quiet, thr, window, quiet_level)
+
+
+def low_decile_spans(windows: list[Window], edges: list[float], window: int, n: int) -> tuple[list[Window], int]:
+    """Negatives of a feature with no quiet span (a dense one): spans of held-out windows whose values stay at or
+    below the upper edge of the feature's own k-th lowest decile of active values, for the smallest k in
+    1..:data:`LOW_DECILES` that gives any; returns (spans, k), or ([], 0). Detection then asks whether the
+    explanation tells the feature's strong activity from its weakest."""
+    for k in range(1, min(LOW_DECILES, len(edges) - 1) + 1):
+        if np.isfinite(edges[k]) and (spans := quiet_spans(windows, float(edges[k]), window, n)):
+            return spans, k
+    return [], 0
 
 
 def quiet_spans(windows: list[Window], thr: float, window: int, n: int) -> list[Window]:

@@ -1,7 +1,9 @@
 """Held-out scoring of explanations (EleutherAI delphi's detection and fuzzing), LLM and offline.
 
 Every example here is held out: part 1's decile samples and non-activating windows are disjoint from the
-top-k examples an explanation is written from.
+top-k examples an explanation is written from. A dense feature without any quiet span is scored against
+spans from its own low deciles (:mod:`rank1.autointerp.examples`), so no feature goes unscored for its
+density; each detection result says where its negatives came from (``negatives``).
 
 - Detection: the activating held-out examples (label 1) and the non-activating windows (label 0), each shown
   as +-``window`` tokens without marks; the scorer says whether the feature fires anywhere in it. Score:
@@ -37,6 +39,7 @@ from rank1.autointerp.explainers import Explanation
 from rank1.autointerp.lexicon import CATEGORY_CUES, normalise_token, token_categories
 from rank1.autointerp.prompts import AnswerError, detection_messages, fuzzing_messages, parse_answers
 
+DENSE_NEGATIVES = "low deciles"  # a feature without quiet spans is scored against its weakest activity
 QUOTED_RE = re.compile(r'"([^"]+)"|“([^”]+)”')
 
 
@@ -86,6 +89,12 @@ def _result(y_true: list[int], y_pred: list[int], **extra: Any) -> dict[str, Any
     return out
 
 
+def negatives_of(ex: FeatureExamples) -> dict[str, Any]:
+    """Where the detection negatives came from: below the feature's threshold, or (a dense feature) from its own
+    low deciles (:func:`rank1.autointerp.examples.low_decile_spans`)."""
+    return {"n": len(ex.quiet), "source": f"low decile {ex.quiet_level}" if ex.quiet_level else "below threshold"}
+
+
 def parse_predicate(text: str) -> dict[str, list[str]]:
     """Tokens (double-quoted strings) and categories (cue words) an explanation's text names."""
     tokens = [_unescape(a or b) for a, b in QUOTED_RE.findall(text)]
@@ -109,7 +118,7 @@ class OfflineScorer:
         self.seed = seed
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "offline", "seed": self.seed}
+        return {"kind": "offline", "seed": self.seed, "dense_negatives": DENSE_NEGATIVES}
 
     def score(self, ex: FeatureExamples, explanation: Explanation) -> dict[str, dict[str, Any]]:
         if not explanation.text:
@@ -128,7 +137,7 @@ class OfflineScorer:
         for w, marks, _ in fuzz:
             m = matches(w)
             fuzz_pred.append(int(2 * sum(m[i] for i in marks) >= len(marks)))
-        return {"detection": _result([y for _, y in det], det_pred),
+        return {"detection": _result([y for _, y in det], det_pred, negatives=negatives_of(ex)),
                 "fuzzing": _result([y for *_, y in fuzz], fuzz_pred)}
 
 
@@ -140,7 +149,8 @@ class LLMScorer:
         self.client, self.batch, self.seed = client, batch, seed
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "llm", "batch": self.batch, "seed": self.seed, **self.client.settings.describe()}
+        return {"kind": "llm", "batch": self.batch, "seed": self.seed, "dense_negatives": DENSE_NEGATIVES,
+                **self.client.settings.describe()}
 
     def _ask(self, items: list, build, ex: FeatureExamples, salt: int) -> dict[str, Any]:
         rng = np.random.default_rng([self.seed, ex.feature, salt])
@@ -169,6 +179,7 @@ class LLMScorer:
             return {m: {"error": "no explanation"} for m in ("detection", "fuzzing")}
         text, win = explanation.text, ex.window
         det = self._ask(detection_items(ex), lambda c: detection_messages(text, [w for w, _ in c], win), ex, 1)
+        det["negatives"] = negatives_of(ex)
         fuzz = self._ask(fuzzing_items(ex, self.seed),
                          lambda c: fuzzing_messages(text, [(w, m) for w, m, _ in c], win), ex, 3)
         return {"detection": det, "fuzzing": fuzz}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,10 @@ class AutointerpConfig(RunOptions):
     score_batch: int = option("examples per scoring request (LLM scorer)", 10)
     max_features: int = option("explain a seeded random sample of this many features (0: all)", 0)
     seed: int = option("seed of example order, fuzzing marks and the feature sample", 0)
+    max_failed_share: float = option("fail the run (exit 2, after writing its records) when more than this share "
+                                     "of the attempted features failed (skipped ones not counted); a rerun of the "
+                                     "same command retries the failed ones. Not a setting: changing it recomputes "
+                                     "nothing", 0.1)
     llm_base_url: str = option(f"OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (empty: "
                                f"${K.ENV_LLM_BASE_URL})", "")
     llm_model: str = option(f"model name the endpoint serves (empty: ${K.ENV_LLM_MODEL})", "")
@@ -79,7 +84,8 @@ class AutointerpConfig(RunOptions):
     def _option_values(self, concurrency: int) -> dict:
         return {"n_examples": self.n_examples, "window": self.window, "per_doc_cap": self.per_doc_cap,
                 "n_score_active": self.n_score_active, "n_score_quiet": self.n_score_quiet, "seed": self.seed,
-                "concurrency": concurrency, "max_features": self.max_features}
+                "concurrency": concurrency, "max_features": self.max_features,
+                "max_failed_share": self.max_failed_share}
 
     @property
     def uses_llm(self) -> bool:
@@ -110,10 +116,11 @@ def build_components(cfg: AutointerpConfig):
 
 
 def run_stage(cfg: AutointerpConfig, kind: str, topk_stage: str | None = None, out_stage: str | None = None,
-              made_by: str | None = None) -> Path:
+              made_by: str | None = None, after: Callable[[str, Path], object] | None = None) -> Path:
     """Explain the ``kind`` ('lora' | 'mlp' | 'sae') features of the run; returns the output folder. The
     features are read from ``results/<profile>/<topk_stage>/<run>`` (default ``<kind>_topk``, made by
-    ``made_by``) and the results written to ``<out_stage>`` (default ``<kind>_autointerp``)."""
+    ``made_by``) and the results written to ``<out_stage>`` (default ``<kind>_autointerp``). ``after(run name,
+    output folder)`` runs once the results are written (the LoRA dashboard of 2.3 picks up the explanations)."""
     run = cfg.resolve_run()
     src = Path(cfg.topk) if cfg.topk else results_dir(cfg.profile, topk_stage or f"{kind}_topk", run.name)
     out = Path(cfg.out) if cfg.out else results_dir(cfg.profile, out_stage or K.AUTOINTERP_STAGE.format(kind=kind),
@@ -128,7 +135,10 @@ def run_stage(cfg: AutointerpConfig, kind: str, topk_stage: str | None = None, o
     record = {**public_config(cfg), "kind": kind, "topk": str(src), "identity": res.meta.get("identity"),
               "store_key": res.meta.get("store_key"), "corpus": res.meta.get("corpus"),
               "n_tokens": res.meta.get("n_tokens"), "n_layers": _n_layers(res, run.model_id)}
-    return run_autointerp(res, out, explainer, scorer, categoriser, cfg.options(), record, cfg.overwrite)
+    out = run_autointerp(res, out, explainer, scorer, categoriser, cfg.options(), record, cfg.overwrite)
+    if after is not None:
+        after(run.name, out)
+    return out
 
 
 def _n_layers(res: TopKResult, model_id: str) -> int | None:

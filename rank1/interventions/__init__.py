@@ -1,6 +1,8 @@
 """Stage 4 (``4_lora_interventions/``): steering, attribution, counterfactual rollouts, correctness probes
 and the geometry of the rank-1 factors. ``config`` holds the scripts' configs, ``stage`` one
-``run_<script>`` per script; the other modules are the numerics and the figures. No later stage reads
-anything of it."""
+``run_<script>`` per script; the other modules are the numerics and the figures. The report reads
+the name of the probe every baseline is compared with."""
 
-__all__: list[str] = []
+from rank1.interventions.config import PROBE
+
+__all__ = ["PROBE"]

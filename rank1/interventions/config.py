@@ -9,9 +9,12 @@ from dataclasses import dataclass
 from rank1.config import option
 from rank1.interventions.attribution import TARGETS
 from rank1.interventions.steering import RESIDUAL_WRITERS
+from rank1.lora import parse_projections
 from rank1.runs import RunOptions
+from rank1.serving import VLLM_MISSING, ServingOptions
 
 PROBLEM_SOURCES = ("heldout", "math500", "aime24")
+PROBE = "adapters (trace + last)"  # the probe every baseline is compared with
 
 
 def check_problems(value: str, allowed: tuple[str, ...]) -> None:
@@ -27,29 +30,6 @@ class StageOptions(RunOptions):
     overwrite: bool = option("recompute even if the artifacts exist", False)
 
 
-def layer_list(text: str) -> list[int]:
-    """The layer numbers of a comma-separated ``--layers`` value; a clear error when one is not a layer number."""
-    try:
-        layers = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        layers = [-1]
-    if any(layer < 0 for layer in layers):
-        raise ValueError(f"--layers must be comma-separated layer numbers (0, 1, ...), got {text!r}")
-    return layers
-
-
-def floats(text: str, flag: str) -> list[float]:
-    """The numbers of a comma-separated ``--flag`` value; a clear error when one is not a number or
-    none is given."""
-    try:
-        values = [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise ValueError(f"--{flag} must be comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise ValueError(f"--{flag} is empty")
-    return values
-
-
 @dataclass
 class SteeringConfig(StageOptions):
     """4.0: the steering sweep (layers, adapters, magnitudes) and its generation budgets."""
@@ -58,20 +38,25 @@ class SteeringConfig(StageOptions):
     offset: int = option("first held-out problem", 0)
     problems: str = option("problem source: heldout (the generated split), math500 or aime24 (graded with their "
                            "graders; the paper profile: s1K-1.1 has no held-out split)", "heldout")
-    layers: str = option("layers to steer, comma-separated (empty: --n_layers evenly spaced)", "")
+    layers: list[int] = option("layers to steer (empty: --n_layers evenly spaced)", [])
     n_layers: int = option("evenly spaced layers when --layers is empty", 3)
-    scalar_projections: str = option("adapters whose scalar is steered (all, mlp, attn or a list)", "down_proj")
-    vector_projections: str = option("adapters whose unit B is added (o_proj and/or down_proj; '' for none)",
-                                     "down_proj")
+    scalar_projections: list[str] = option("adapters whose scalar is steered (all, mlp, attn or a list); saved as "
+                                           "the full names", ["down_proj"])
+    vector_projections: list[str] = option("adapters whose unit B is added (o_proj and/or down_proj; '' for none)",
+                                           ["down_proj"])
     scalar_mode: str = option("offset (a + m std) or scale (m a)", "offset")
-    scalar_magnitudes: str = option("m for the scalar, in natural std (offset) or as a factor (scale)",
-                                    "-30,-3,1,3,10,30,100")
-    vector_magnitudes: str = option("m for the vector, in units of the layer's mean residual norm",
-                                    "0.03,0.1,0.3,1,3")
+    scalar_magnitudes: list[float] = option("m for the scalar, in natural std (offset) or as a factor (scale)",
+                                            [-30.0, -3.0, 1.0, 3.0, 10.0, 30.0, 100.0])
+    vector_magnitudes: list[float] = option("m for the vector, in units of the layer's mean residual norm",
+                                            [0.03, 0.1, 0.3, 1.0, 3.0])
     think_tokens: int = option("thinking budget of each generation", 64)
     answer_tokens: int = option("answer budget", 8)
     batch_size: int = option("generation batch size", 8)
     kl_threshold: float = option("mean KL (nats) above which a setting counts as changing the output", 0.1)
+    random_control: bool = option("also sweep, at every steered site, a random vector of B's norm through the same "
+                                  "magnitudes (the control of the onset; doubles the steered passes)", True)
+    random_seed: int = option("seed of the random control's vectors (one per site: seed, layer, projection)", 0)
+    n_resamples: int = option("bootstrap resamples of problems for the onset CIs", 2000)
     n_examples: int = option("generations saved per setting", 2)
     topk: str | None = option("top-k folder of 2.1 with the activation moments (default: results/<profile>/"
                               "lora_topk/<run>)")
@@ -81,14 +66,18 @@ class SteeringConfig(StageOptions):
         check_problems(self.problems, PROBLEM_SOURCES)
         if self.scalar_mode not in ("offset", "scale"):
             raise ValueError(f"--scalar_mode must be offset or scale, got {self.scalar_mode!r}")
-        floats(self.scalar_magnitudes, "scalar_magnitudes")
-        floats(self.vector_magnitudes, "vector_magnitudes")
-        layer_list(self.layers)
-        bad = [p for p in self.vector_projections.split(",") if p.strip() and p.strip() not in RESIDUAL_WRITERS]
+        if not self.scalar_magnitudes or not self.vector_magnitudes:
+            raise ValueError("--scalar_magnitudes and --vector_magnitudes must not be empty")
+        if any(layer < 0 for layer in self.layers):
+            raise ValueError(f"--layers must be layer numbers (0, 1, ...), got {self.layers}")
+        self.scalar_projections = list(parse_projections(self.scalar_projections, "scalar_projections"))
+        if self.vector_projections:
+            self.vector_projections = list(parse_projections(self.vector_projections, "vector_projections"))
+        bad = [p for p in self.vector_projections if p not in RESIDUAL_WRITERS]
         if bad:
             raise ValueError(f"--vector_projections {bad}: only {RESIDUAL_WRITERS} write to the residual stream")
-        if min(self.n_problems, self.n_layers, self.think_tokens, self.batch_size) < 1:
-            raise ValueError("--n_problems, --n_layers, --think_tokens and --batch_size must be >= 1")
+        if min(self.n_problems, self.n_layers, self.think_tokens, self.batch_size, self.n_resamples) < 1:
+            raise ValueError("--n_problems, --n_layers, --think_tokens, --batch_size and --n_resamples must be >= 1")
 
 
 @dataclass
@@ -118,7 +107,7 @@ class AttributionConfig(StageOptions):
 
 
 @dataclass
-class RolloutConfig(StageOptions):
+class RolloutConfig(ServingOptions, StageOptions):  # the run options first, then the vLLM fields, then these
     """4.2: rollouts per held-out problem, their sampling and budgets, and the paired tests."""
 
     n_problems: int = option("held-out problems", 10)
@@ -144,8 +133,8 @@ class RolloutConfig(StageOptions):
         if self.backend not in ("hf", "vllm"):
             raise ValueError(f"--backend must be hf or vllm, got {self.backend!r}")
         if self.backend == "vllm" and importlib.util.find_spec("vllm") is None:
-            raise ValueError("--backend vllm asked for, but vllm is not installed (it needs a CUDA torch): "
-                             "pip install vllm on a GPU machine, or use --backend hf")
+            raise ValueError(f"--backend vllm asked for, but {VLLM_MISSING}; or use --backend hf")
+        self.check_serving()
         if self.n_samples < 2:
             raise ValueError(f"--n_samples must be >= 2 to compare attempts of one problem, got {self.n_samples}")
         if min(self.n_problems, self.last_tokens, self.batch_size) < 1 or self.temperature <= 0:
@@ -160,20 +149,19 @@ class ProbeConfig(StageOptions):
     n_splits: int = option("outer folds, grouped by problem", 5)
     inner_splits: int = option("inner folds that choose the regularisation", 3)
     n_resamples: int = option("bootstrap resamples of problems for the AUC CIs", 2000)
-    cs: str = option("inverse L2 strengths C the inner folds choose from", "0.01,0.1,1,10")
+    cs: list[float] = option("inverse L2 strengths C the inner folds choose from", [0.01, 0.1, 1.0, 10.0])
+    n_permutations: int = option("label permutations (by problem) of the probe's permutation test; each refits the "
+                                 "whole cross-validation (0: no test)", 200)
     one_class: str = option("when every rollout has the same grade: error (stop with an error) | record (write "
                             "probes.json saying so, no AUCs; for models that answer nothing right)", "error")
 
     def __post_init__(self):
         if self.one_class not in ("error", "record"):
             raise ValueError(f"--one_class must be error or record, got {self.one_class!r}")
-        if self.n_splits < 2 or self.inner_splits < 2 or self.n_resamples < 1:
-            raise ValueError("--n_splits and --inner_splits must be >= 2, --n_resamples >= 1")
-        try:
-            if not all(float(c) > 0 for c in self.cs.split(",")):
-                raise ValueError
-        except ValueError:
-            raise ValueError(f"--cs must be comma-separated positive numbers, got {self.cs!r}") from None
+        if self.n_splits < 2 or self.inner_splits < 2 or self.n_resamples < 1 or self.n_permutations < 0:
+            raise ValueError("--n_splits and --inner_splits must be >= 2, --n_resamples >= 1, --n_permutations >= 0")
+        if not self.cs or min(self.cs) <= 0:
+            raise ValueError(f"--cs must be positive numbers (at least one), got {self.cs}")
 
 
 @dataclass

@@ -66,7 +66,8 @@ STEERING_PANELS = (("kl", "KL(unsteered || steered), nats"), ("markers_per_100",
 
 
 def plot_steering(report: dict, stem: Path) -> list[Path]:
-    """One row per steering mode, one column per measure, a line per adapter over the magnitude m."""
+    """One row per steering mode, one column per measure, a line per adapter over the magnitude m: solid along
+    the LoRA's B, dashed in the same colour along the random control of B's norm (where the sweep has it)."""
     modes = list(dict.fromkeys(r["mode"] for r in report["settings"]))
     fig, axes = plt.subplots(len(modes), len(STEERING_PANELS), figsize=(3.2 * len(STEERING_PANELS), 2.8 * len(modes)),
                              squeeze=False)
@@ -74,13 +75,19 @@ def plot_steering(report: dict, stem: Path) -> list[Path]:
             "vector": "m (mean residual norm)"}
     for row, mode in zip(axes, modes, strict=True):
         rows = [r for r in report["settings"] if r["mode"] == mode]
-        for adapter in dict.fromkeys((r["layer"], r["proj"]) for r in rows):
-            mine = sorted((r for r in rows if (r["layer"], r["proj"]) == adapter), key=lambda r: r["m"])
-            for ax, (key, _) in zip(row, STEERING_PANELS, strict=True):
-                ax.plot([r["m"] for r in mine], [r[key] for r in mine], marker=".", lw=1,
-                        label=f"L{adapter[0]} {adapter[1].removesuffix('_proj')}")
+        for k, adapter in enumerate(dict.fromkeys((r["layer"], r["proj"]) for r in rows)):
+            name = f"L{adapter[0]} {adapter[1].removesuffix('_proj')}"
+            for direction, ls in (("lora", "-"), ("random", "--")):
+                mine = sorted((r for r in rows if (r["layer"], r["proj"]) == adapter
+                               and r.get("direction", "lora") == direction), key=lambda r: r["m"])
+                for ax, (key, _) in zip(row, STEERING_PANELS, strict=True):
+                    if mine:
+                        ax.plot([r["m"] for r in mine], [r[key] for r in mine], marker=".", lw=1, ls=ls,
+                                color=f"C{k}", label=name if direction == "lora" else f"{name} random")
         for k, o in enumerate(o for o in report["onsets"] if o["mode"] == mode and o["paper_m"] is not None):
             row[0].axvline(o["paper_m"], color=f"C{k}", ls=":", lw=0.8)
+        if "kl_threshold" in report.get("config", {}):
+            row[0].axhline(report["config"]["kl_threshold"], color="tab:red", ls=":", lw=0.8)
         for ax, (key, label) in zip(row, STEERING_PANELS, strict=True):
             ax.axhline(report["unsteered"][key], color="gray", ls="--", lw=0.8)
             if all(r["m"] > 0 for r in rows):
@@ -89,7 +96,8 @@ def plot_steering(report: dict, stem: Path) -> list[Path]:
                 ax.set_xscale("symlog", linthresh=min(abs(r["m"]) for r in rows if r["m"]) or 1.0)
             ax.set_xlabel(unit[mode], fontsize=8)
             ax.set_ylabel(label, fontsize=8)
-        row[0].set_title(f"{mode} steering (dotted: the authors' 50x recipe)", fontsize=9, loc="left")
+        row[0].set_title(f"{mode} steering (dashed: random direction of B's norm; dotted: the authors' 50x "
+                         f"recipe; red: the KL threshold of the onset)", fontsize=8, loc="left")
         row[0].legend(fontsize=6)
     fig.tight_layout()
     return save_figure(fig, stem)

@@ -33,16 +33,7 @@ from rank1.capture import Capture, CaptureSpec, decoder_layers
 from rank1.config import data_dir, dataset_file, results_dir
 from rank1.dashboard import write_dashboard
 from rank1.data import load_reasoning_records, read_jsonl
-from rank1.generate import (
-    Budget,
-    FixedLogprobs,
-    HFBackend,
-    Sampling,
-    VLLMBackend,
-    budget_forced_greedy,
-    check_logprob_parity,
-    think_prompt,
-)
+from rank1.generate import Budget, HFBackend, Sampling, budget_forced_greedy, think_prompt
 from rank1.interventions.attribution import agreement, answer_target, attribute, check_problem, target_value
 from rank1.interventions.config import (
     PROBLEM_SOURCES,
@@ -52,8 +43,6 @@ from rank1.interventions.config import (
     RolloutConfig,
     StageOptions,
     SteeringConfig,
-    floats,
-    layer_list,
 )
 from rank1.interventions.dashboard import build_payloads
 from rank1.interventions.geometry import geometry
@@ -65,11 +54,12 @@ from rank1.interventions.plots import (
     plot_site_grid,
     plot_steering,
 )
-from rank1.interventions.probes import PROBE, feature_sets, out_of_fold_scores, verdict
+from rank1.interventions.probes import PROBE, feature_sets, out_of_fold_scores, permutation_test, verdict
 from rank1.interventions.rollouts import (
     compare,
     mixed_problems,
     paired_differences,
+    power_text,
     rollout_ids,
     sample_rollouts,
     trace_means,
@@ -83,10 +73,11 @@ from rank1.interventions.steering import (
     steering,
     teacher_forced_kl,
 )
-from rank1.lora import adapter_vectors, parse_projections, rslora_scale
+from rank1.lora import adapter_vectors, rslora_scale
 from rank1.models import load_tokenizer, num_layers, resolve_model_source
 from rank1.plots import save_figure
 from rank1.runs import Run, check_same_identity
+from rank1.serving import FixedLogprobs, VLLMBackend, VLLMEngine, check_logprob_parity
 from rank1.stats import grouped_auc
 from rank1.store import check_writable
 
@@ -100,11 +91,12 @@ geometry_log = logging.getLogger("4.4_weight_geometry")
 # Config fields a saved result must share with the config asked for now to be reused.
 STEERING_SETTINGS = ("problems", "n_problems", "offset", "layers", "n_layers", "scalar_projections",
                      "vector_projections", "scalar_mode", "scalar_magnitudes", "vector_magnitudes", "think_tokens",
-                     "answer_tokens")
+                     "answer_tokens", "random_control", "random_seed")
+STEERING_REPORT = (*STEERING_SETTINGS, "kl_threshold", "n_resamples")  # the onsets depend on these two as well
 ATTRIBUTION_SETTINGS = ("problems", "dataset", "n_problems", "offset", "target", "freeze", "n_check", "seed")
 ROLLOUT_SETTINGS = ("problems", "n_problems", "offset", "n_samples", "temperature", "seed", "think_tokens",
                     "answer_tokens", "last_tokens", "mlp_baseline", "require_complete", "backend")
-PROBE_SETTINGS = ("n_splits", "inner_splits", "n_resamples", "rollouts", "cs")
+PROBE_SETTINGS = ("n_splits", "inner_splits", "n_resamples", "rollouts", "cs", "n_permutations")
 GEOMETRY_SETTINGS = ("absolute",)
 REDO = "pass --overwrite to recompute it, or --out for a new folder"
 
@@ -165,44 +157,59 @@ def heldout_problems(profile: str, n: int, offset: int = 0, source: str = "heldo
 
 def run_steering(cfg: SteeringConfig) -> Path:
     """4.0: sweep every steering setting (or reuse the saved sweep), log each adapter's KL onset, plot."""
-    run, folder, config, report = start(cfg, K.STEERING_STAGE, K.STEERING_JSON, STEERING_SETTINGS)
+    run, folder, config, report = start(cfg, K.STEERING_STAGE, K.STEERING_JSON, STEERING_REPORT)
     if report is None:
         report = _sweep(cfg, run, folder, config)
     for row in report["onsets"]:
-        steering_log.info("%-16s %-6s KL onset m=%s; authors' recipe corresponds to m=%s", row["adapter"],
-                          row["mode"], row["kl_onset"], "-" if row["paper_m"] is None else f"{row['paper_m']:.3g}")
+        control = (f"; random direction of B's norm: m={onset_text(row.get('random_kl_onset_ci'))}"
+                   if "random_kl_onset" in row else "")
+        steering_log.info("%-16s %-6s KL onset m=%s%s; authors' recipe corresponds to m=%s", row["adapter"],
+                          row["mode"], onset_text(row.get("kl_onset_ci")) if row.get("kl_onset_ci") else
+                          row["kl_onset"], control, "-" if row["paper_m"] is None else f"{row['paper_m']:.3g}")
     for path in plot_steering(report, folder / K.STEERING_STEM):
         steering_log.info("wrote %s", path)
     return folder
 
 
+def onset_text(ci: dict | None) -> str:
+    """An onset with its CI, ``10 [3, >100]`` (``>top`` where beyond the sweep), or ``-``."""
+    if not ci:
+        return "-"
+    top = "beyond the sweep"
+
+    def one(x):
+        return top if x is None else f"{x:g}"
+
+    return f"{one(ci['value'])} [{one(ci['lo'])}, {one(ci['hi'])}]"
+
+
 def check_layers(cfg: SteeringConfig, n_layers: int) -> None:
     """``--layers`` are layers of the model (``n_layers`` decoder layers)."""
-    bad = [layer for layer in layer_list(cfg.layers) if layer >= n_layers]
+    bad = [layer for layer in cfg.layers if layer >= n_layers]
     if bad:
-        raise ValueError(f"--layers {cfg.layers}: layer {', '.join(map(str, bad))} is out of range (the model has "
-                         f"{n_layers} layers: 0..{n_layers - 1})")
+        raise ValueError(f"--layers {','.join(map(str, cfg.layers))}: layer {', '.join(map(str, bad))} is out of "
+                         f"range (the model has {n_layers} layers: 0..{n_layers - 1})")
 
 
 def steering_plan(cfg: SteeringConfig, sites) -> list[Steer]:
     """Every (adapter, mode, magnitude) setting of the sweep: the scalar settings, then the vector ones,
-    on ``--layers`` (or ``--n_layers`` evenly spaced layers)."""
+    on ``--layers`` (or ``--n_layers`` evenly spaced layers); with ``--random_control`` each one is followed
+    by its random-direction twin."""
     n = max(s.layer for s in sites) + 1
-    layers = (layer_list(cfg.layers) if cfg.layers.strip()
-              else sorted({round((i + 0.5) * n / cfg.n_layers - 0.5) for i in range(cfg.n_layers)}))
+    layers = cfg.layers or sorted({round((i + 0.5) * n / cfg.n_layers - 0.5) for i in range(cfg.n_layers)})
     index = {(s.layer, s.proj): i for i, s in enumerate(sites)}
     out = []
     for kind, projs, ms in (
-            (cfg.scalar_mode, parse_projections(cfg.scalar_projections), floats(cfg.scalar_magnitudes, "")),
-            ("vector", parse_projections(cfg.vector_projections) if cfg.vector_projections.strip() else (),
-             floats(cfg.vector_magnitudes, ""))):
+            (cfg.scalar_mode, cfg.scalar_projections, cfg.scalar_magnitudes),
+            ("vector", cfg.vector_projections, cfg.vector_magnitudes)):
         for layer in layers:
             for p in projs:
                 if (layer, p) not in index:
                     adapted = sorted({s.layer for s in sites if s.proj == p})
                     raise ValueError(f"--layers {layer}: the run has no {p} adapter on layer {layer} (its {p} "
                                      f"adapters are on layers {', '.join(map(str, adapted)) or 'none'})")
-                out += [Steer(index[(layer, p)], kind, m) for m in ms]
+                directions = ("lora", "random") if cfg.random_control else ("lora",)
+                out += [Steer(index[(layer, p)], kind, m, d) for m in ms for d in directions]
     return out
 
 
@@ -238,28 +245,31 @@ def _sweep(cfg: SteeringConfig, run: Run, folder: Path, config: dict) -> dict:
     records, examples = [], []
     for st in tqdm(settings, desc="steering", unit="setting"):
         site = sites[st.site]
-        key = partial / f"{site.layer:03d}_{site.proj}_{st.mode}_{st.m:g}.json"
+        tag = "" if st.direction == "lora" else f"_{st.direction}"
+        key = partial / f"{site.layer:03d}_{site.proj}_{st.mode}_{st.m:g}{tag}.json"
         if key.is_file():
             rec = read_json(key)
         else:
             def ctx(start_B, st=st):
-                return steering(sites, st, std_t, norm_L, layers, start_B)
-            gens = generate(ctx(None), f"L{site.layer} {site.proj} {st.mode} {st.m:g}")
+                return steering(sites, st, std_t, norm_L, layers, start_B, cfg.random_seed)
+            gens = generate(ctx(None), f"L{site.layer} {site.proj} {st.mode} {st.m:g}{tag}")
             kl = teacher_forced_kl(model, ctx, seqs, starts, cfg.batch_size)
-            rec = {"layer": site.layer, "proj": site.proj, "mode": st.mode, "m": st.m,
-                   "kl": sum(kl) / len(kl), **behaviour(gens, golds, bench.grade, tok),
+            rec = {"layer": site.layer, "proj": site.proj, "mode": st.mode, "m": st.m, "direction": st.direction,
+                   "kl": sum(kl) / len(kl), "kl_per_problem": kl, **behaviour(gens, golds, bench.grade, tok),
                    "examples": [{"id": it.id, **g.to_dict()} for it, g in zip(bench.items, gens, strict=True)]
                    [:cfg.n_examples]}
             write_json(key, rec)
-        examples += [{"layer": rec["layer"], "proj": rec["proj"], "mode": rec["mode"], "m": rec["m"], **e}
-                     for e in rec.pop("examples")]
+        examples += [{"layer": rec["layer"], "proj": rec["proj"], "mode": rec["mode"], "m": rec["m"],
+                      "direction": rec["direction"], **e} for e in rec.pop("examples")]
         records.append(rec)
     unsteered = {"kl": 0.0, **behaviour(base, golds, bench.grade, tok)}
     scale = rslora_scale(run.rank or 1)
-    onsets = onset_table(records, sites, std_S, norm_L, mlp_norm_L, scale, cfg.kl_threshold)
+    onsets = onset_table(records, sites, std_S, norm_L, mlp_norm_L, scale, cfg.kl_threshold, cfg.n_resamples,
+                         cfg.random_seed if cfg.random_control else None)
     report = {"identity": run.identity(), "config": config, "unsteered": unsteered, "settings": records,
               "onsets": onsets, "residual_norm_by_layer": norm_L.tolist(),
               "mlp_output_norm_by_layer": mlp_norm_L.tolist(), "rslora_scale": scale,
+              "random_seed": cfg.random_seed if cfg.random_control else None,
               "problems": [it.id for it in bench.items]}
     save_metadata(folder, cfg, run)
     write_text(folder / K.STEERING_GENERATIONS, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples))
@@ -394,6 +404,8 @@ def run_counterfactual_rollouts(cfg: RolloutConfig) -> Path:
         smallest = f"; smallest p {best['p']:.3g} ({best['feature']})" if best else ""
         rollouts_log.info("%-10s %d mixed problems, %d features with q < %.2f%s", name, res["n_problems"],
                           len(res["significant"]), cfg.alpha, smallest)
+        if "min_p_possible" in res:
+            (rollouts_log.warning if res["underpowered"] else rollouts_log.info)("%-10s %s", name, power_text(res))
     for path in plot_counterfactual(report, folder / K.ROLLOUTS_STEM):
         rollouts_log.info("wrote %s", path)
     return folder
@@ -410,43 +422,48 @@ def mlp_spec(cfg: RolloutConfig, run: Run, n_adapters_per_layer: int) -> tuple[d
     return {"neurons_per_layer": per_layer, "seed": m["config"].get("neuron_seed", 0)}, m["sites"]
 
 
-def vllm_backend(cfg: RolloutConfig, run: Run, bench: Benchmark):
-    """vLLM serving the adapter, checked first against the PEFT model's first-token log-probs (computed
-    and freed before vLLM takes the GPU), as the evaluation stage does."""
+def vllm_backend(cfg: RolloutConfig, run: Run, bench: Benchmark) -> tuple[VLLMBackend, Any, dict]:
+    """vLLM serving the adapter as a LoRA request, checked first against the PEFT model's next-token distributions
+    (computed and freed before vLLM takes the GPUs), as the evaluation stage does; returns the backend, the tokenizer
+    and the parity numbers."""
+    thresholds = cfg.parity_thresholds()
     loaded = run.load(cfg.precision, device_map="auto")
-    prompts = [think_prompt(loaded.tokenizer, it.question) for it in bench.items[:4]]
-    reference = FixedLogprobs(HFBackend(loaded.model, loaded.tokenizer).first_token_logprobs(prompts, 5))
+    prompts = [think_prompt(loaded.tokenizer, it.question) for it in bench.items[:cfg.parity_prompts]]
+    reference = FixedLogprobs(HFBackend(loaded.model, loaded.tokenizer).first_token_logprobs(prompts, thresholds.top_k))
     tokenizer = loaded.tokenizer
     del loaded
     gc.collect()
-    torch.cuda.empty_cache()
-    backend = VLLMBackend(resolve_model_source(run.model_id), tokenizer, str(run.weights_dir))
-    check_logprob_parity(reference, backend, prompts, k=5, atol=0.1, what="vllm rollouts")
-    return backend, tokenizer
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    budget = Budget(cfg.think_tokens, cfg.answer_tokens)
+    engine = VLLMEngine(resolve_model_source(run.model_id), tokenizer, cfg.engine_sizing(budget, [run.weights_dir]))
+    backend = engine.backend(str(run.weights_dir))
+    parity = check_logprob_parity(reference, backend, prompts, thresholds, what="vllm rollouts")
+    return backend, tokenizer, parity
 
 
-def _sample(cfg: RolloutConfig, run: Run, bench: Benchmark, partial: Path) -> tuple[list[dict], Any]:
-    """(the graded rollouts, the PEFT model loaded for reading them), sampled with ``cfg.backend``."""
+def _sample(cfg: RolloutConfig, run: Run, bench: Benchmark, partial: Path) -> tuple[list[dict], Any, dict | None]:
+    """(the graded rollouts, the PEFT model loaded for reading them, vLLM's parity numbers or None), sampled with
+    ``cfg.backend``; vLLM's engine is closed before the PEFT model loads."""
     budget, sampling = Budget(cfg.think_tokens, cfg.answer_tokens), Sampling(cfg.temperature, cfg.seed)
     if cfg.backend == "vllm":
-        backend, tokenizer = vllm_backend(cfg, run, bench)
+        backend, tokenizer, parity = vllm_backend(cfg, run, bench)
         records = sample_rollouts(backend.generate, tokenizer, bench, cfg.n_samples, budget, sampling, partial)
+        backend.engine.close()
         del backend
-        gc.collect()
         loaded = run.load(cfg.precision)
-    else:
-        loaded = run.load(cfg.precision)
-        backend = HFBackend(loaded.model, loaded.tokenizer, cfg.batch_size, loaded.autocast)
-        records = sample_rollouts(backend.generate, loaded.tokenizer, bench, cfg.n_samples, budget, sampling,
-                                  partial)
-    return records, loaded
+        return records, loaded, parity
+    loaded = run.load(cfg.precision)
+    backend = HFBackend(loaded.model, loaded.tokenizer, cfg.batch_size, loaded.autocast)
+    records = sample_rollouts(backend.generate, loaded.tokenizer, bench, cfg.n_samples, budget, sampling, partial)
+    return records, loaded, None
 
 
 def _rollouts_report(cfg: RolloutConfig, run: Run, folder: Path, config: dict) -> dict:
     bench = heldout_problems(cfg.profile, cfg.n_problems, cfg.offset, cfg.problems)
     partial = folder / K.ROLLOUTS_PARTIAL_DIR
     resume_partial(partial, partial_stamp(run, config, ROLLOUT_SETTINGS), cfg.overwrite)
-    records, loaded = _sample(cfg, run, bench, partial)
+    records, loaded, parity = _sample(cfg, run, bench, partial)
     question = {it.id: it.question for it in bench.items}
     seqs = [rollout_ids(loaded.tokenizer, question[r["id"]], r["thinking"]) for r in records]
     kinds = ["lora"] + (["mlp"] if cfg.mlp_baseline else [])
@@ -474,7 +491,7 @@ def _rollouts_report(cfg: RolloutConfig, run: Run, folder: Path, config: dict) -
     report = {"identity": run.identity(), "config": config, "n_rollouts": len(records),
               "accuracy": float(np.mean([r["correct"] for r in records])),
               "complete_share": float(np.mean([r["complete"] for r in records])),
-              "mixed_problems": mixed, "sites": {k: names[k] for k in kinds}, "tests": tests}
+              "mixed_problems": mixed, "sites": {k: names[k] for k in kinds}, "tests": tests, "parity": parity}
     save_metadata(folder, cfg, run)
     write_text(folder / K.ROLLOUTS_JSONL, "".join(json.dumps(r, ensure_ascii=False) + "\n"
                                                   for r in records))
@@ -497,6 +514,10 @@ def run_correctness_probes(cfg: ProbeConfig) -> Path:
     for name, e in report["auc"].items():
         ci = "" if e["lo"] is None else f" [{e['lo']:.3f}, {e['hi']:.3f}]"
         probes_log.info("%-28s AUC %s", name, "undefined" if e["value"] is None else f"{e['value']:.3f}{ci}")
+    perm = report.get("permutation")
+    if perm and perm.get("p") is not None:
+        probes_log.info("%s: permutation p %.3f over %d permutations; null AUC median %.3f, 95%% band [%.3f, %.3f]",
+                        PROBE, perm["p"], perm["n_defined"], perm["null_median"], perm["null_lo"], perm["null_hi"])
     probes_log.info("%s", report["verdict"])
     for path in plot_probes(report, folder / K.PROBES_STEM) if report["auc"] else ():
         probes_log.info("wrote %s", path)
@@ -511,7 +532,7 @@ def _probe_report(cfg: ProbeConfig, run: Run, folder: Path, config: dict) -> dic
     check_same_identity(run.identity(), read_json(src / K.ROLLOUTS_JSON)["identity"], f"rollouts in {src}")
     t = load_file(str(src / K.ROLLOUTS_ACTS))
     y, groups = t["correct_R"].numpy().astype(int), t["problem_R"].numpy()
-    auc, vs, chosen = {}, {}, {}
+    auc, vs, chosen, perm = {}, {}, {}, None
     if len(set(y.tolist())) < 2:
         why = (f"all {len(y)} rollouts in {src} are {'correct' if y[0] else 'incorrect'}: nothing to predict; "
                f"rerun 4.2 with more problems or samples")
@@ -520,15 +541,20 @@ def _probe_report(cfg: ProbeConfig, run: Run, folder: Path, config: dict) -> dic
         probes_log.warning("%s (recorded, --one_class record)", why)
     else:
         scores = {"majority class": np.full(len(y), float(y.mean() >= 0.5))}
-        for name, X in tqdm(feature_sets(t).items(), desc="probes", unit="feature set"):
-            scores[name], chosen[name] = out_of_fold_scores(X, y, groups, cfg.n_splits,
-                                                            [float(c) for c in cfg.cs.split(",")], cfg.inner_splits)
-        auc = {n: grouped_auc(y, s, groups, cfg.n_resamples).to_dict() for n, s in scores.items()}
-        vs = {n: grouped_auc(y, scores[PROBE], groups, cfg.n_resamples, baseline_N=s).to_dict()
+        sets = feature_sets(t)
+        for name, X in tqdm(sets.items(), desc="probes", unit="feature set"):
+            scores[name], folds, chosen[name] = out_of_fold_scores(X, y, groups, cfg.n_splits,
+                                                                   cfg.cs, cfg.inner_splits)
+        auc = {n: grouped_auc(y, s, groups, cfg.n_resamples, strata_N=folds).to_dict() for n, s in scores.items()}
+        vs = {n: grouped_auc(y, scores[PROBE], groups, cfg.n_resamples, baseline_N=s, strata_N=folds).to_dict()
               for n, s in scores.items() if n in ("thinking length", "MLP neurons (trace + last)")}
+        if cfg.n_permutations and auc[PROBE]["value"] is not None:
+            perm = permutation_test(sets[PROBE], y, groups, auc[PROBE]["value"], cfg.n_permutations, 0,
+                                    cfg.n_splits, cfg.cs, cfg.inner_splits)
     report = {"identity": run.identity(), "config": config, "n_rollouts": len(y), "n_problems": len(set(groups)),
               "base_rate": float(y.mean()), "auc": auc, "probe_minus_baseline": vs, "chosen_C": chosen,
-              "verdict": verdict(auc, vs) if auc else f"undefined: {why}"}
+              "auc_pairs": "within outer folds (each fold's model has its own offset)", "permutation": perm,
+              "verdict": verdict(auc, vs, perm) if auc else f"undefined: {why}"}
     save_metadata(folder, cfg, run)
     write_json(folder / K.PROBES_JSON, report)
     return report

@@ -15,6 +15,17 @@ at the last prompt position, so steering acts at positions >= prompt length - 1.
 one token per step) a forward pass over more than one position is the prefill, where only the last
 position is steered; every later step is steered whole. Teacher-forced passes give the first steered
 position per row (``start_B``). ``tests/test_interventions.py`` checks both agree.
+
+The random control (``Steer.direction == "random"``): the same setting with B replaced by a random vector of
+the same norm at the same site (:func:`random_direction`, seeded by (seed, layer, projection) so a site's
+control is the same vector in every setting and every run). For a scalar setting the change the edit makes to
+the scalar is written along that vector instead of B (a hook on ``lora_B`` adds ``(a' - a) R``, so the trained
+``B a`` is untouched); for a vector setting the unit random vector is added instead of unit B. Without it an
+onset of "30-100 natural std" could be a property of the site and the norm, not of the LoRA's direction.
+
+The onset (the smallest |m| whose mean KL over problems exceeds the threshold) gets a percentile bootstrap CI
+over problems (:func:`onset_ci`): problems are resampled once per resample for every magnitude of a curve,
+and a resample whose curve never crosses counts as "beyond the sweep" (an upper bound of None).
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ from rank1.lora import AdapterSite
 from rank1.metrics import kl_per_token
 
 MODES = ("offset", "scale", "vector")
+DIRECTIONS = ("lora", "random")  # steer along the trained B, or the random control of the same norm
 RESIDUAL_WRITERS = ("o_proj", "down_proj")
 MARKER_RE = re.compile(r"\bwait\b|\bverif\w*|\bcheck\w*|\bbacktrack\w*|\bhmm\b", re.IGNORECASE)
 
@@ -46,11 +58,23 @@ MARKER_RE = re.compile(r"\bwait\b|\bverif\w*|\bcheck\w*|\bbacktrack\w*|\bhmm\b",
 @dataclass(frozen=True)
 class Steer:
     """One setting: ``mode`` offset | scale (the scalar of ``site``) or vector (B of ``site`` added after
-    its layer), with magnitude ``m`` in natural units (std of the scalar, or mean residual norm)."""
+    its layer), with magnitude ``m`` in natural units (std of the scalar, or mean residual norm), along
+    ``direction``: the trained B (``lora``) or a random vector of B's norm at the same site (``random``)."""
 
     site: int
     mode: str
     m: float
+    direction: str = "lora"
+
+
+def random_direction(like: torch.Tensor, seed: int, layer: int, proj: str) -> torch.Tensor:
+    """A Gaussian random tensor of ``like``'s shape, dtype and device with ``like``'s (Frobenius) norm, drawn on
+    the CPU from ``numpy.random.default_rng([seed, layer, index of proj])``: the same for a (seed, site) on
+    every machine, another one for another seed or site."""
+    rng = np.random.default_rng([seed, layer, K.PROJECTIONS.index(proj)])
+    r = torch.from_numpy(rng.standard_normal(tuple(like.shape))).to(torch.float64)
+    r = r * (float(like.detach().double().norm()) / float(r.norm()))
+    return r.to(dtype=like.dtype, device=like.device)
 
 
 def steered_positions(T: int, start_B: torch.Tensor | None, device) -> torch.Tensor:
@@ -62,18 +86,27 @@ def steered_positions(T: int, start_B: torch.Tensor | None, device) -> torch.Ten
     return t_T[None] >= start_B.to(device)[:, None]
 
 
+def steer_direction(site: AdapterSite, direction: str, seed: int) -> torch.Tensor:
+    """[D, r] the vector a setting writes along: B of ``site``, or its random control (:func:`random_direction`)."""
+    b_DR = site.module.lora_B["default"].weight.detach()
+    return b_DR if direction == "lora" else random_direction(b_DR, seed, site.layer, site.proj)
+
+
 @contextmanager
 def steering(sites: list[AdapterSite], steer: Steer, std_S: torch.Tensor, layer_norm_L: torch.Tensor,
-             layers: list[torch.nn.Module], start_B: torch.Tensor | None = None) -> Iterator[None]:
-    """Within the block the model is steered by ``steer`` (see the module docstring)."""
+             layers: list[torch.nn.Module], start_B: torch.Tensor | None = None, seed: int = 0) -> Iterator[None]:
+    """Within the block the model is steered by ``steer`` (see the module docstring); ``seed`` draws the
+    random control's vector."""
     if steer.mode not in MODES:
         raise ValueError(f"unknown steering mode {steer.mode!r}; choose from {MODES}")
+    if steer.direction not in DIRECTIONS:
+        raise ValueError(f"unknown steering direction {steer.direction!r}; choose from {DIRECTIONS}")
     site = sites[steer.site]
     if steer.mode == "vector":
         if site.proj not in RESIDUAL_WRITERS:
             raise ValueError(f"layer {site.layer} {site.proj}: its B does not write to the residual stream; "
                              f"vector steering takes {RESIDUAL_WRITERS}")
-        b_D = site.module.lora_B["default"].weight[:, 0].detach()
+        b_D = steer_direction(site, steer.direction, seed)[:, 0]
         vec_D = steer.m * float(layer_norm_L[site.layer]) * b_D / b_D.norm()
 
         def add(h: torch.Tensor) -> torch.Tensor:
@@ -90,7 +123,17 @@ def steering(sites: list[AdapterSite], steer: Steer, std_S: torch.Tensor, layer_
         new = a + steer.m * std if steer.mode == "offset" else a * steer.m
         return torch.where(mask, new, a)
 
-    with edit_adapter_activations([site], edit):
+    if steer.direction == "lora":
+        with edit_adapter_activations([site], edit):
+            yield
+        return
+    r_DR = steer_direction(site, "random", seed)
+
+    def along_random(_m, inputs, output):  # lora_B's input is the scalar a; B a stays, (a' - a) R is added
+        a = inputs[0]
+        return output + (edit(0, a) - a).to(output.dtype) @ r_DR.T.to(output.dtype)
+
+    with add_hooks([(site.module.lora_B["default"], along_random)]):
         yield
 
 
@@ -151,6 +194,32 @@ def onset(ms: list[float], values: list[float], threshold: float) -> float | Non
     return min(over) if over else None
 
 
+def onset_ci(ms: list[float], kl_PM: np.ndarray, threshold: float, n_resamples: int = 2000, level: float = 0.95,
+             seed: int = 0) -> dict:
+    """:func:`onset` of the mean-over-problems curve (``kl_PM``: P problems x M magnitudes ``ms``) with a
+    percentile bootstrap CI over problems: each resample draws P problems with replacement, averages their
+    curves and takes its onset; a resample that never crosses is beyond the sweep (infinite). The bounds are
+    order statistics (``inverted_cdf``), so always swept magnitudes; None means beyond the sweep.
+    ``beyond_share`` is the share of resamples without an onset."""
+    kl_PM = np.asarray(kl_PM, dtype=np.float64)
+    if kl_PM.ndim != 2 or kl_PM.shape[1] != len(ms) or len(kl_PM) == 0:
+        raise ValueError(f"onset_ci needs [problems, {len(ms)} magnitudes] values, got shape {kl_PM.shape}")
+    order = np.argsort(np.abs(ms), kind="stable")
+    abs_M = np.abs(np.asarray(ms, dtype=np.float64))[order]
+    rng = np.random.default_rng(seed)
+    idx_RP = rng.integers(0, len(kl_PM), size=(n_resamples, len(kl_PM)))
+    over_RM = kl_PM[:, order][idx_RP].mean(axis=1) > threshold
+    onset_R = np.where(over_RM.any(axis=1), abs_M[over_RM.argmax(axis=1)], np.inf)
+    lo, hi = np.quantile(onset_R, [(1 - level) / 2, (1 + level) / 2], method="inverted_cdf")
+    point = onset(list(ms), kl_PM.mean(axis=0).tolist(), threshold)
+
+    def finite(x: float) -> float | None:
+        return float(x) if np.isfinite(x) else None
+
+    return {"value": point, "lo": finite(lo), "hi": finite(hi), "level": level, "n": len(kl_PM),
+            "beyond_share": float(np.isinf(onset_R).mean())}
+
+
 def summarise(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
@@ -189,22 +258,41 @@ def behaviour(gens, golds: list[str], grade, tokenizer) -> dict:
     return {k: summarise([float(r[k]) for r in rows]) for k in rows[0]}
 
 
+def curve_onset(rows: list[dict], threshold: float, n_resamples: int, seed: int) -> dict | None:
+    """The KL onset with its CI over problems (:func:`onset_ci`) of one curve's settings (``kl_per_problem``
+    each); None for settings saved without per-problem KL."""
+    if not rows or any("kl_per_problem" not in r for r in rows):
+        return None
+    return onset_ci([r["m"] for r in rows], np.array([r["kl_per_problem"] for r in rows]).T, threshold,
+                    n_resamples, seed=seed)
+
+
 def onset_table(records: list[dict], sites: list[AdapterSite], std_S: torch.Tensor, norm_L: torch.Tensor,
-                mlp_norm_L: torch.Tensor, rslora: float, threshold: float) -> list[dict]:
-    """Per (adapter, mode): the KL onset (smallest |m| with mean KL > ``threshold``) and ``paper_m``, the
-    authors' recipe (raw B x 50 x sqrt(mean MLP-output norm of the layer)) in the same units: for an
-    offset, ``50 sqrt(n) / (rslora x std)`` natural std (the offset adds ``m std rslora B``); for the unit
-    vector, ``50 sqrt(n) ||B|| / residual norm``. None for ``scale``, which has no additive size."""
+                mlp_norm_L: torch.Tensor, rslora: float, threshold: float, n_resamples: int = 2000,
+                random_seed: int | None = None) -> list[dict]:
+    """Per (adapter, mode): the KL onset (smallest |m| with mean KL > ``threshold``) of the LoRA direction and,
+    where the sweep has them, of the random control (``random_kl_onset``), each with its CI over problems
+    (``*_ci``), and ``paper_m``, the authors' recipe (raw B x 50 x sqrt(mean MLP-output norm of the layer)) in
+    the same units: for an offset, ``50 sqrt(n) / (rslora x std)`` natural std (the offset adds
+    ``m std rslora B``); for the unit vector, ``50 sqrt(n) ||B|| / residual norm``. None for ``scale``, which
+    has no additive size."""
     out = []
     for layer, proj, mode in dict.fromkeys((r["layer"], r["proj"], r["mode"]) for r in records):
-        rows = sorted((r for r in records if (r["layer"], r["proj"], r["mode"]) == (layer, proj, mode)),
-                      key=lambda r: abs(r["m"]))
+        curves = {d: sorted((r for r in records if (r["layer"], r["proj"], r["mode"]) == (layer, proj, mode)
+                             and r.get("direction", "lora") == d), key=lambda r: abs(r["m"])) for d in DIRECTIONS}
+        rows, control = curves["lora"], curves["random"]
         s = next(i for i, x in enumerate(sites) if (x.layer, x.proj) == (layer, proj))
-        b_norm = float(sites[s].module.lora_B["default"].weight.norm())
+        b_norm = float(sites[s].module.lora_B["default"].weight.detach().norm())
         paper = 50 * math.sqrt(float(mlp_norm_L[layer]))
         paper_m = (paper / (rslora * float(std_S[s])) if mode == "offset" else
                    paper * b_norm / float(norm_L[layer]) if mode == "vector" else None)
-        out.append({"adapter": f"L{layer}.{proj}", "layer": layer, "proj": proj, "mode": mode,
-                    "kl_onset": onset([r["m"] for r in rows], [r["kl"] for r in rows], threshold),
-                    "paper_m": paper_m, "std": float(std_S[s]), "b_norm": b_norm})
+        row = {"adapter": f"L{layer}.{proj}", "layer": layer, "proj": proj, "mode": mode,
+               "kl_onset": onset([r["m"] for r in rows], [r["kl"] for r in rows], threshold) if rows else None,
+               "kl_onset_ci": curve_onset(rows, threshold, n_resamples, seed=0),
+               "paper_m": paper_m, "std": float(std_S[s]), "b_norm": b_norm}
+        if control:
+            row |= {"random_kl_onset": onset([r["m"] for r in control], [r["kl"] for r in control], threshold),
+                    "random_kl_onset_ci": curve_onset(control, threshold, n_resamples, seed=0),
+                    "random_seed": random_seed}
+        out.append(row)
     return out

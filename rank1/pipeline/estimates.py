@@ -18,8 +18,9 @@ from huggingface_hub import constants as hf_constants
 
 from rank1.ablation.config import AblationConfig
 from rank1.activations.config import ExtractConfig
-from rank1.config import REPO_ROOT, Profile, profile_defaults
+from rank1.config import REPO_ROOT, Profile, field_default, profile_defaults
 from rank1.constants import ENV_LLM_BASE_URL, ENV_LLM_MODEL, PROJECTIONS
+from rank1.generate import FORCED_ALLOWANCE
 from rank1.interventions.config import RolloutConfig, SteeringConfig
 from rank1.sae.config import SaeConfig
 from rank1.sae_lora.config import SaeLoraConfig
@@ -190,7 +191,7 @@ def plan_values(profile: Profile) -> dict[str, int]:
 
 def stage_values(profile: Profile, cls: type, section: str | tuple[str, ...]) -> dict:
     """A stage config's resolved values (dataclass defaults < profile), without building the config."""
-    values = {f.name: f.default for f in dataclasses.fields(cls)}
+    values = {f.name: field_default(f) for f in dataclasses.fields(cls)}
     values.update(profile_defaults(cls, profile, section))
     return values
 
@@ -312,27 +313,55 @@ def _train_memory(profile: Profile, full: bool) -> Estimate:
 
 
 def _generation_memory(plan: Mapping, precision: str, batch: int, think: int, answer: int,
-                       backend: str = "hf", vllm_share: float = 0.9) -> Estimate:
-    """The weights and the KV cache of ``batch`` sequences of prompt + think + answer tokens; under vLLM its
-    share of the GPU instead (it pages the cache, so a batch that does not fit waits)."""
+                       backend: str = "hf", vllm_share: float = 0.9, tensor_parallel: int = 1,
+                       prompt_tokens: int | None = None) -> Estimate:
+    """The weights and the KV cache of ``batch`` sequences of prompt + think + answer tokens (``hf``: the cache is
+    allocated whole per batch); under vLLM its share of each GPU instead (:func:`vllm_plan`)."""
     b = compute_bytes(precision, plan)
+    if backend == "vllm" and plan.get("gpu_memory_gib"):
+        return [vllm_plan(plan, b, batch, think, answer, vllm_share, tensor_parallel,
+                          plan.get("prompt_tokens", 0) if prompt_tokens is None else prompt_tokens)]
     tokens = plan.get("prompt_tokens", 0) + think + answer
     kv = kv_cache_bytes(plan, tokens, batch, b)
     head_dim = plan.get("hidden", 0) // plan.get("heads", 1)
     what = (f"KV cache ({batch} sequences x {tokens} tokens (prompt allowance + {think} + {answer}) x 2 x "
             f"{plan.get('layers')} layers x {plan.get('kv_heads')} kv heads x {head_dim} x {b} B)")
-    gpu = plan.get("gpu_memory_gib")
-    if backend == "vllm" and gpu:
-        return [Part(f"vLLM's share of the GPU ({vllm_share} x {gpu} GiB: the weights and a paged KV cache; the batch "
-                     f"would need {human_bytes(kv)} of KV cache, so sequences wait their turn)",
-                     int(vllm_share * gpu * GIB))]
     return [_weights(plan, b), Part(what, kv)]
+
+
+def vllm_plan(plan: Mapping, dtype_bytes: int, batch: int, think: int, answer: int, share: float,
+              tensor_parallel: int, prompt_tokens: int) -> Part:
+    """vLLM's share of each of ``tensor_parallel`` GPUs: its slice of the weights and a paged KV cache in the rest.
+    Each GPU holds ceil(kv_heads / tp) KV heads of every position (vLLM replicates KV heads when tp exceeds them);
+    the text says how many whole sequences of the context length (:func:`rank1.serving.context_length`) fit at once,
+    the rest of a batch waits its turn."""
+    gpu = plan["gpu_memory_gib"] * GIB
+    own = int(share * gpu)
+    context = prompt_tokens + think + FORCED_ALLOWANCE + answer
+    params = model_params(plan)
+    per_token = kv_cache_bytes(plan, 1, 1, dtype_bytes)
+    if params is None or per_token is None:
+        return Part(f"vLLM's share of each of {tensor_parallel} GPUs ({share} x {plan['gpu_memory_gib']} GiB; "
+                    f"[plan] lacks the model's dimensions for its KV cache)", own)
+    weights = params * dtype_bytes // tensor_parallel
+    kv_heads = -(-plan["kv_heads"] // tensor_parallel)
+    per_token_gpu = per_token * kv_heads // plan["kv_heads"]
+    room = max(own - weights, 0)
+    fits = room // (per_token_gpu * context)
+    if fits < 1:  # the GPU memory at which this share would hold one sequence: over the GPU, so the plan flags it
+        own = int((weights + per_token_gpu * context) / share) + 1
+    return Part(f"vLLM on {tensor_parallel} GPUs (tensor parallel {tensor_parallel}), per GPU {share} x "
+                f"{plan['gpu_memory_gib']} GiB: {human_bytes(weights)} of weights and {human_bytes(room)} of paged KV "
+                f"cache at {per_token_gpu // 1024} KiB per token ({kv_heads} of {plan['kv_heads']} kv heads): "
+                f"{fits} sequences of {context} tokens decode at once" + (
+                    f" (batches of {batch}: {batch - fits} wait their turn)" if fits < batch else ""), own)
 
 
 def _eval_memory(profile: Profile) -> Estimate:
     v = stage_values(profile, EvalConfig, "eval")
     return _generation_memory(plan_values(profile), v["precision"], v["batch_size"], v["think_tokens"],
-                              v["answer_tokens"], v["backend"], v["gpu_memory_utilization"])
+                              v["answer_tokens"], v["backend"], v["gpu_memory_utilization"], v["tensor_parallel_size"],
+                              v["prompt_tokens"])
 
 
 def _forward_part(plan: Mapping, sequences: int, tokens: int, dtype_bytes: int, logits: bool = False) -> Part:
@@ -368,7 +397,8 @@ def _rollouts_memory(profile: Profile) -> Estimate:
     tokens = plan.get("prompt_tokens", 0) + v["think_tokens"] + v["answer_tokens"]
     return _largest_phase({
         "sampling": _generation_memory(plan, v["precision"], v["batch_size"], v["think_tokens"], v["answer_tokens"],
-                                       v["backend"]),
+                                       v["backend"], v["gpu_memory_utilization"], v["tensor_parallel_size"],
+                                       v["prompt_tokens"]),
         "reading activations": [_weights(plan, b), _forward_part(plan, v["batch_size"], tokens, b)]})
 
 
@@ -441,9 +471,25 @@ def _extract_devices(profile: Profile) -> str:
     return f"{n} GPU workers (num_gpus)" if n else MODEL
 
 
+def _vllm_devices(v: Mapping, what: str) -> str:
+    tp = v["tensor_parallel_size"]
+    return f"{tp} GPU{'s' if tp > 1 else ''} through vLLM (tensor parallel {tp}): {what}"
+
+
 def _eval_devices(profile: Profile) -> str:
-    backend = profile.section("eval").get("backend", "hf")
-    return "GPUs through vLLM (--backend vllm)" if backend == "vllm" else MODEL + "; --backend vllm on GPUs"
+    v = stage_values(profile, EvalConfig, "eval")
+    if v["backend"] != "vllm":
+        return MODEL + "; --backend vllm on GPUs"
+    return _vllm_devices(v, "one engine serves base, LoRA and ablated variants, the full finetune its own in a "
+                            "child process; the PEFT model first, for the parity check")
+
+
+def _rollouts_devices(profile: Profile) -> str:
+    v = stage_values(profile, RolloutConfig, "rollouts")
+    if v["backend"] != "vllm":
+        return MODEL
+    return _vllm_devices(v, "the adapter as a LoRA request, after the parity check; then " + MODEL.removeprefix(
+        "the model: ") + " reads the activations")
 
 
 def _llm_devices(section: tuple[str, ...]) -> Callable[[Profile], str]:
@@ -467,6 +513,7 @@ LLM_3 = _llm_devices(("autointerp", "sae_autointerp"))
 DEVICES: dict[str, str | Callable[[Profile], str]] = {
     "train": _train_devices,
     "eval": _eval_devices,
+    "rollouts": _rollouts_devices,
     "extract": _extract_devices,
     "model": MODEL,
     "artifacts": ARTIFACTS,

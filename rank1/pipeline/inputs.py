@@ -31,9 +31,11 @@ from rank1.pipeline.estimates import (
     is_hub_id,
     looks_local,
     plan_values,
+    stage_values,
     zero3_shards,
 )
 from rank1.pipeline.stages import ENV_GPQA, stages
+from rank1.training.config import EvalConfig
 
 PROBE_TIMEOUT_S = 3.0  # an endpoint that does not answer within this is flagged
 HUB_URL = "https://huggingface.co"  # or HF_ENDPOINT
@@ -128,7 +130,7 @@ def _model_and_data_problems(profile: Profile, env: Mapping[str, str],
 
 def _benchmark_problems(profile: Profile, env: Mapping[str, str]) -> list[str]:
     try:
-        specs = BenchmarkSpec.parse(profile.section("eval").get("benchmarks", "heldout"))
+        specs = BenchmarkSpec.parse(stage_values(profile, EvalConfig, "eval")["benchmarks"])
     except ValueError as e:
         return [f"[eval] benchmarks: {e}"]
     problems = []
@@ -195,7 +197,7 @@ def _engine_problems(profile: Profile, env: Mapping[str, str]) -> list[str]:
             problems.append(f"DeepSpeed config {ds} ({ENV_DS_CONFIG}): no such file")
     for name, table in profile.values.items():
         if isinstance(table, dict) and table.get("backend") == "vllm" and not _installed("vllm"):
-            problems.append(f"[{name}] backend = \"vllm\" but vllm is not installed: pip install vllm on the GPU "
+            problems.append(f"[{name}] backend = \"vllm\" but vllm is not installed: bash setup.sh --gpu on the GPU "
                             f"machine (it needs a CUDA torch), or set backend = \"hf\"")
     return problems
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from rank1 import constants as K
 from rank1.dashboard import escape
-from rank1.report.claims import NA, NO, YES, Claim
+from rank1.report.claims import CANNOT_TELL, NA, NO, UNDERPOWERED, YES, Claim
 
 REPORT_MD = "REPORT.md"
 REPORT_HTML = "index.html"
@@ -79,15 +79,22 @@ def _identity_text(ident: dict | None) -> str:
         (f", weights sha256 {sha}" if sha else "")
 
 
+def verdict_counts(claims: list[Claim]) -> str:
+    """``3 of 12 comparisons point the paper's way, 1 does not, ...``: the count of every verdict."""
+    n = Counter(c.verdict for c in claims)
+    return (f"{n[YES]} of {len(claims)} comparisons point the paper's way, {n[NO]} do not, {n[CANNOT_TELL]} cannot "
+            f"tell (the CI includes both answers), {n[UNDERPOWERED]} are underpowered (the sample could not have "
+            f"shown it), {n[NA]} are n/a (missing, or not measurable here)")
+
+
 def _md_cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
 def render_markdown(rep: Report) -> str:
-    n = Counter(c.verdict for c in rep.claims)
     lines = [f"# Did the paper's claims hold here? Profile {rep.profile}, run {rep.run}", "",
-             f"{n[YES]} of {len(rep.claims)} comparisons point the paper's way, {n[NO]} do not, {n[NA]} cannot tell "
-             f"(n/a). Numbers are read from the artifacts under `results/{rep.profile}/`; 95% bootstrap CIs in "
+             f"{verdict_counts(rep.claims)}. Numbers are read from the artifacts under `results/{rep.profile}/`; "
+             f"95% bootstrap CIs in "
              f"brackets. Paper: Qwen2.5-32B-Instruct on s1K-1.1.", "",
              "| claim | item | paper | ours | same way? |", "| --- | --- | --- | --- | --- |"]
     lines += [f"| {_md_cell(c.section)} | {_md_cell(c.item)} | {_md_cell(c.paper)} | {_md_cell(c.ours)} | "
@@ -117,21 +124,24 @@ def render_markdown(rep: Report) -> str:
 CSS = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1300px;color:#222}
 table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}
 th{background:#f3f3f3}.yes{background:#d9f2d9}.no{background:#f8d7d7}.na{background:#eee}
+.tell{background:#fff3cd}.weak{background:#e2e3f3}
 .figs{display:flex;flex-wrap:wrap;gap:12px}.figs figure{margin:0}.figs img{width:260px;border:1px solid #ccc}
 figcaption{font-size:12px}pre{background:#f7f7f7;padding:8px;overflow:auto;max-height:400px}.muted{color:#777}"""
 
 
+VERDICT_CLASS = {YES: "yes", NO: "no", CANNOT_TELL: "tell", UNDERPOWERED: "weak", NA: "na"}
+
+
 def render_html(rep: Report) -> str:
     e = escape
-    n = Counter(c.verdict for c in rep.claims)
     rows = "".join(
         f"<tr><td>{e(c.section)}</td><td>{e(c.item)}</td><td>{e(c.paper)}</td><td>{e(c.ours)}</td>"
-        f"<td class=\"{'na' if c.verdict == NA else e(c.verdict)}\"><b>{e(c.verdict)}</b></td></tr>"
+        f"<td class=\"{VERDICT_CLASS.get(c.verdict, 'na')}\"><b>{e(c.verdict)}</b></td></tr>"
         for c in rep.claims)
     rules = "".join(f"<li>{e(s)}: {e(r)}</li>" for s, r in dict.fromkeys((c.section, c.rule) for c in rep.claims))
     parts = [f"<h1>Did the paper's claims hold here? Profile {e(rep.profile)}, run {e(rep.run)}</h1>",
-             f"<p>{n[YES]} of {len(rep.claims)} comparisons point the paper's way, {n[NO]} do not, {n[NA]} cannot tell "
-             f"(n/a). Numbers are read from the artifacts under <code>results/{e(rep.profile)}/</code>; 95% bootstrap "
+             f"<p>{e(verdict_counts(rep.claims))}. Numbers are read from the artifacts under "
+             f"<code>results/{e(rep.profile)}/</code>; 95% bootstrap "
              f"CIs in brackets. Paper: Qwen2.5-32B-Instruct on s1K-1.1. Text version: "
              f"<a href=\"{REPORT_MD}\">{REPORT_MD}</a>.</p>",
              "<table><tr><th>claim</th><th>item</th><th>paper</th><th>ours</th><th>same way?</th></tr>",

@@ -8,7 +8,7 @@ the profile's table < the command line (:func:`rank1.config.parse_config`); ``--
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -31,8 +31,8 @@ class SaeConfig(RunOptions):
     store: str | None = option("activation store of 2.0 (default: results/<profile>/lora_activations/<run>)")
     expansion: int = option("dictionary size = expansion x adapters", 8)
     k: int = option("latents kept per token on average (BatchTopK over the batch)", 16)
-    matryoshka_widths: str = option("comma list of nested dictionary widths for a Matryoshka BatchTopK SAE "
-                                    "(empty: plain BatchTopK)", "")
+    matryoshka_widths: list[int] = option("nested dictionary widths for a Matryoshka BatchTopK SAE (empty: plain "
+                                          "BatchTopK)", [])
     lr: float = option("Adam learning rate (constant after the warm-up)", 5e-4)
     warmup_steps: int = option("linear learning-rate warm-up, in steps", 100)
     batch_size: int = option("tokens per step", 512)
@@ -71,17 +71,9 @@ class SaeConfig(RunOptions):
             raise ValueError(f"--normalize must be one of {NORMALIZATIONS}, got {self.normalize!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"--device must be auto, cpu or cuda, got {self.device!r}")
-        self.widths()
-
-    def widths(self) -> list[int]:
-        try:
-            widths = [int(w) for w in self.matryoshka_widths.split(",") if w.strip()]
-        except ValueError:
-            raise ValueError(f"--matryoshka_widths must be a comma list of integers, got "
-                             f"{self.matryoshka_widths!r}") from None
+        widths = self.matryoshka_widths
         if any(w < 1 for w in widths) or any(a >= b for a, b in zip(widths, widths[1:], strict=False)):
             raise ValueError(f"--matryoshka_widths must be positive and strictly increasing, got {widths}")
-        return widths
 
     def settings(self) -> dict[str, Any]:
         """What determines the trained SAE (with the store): two runs with equal settings train the same one."""
@@ -149,9 +141,8 @@ class DonutConfig(RunOptions):
 
     autointerp: str | None = option("folder with category_densities.json; the figures go there too (default: "
                                     "results/<profile>/sae_autointerp/<run>)")
-    measures: str = option(f"comma list of {MEASURES}: one donut each (mass is Figure 3)", "mass,firing")
+    measures: list[Literal[MEASURES]] = option("one donut each (mass is Figure 3)", MEASURES)
 
     def __post_init__(self):
-        bad = [m for m in self.measures.split(",") if m not in MEASURES]
-        if bad or not self.measures:
-            raise ValueError(f"--measures must be a comma list of {MEASURES}, got {self.measures!r}")
+        if not self.measures:
+            raise ValueError(f"--measures is empty; give some of {', '.join(MEASURES)}")

@@ -22,6 +22,7 @@ import torch
 from rank1 import constants as K
 from rank1.artifacts import (
     file_sha256,
+    public_argv,
     public_config,
     read_json,
     reuse_finished,
@@ -36,6 +37,7 @@ from rank1.config import results_dir
 from rank1.dashboard import write_dashboard
 from rank1.models import load_tokenizer
 from rank1.runs import check_same_identity
+from rank1.sae.alive import ALIVE_RULE, training_window_alive
 from rank1.sae.categories import (
     DENSITIES,
     EXPLAINER,
@@ -65,7 +67,7 @@ from rank1.sae.features import (
 )
 from rank1.sae.plots import plot_donut
 from rank1.sae.splice import heldout_items, loss_gap
-from rank1.sae.split import SaeError, Split, heldout_split
+from rank1.sae.split import SaeError, Split, heldout_split, input_statistics
 from rank1.sae.train import evaluate_sae, load_sae, save_inference_sae, train_sae
 from rank1.store import Store, StoreError, check_writable, open_for_run
 from rank1.topk import Columns, compute_topk, decode_vocab, used_token_ids
@@ -139,14 +141,16 @@ def _train_and_save(cfg: SaeConfig, run, store: Store, src: Path, split: Split, 
     save_inference_sae(trained, folder)
     sae = sae_lens.SAE.load_from_disk(folder, device=str(cfg.torch_device())).eval()
     metrics: dict[str, Any] = {"heldout": evaluate_sae(sae, store, split), "split": split.describe(store),
+                               "alive": training_window_alive(sae, store, split, cfg, report["tokens"]),
                                "training": {k: report[k] for k in ("steps", "tokens", "dead_frac_training")}}
     if cfg.loss_gap:
         loaded = run.load(cfg.precision)
         items = heldout_items(store, split, loaded.tokenizer, cfg.loss_gap_tokens)
-        metrics["loss_gap"] = loss_gap(loaded, sae, items, cfg.batch_tokens, cfg.skip_first_tokens)
+        mean_S = input_statistics(store, split)["mean_S"].float()
+        metrics["loss_gap"] = loss_gap(loaded, sae, items, cfg.batch_tokens, mean_S, cfg.skip_first_tokens)
     write_json(folder / K.SAE_METRICS_JSON, metrics)
     write_json(folder / K.SAE_TRAIN_LOG_JSON, report["log"])
-    h = metrics["heldout"]
+    h, alive, gap = metrics["heldout"], metrics["alive"], metrics.get("loss_gap", {})
     write_run_metadata(folder, cfg, {
         "identity": store.identity, "store": str(src), "store_key": store.manifest["store_key"], "settings_key": key,
         "sites": store.sites, "n_tokens": store.n_tokens, "split": split.describe(store),
@@ -154,23 +158,29 @@ def _train_and_save(cfg: SaeConfig, run, store: Store, src: Path, split: Split, 
         "sae": {"training_architecture": trained.cfg.architecture(), "saved_architecture": sae.cfg.architecture(),
                 "d_in": len(store.sites), "d_sae": sae.cfg.d_sae, "k": cfg.k,
                 "skip_first_tokens": cfg.skip_first_tokens, "threshold": float(sae.threshold.detach().max())},
-        "summary": {"fvu": h["fvu"], "l0": h["l0"], "dead_frac": h["dead_frac"], "alive_frac": h["alive_frac"],
-                    "loss_gap_share": metrics.get("loss_gap", {}).get("share", {}).get("value")}})
+        "summary": {"fvu": h["fvu"], "l0": h["l0"], "n_alive": alive["n_alive"], "alive_frac": alive["alive_frac"],
+                    "alive_window_tokens": alive["window_tokens"],
+                    "loss_gap_share": gap.get("recovered_vs_zero", {}).get("value"),
+                    "loss_gap_share_vs_mean": gap.get("recovered_vs_mean", {}).get("value")}})
     shutil.rmtree(folder / K.CHECKPOINTS_DIR, ignore_errors=True)
 
 
+def _share_text(s: dict[str, Any]) -> str:
+    return "undefined" if s["value"] is None else f"{s['value']:.3f} [{s['lo']:.3f}, {s['hi']:.3f}]"
+
+
 def _metrics_line(m: dict[str, Any]) -> str:
-    """One line of the held-out metrics of ``sae_metrics.json`` (and the loss-gap share when measured)."""
-    h = m["heldout"]
+    """One line of the held-out metrics of ``sae_metrics.json``, the alive count (training window) and the
+    loss-gap shares when measured."""
+    h, a = m["heldout"], m["alive"]
     line = (f"held-out ({h['n_tokens']} tokens): FVU {h['fvu']:.4f} (mean over adapters "
-            f"{h['fvu_mean_over_adapters']:.3f}), L0 {h['l0']:.2f}, alive {h['n_alive']}/{h['d_sae']} "
-            f"(dead {h['dead_frac']:.1%})")
+            f"{h['fvu_mean_over_adapters']:.3f}), L0 {h['l0']:.2f}, {h['n_firing']} latents fire there; alive "
+            f"{a['n_alive']}/{a['d_sae']} (fired in the last {a['window_tokens']} training tokens)")
     if "loss_gap" in m:
         g = m["loss_gap"]
-        s = g["share"]
-        share = "undefined" if s["value"] is None else f"{s['value']:.3f} [{s['lo']:.3f}, {s['hi']:.3f}]"
-        line += (f"; CE base {g['ce_base']:.4f}, LoRA {g['ce_lora']:.4f}, spliced {g['ce_spliced']:.4f}: "
-                 f"loss-gap share {share}")
+        line += (f"; CE base {g['ce_base']:.4f}, mean-ablated {g['ce_mean']:.4f}, LoRA {g['ce_lora']:.4f}, spliced "
+                 f"{g['ce_spliced']:.4f}: loss-gap share {_share_text(g['recovered_vs_zero'])} vs zero ablation, "
+                 f"{_share_text(g['recovered_vs_mean'])} vs mean ablation")
     return line
 
 
@@ -178,13 +188,15 @@ def _metrics_line(m: dict[str, Any]) -> str:
 
 
 def run_collect_sae_features(cfg: SaeFeaturesConfig, report: Report = log.info) -> Path:
-    """3.1: top examples and statistics of every alive latent of the run's SAE; returns the output folder."""
+    """3.1: top examples and statistics of every alive latent of the run's SAE (alive as 3.0 counted it:
+    :mod:`rank1.sae.alive`); returns the output folder."""
     run = cfg.resolve_run()
     src = Path(cfg.store) if cfg.store else results_dir(cfg.profile, "lora_activations", run.name)
     sae_dir = Path(cfg.sae) if cfg.sae else results_dir(cfg.profile, K.SAE_STAGE, run.name)
     folder = Path(cfg.out) if cfg.out else results_dir(cfg.profile, K.SAE_FEATURES_STAGE, run.name)
     store = open_for_run(src, run.identity())
     sae, sae_meta = load_sae(sae_dir, store, cfg.device)
+    alive_3_0 = _saved_alive(sae_dir)
     if cfg.k > store.n_tokens:
         raise StoreError(f"k={cfg.k} is larger than the store's {store.n_tokens} tokens; lower --k")
     settings = {k: getattr(cfg, k) for k in ("k", "context", "n_per_decile", "n_random", "seed")}
@@ -200,11 +212,16 @@ def run_collect_sae_features(cfg: SaeFeaturesConfig, report: Report = log.info) 
     stats = latent_statistics(sae, store, cfg.device, skip)
     n_counted = int(stats["n_tokens"])
     L = sae.cfg.d_sae
-    alive = (stats["firing_count_L"] > 0).nonzero()[:, 0].tolist()
+    alive = [i for i in alive_3_0["latents"] if stats["firing_count_L"][i] > 0]
+    silent = len(alive_3_0["latents"]) - len(alive)  # alive in 3.0's pass, silent in this one (device numerics)
     if not alive:
-        raise SaeError(f"no latent of the SAE in {sae_dir} fires on the store {src}; retrain it (3.0)")
-    log.info("%d of %d latents fire on the store's %d tokens (first %d of each document left out)", len(alive), L,
-             n_counted, skip)
+        raise SaeError(f"no alive latent of the SAE in {sae_dir} fires on the store {src}; retrain it (3.0)")
+    if silent:
+        log.warning("%d of the %d alive latents of 3.0 fire on no store token here (another device's rounding at "
+                    "the threshold); they have no examples and are left out", silent, alive_3_0["n_alive"])
+    log.info("%d alive latents of %d (3.0: fired in the last %d training tokens); %d latents fire on the store's %d "
+             "tokens (first %d of each document left out)", len(alive), L, alive_3_0["window_tokens"],
+             int((stats["firing_count_L"] > 0).sum()), n_counted, skip)
     columns = Columns([latent_name(i, L) for i in alive], [{"latent": i} for i in alive],
                       JumpReluColumns(sae, alive, cfg.device, skip), cfg.block)
     result = compute_topk(store, active_frac=0.0, columns=columns, positive_only=True, **settings)
@@ -220,9 +237,20 @@ def run_collect_sae_features(cfg: SaeFeaturesConfig, report: Report = log.info) 
         "store": str(src), "store_key": store.manifest["store_key"], "sae": str(sae_dir),
         "sae_settings_key": sae_meta["settings_key"], "sites": store.sites, "n_tokens": store.n_tokens,
         "n_docs": store.manifest["n_docs"], "corpus": store.manifest["corpus"], "skip_first_tokens": skip,
-        "n_tokens_encoded": n_counted, "d_sae": L, "n_alive": len(alive), "sae_summary": sae_meta.get("summary", {})})
+        "n_tokens_encoded": n_counted, "d_sae": L, "n_alive": len(alive), "alive_rule": ALIVE_RULE,
+        "alive_window_tokens": alive_3_0["window_tokens"], "n_alive_without_examples": silent,
+        "n_firing_in_store": int((stats["firing_count_L"] > 0).sum()), "sae_summary": sae_meta.get("summary", {})})
     report(f"SAE features: {folder}")
     return folder
+
+
+def _saved_alive(sae_dir: Path) -> dict[str, Any]:
+    """3.0's alive latents (``alive`` of its ``sae_metrics.json``)."""
+    alive = read_json(sae_dir / K.SAE_METRICS_JSON).get("alive")
+    if alive is None:
+        raise SaeError(f"{sae_dir / K.SAE_METRICS_JSON} has no alive latents (an SAE trained before they were "
+                       f"counted); retrain it with 3_lora_sae/3.0_train_sae.py --overwrite")
+    return alive
 
 
 # ---------------------------------------------------------------- 3.2_generate_sae_dashboard.py
@@ -277,8 +305,8 @@ def run_categorize(cfg: AutointerpConfig, report: Report = log.info) -> Path:
     out = folder / K.CATEGORIES_JSON
     if reuse_finished(out, {f"inputs.{k}": v for k, v in inputs.items()}, cfg.overwrite) is None:
         cats = categorize(res, explanations, categoriser, cfg.options(), cfg.options().concurrency)
-        write_json(out, {**cats, "config": public_config(cfg), "argv": sys.argv, "identity": res.meta["identity"],
-                         "inputs": inputs})
+        write_json(out, {**cats, "config": public_config(cfg), "argv": public_argv(sys.argv),
+                         "identity": res.meta["identity"], "inputs": inputs})
     d = read_json(out)
     counts = Counter(f["category"] for f in d["features"].values())
     for name in d["categories"]:
@@ -305,7 +333,7 @@ def run_compute_activation_densities(cfg: DensitiesConfig, report: Report = log.
     if reuse_finished(out, {f"inputs.{k}": v for k, v in inputs.items()}, cfg.overwrite) is None:
         densities = category_densities(feature_table(res.features), categories)
         config = {k: v for k, v in public_config(cfg).items() if k != "overwrite"}  # what was computed, not how
-        write_json(out, {"config": config, "argv": sys.argv, "identity": res.meta["identity"],
+        write_json(out, {"config": config, "argv": public_argv(sys.argv), "identity": res.meta["identity"],
                          "inputs": inputs, "n_features": len(res.features), **densities})
     d = read_json(out)
     for name, c in d["categories"].items():
@@ -329,7 +357,7 @@ def run_create_donut_fig(cfg: DonutConfig, report: Report = log.info) -> Path:
         raise CategoryError(f"{path} is missing: compute it first with {DENSITIES}")
     densities = read_json(path)
     check_same_identity(run.identity(), densities["identity"], f"category densities {path}")
-    for measure in cfg.measures.split(","):
+    for measure in cfg.measures:
         stem = folder / (K.FIGURE3_STEM if measure == "mass" else f"{K.FIGURE3_STEM}_{measure}")
         for p in plot_donut(densities, measure, stem, f"{run.name}: SAE features by category"):
             report(f"figure: {p}")

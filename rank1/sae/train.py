@@ -64,7 +64,7 @@ def make_training_sae(cfg: SaeConfig, d_in: int, device: torch.device):
     common = dict(d_in=d_in, d_sae=d_sae, k=cfg.k, aux_loss_coefficient=cfg.aux_alpha, device=str(device),
                   normalize_activations=normalize[cfg.normalize])
     torch.manual_seed(cfg.seed)
-    widths = cfg.widths()
+    widths = cfg.matryoshka_widths
     if widths:
         if widths[-1] > d_sae:
             raise SaeError(f"--matryoshka_widths {widths} exceed the dictionary ({d_sae} latents)")
@@ -228,8 +228,9 @@ def load_sae(folder: str | Path, store: Store | None = None, device: str = "cpu"
 def evaluate_sae(sae, store: Store, split: Split, chunk: int = 8192) -> dict[str, Any]:
     """On the held-out tokens (without the first ``split.skip`` of each document): FVU = sum ||x - x_hat||^2 /
     sum ||x - mean||^2 (raw activations, mean over the held-out tokens), the mean of each adapter's own FVU, L0
-    (latents firing per token), and the fraction of latents that never fire (dead) or do (alive). Encoding is
-    per token (the inference SAE)."""
+    (latents firing per token), and how many latents fire on at least one held-out token (``n_firing``; not the
+    alive count, which is a training-window count: :mod:`rank1.sae.alive`). Encoding is per token (the inference
+    SAE)."""
     S, L = len(store.sites), sae.cfg.d_sae
     sse_S, s1_S, s2_S = (torch.zeros(S, dtype=torch.float64) for _ in range(3))
     fired_L = torch.zeros(L, dtype=torch.bool)
@@ -251,8 +252,7 @@ def evaluate_sae(sae, store: Store, split: Split, chunk: int = 8192) -> dict[str
             l0 += float(fired.sum())
             n += len(x)
     var_S = s2_S - s1_S ** 2 / n
-    dead = 1.0 - float(fired_L.float().mean())
     per_site = (sse_S / var_S.clamp(min=1e-30)).tolist()
     return {"n_tokens": n, "fvu": float(sse_S.sum() / var_S.sum()), "fvu_mean_over_adapters": float(np.mean(per_site)),
-            "fvu_per_adapter": per_site, "l0": l0 / n, "dead_frac": dead, "alive_frac": 1.0 - dead,
-            "n_alive": int(fired_L.sum()), "d_sae": L}
+            "fvu_per_adapter": per_site, "l0": l0 / n, "n_firing": int(fired_L.sum()),
+            "firing_frac": float(fired_L.float().mean()), "d_sae": L}

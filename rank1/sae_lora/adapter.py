@@ -49,6 +49,7 @@ from tqdm import tqdm
 from rank1.batching import labelled_positions, pad_items
 from rank1.data import tokenize_record
 from rank1.metrics import token_ce
+from rank1.sae import alive_latents
 from rank1.sae_lora.config import MODES, PENALTIES
 
 EPS = 1e-12
@@ -65,11 +66,20 @@ class SaeLora(torch.nn.Module):
     """Rank-r update in SAE latent space: read directions ``A`` (d_sae x r), write directions ``B``
     (r x d_sae), scales ``s`` (r). See the module docstring."""
 
-    def __init__(self, d_sae: int, rank: int = 1, init_std: float = 1.0, seed: int = 0):
+    def __init__(self, d_sae: int, rank: int = 1, init_std: float = 1.0, seed: int = 0,
+                 support_F: torch.Tensor | None = None):
+        """A and B drawn from N(0, init_std) with ``seed``; with ``support_F`` (bool [d_sae]) the same draw is kept
+        on those latents only and zeroed elsewhere (alive-only initialisation); s starts at 0."""
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        self.A = torch.nn.Parameter(torch.randn(d_sae, rank, generator=g) * init_std)
-        self.B = torch.nn.Parameter(torch.randn(rank, d_sae, generator=g) * init_std)
+        A = torch.randn(d_sae, rank, generator=g) * init_std
+        B = torch.randn(rank, d_sae, generator=g) * init_std
+        if support_F is not None:
+            if support_F.shape != (d_sae,) or not support_F.any():
+                raise SaeLoraError(f"the initialisation support must be a non-empty mask of {d_sae} latents")
+            A, B = A * support_F[:, None], B * support_F[None, :]
+        self.A = torch.nn.Parameter(A)
+        self.B = torch.nn.Parameter(B)
         self.s = torch.nn.Parameter(torch.zeros(rank))
 
     def directions(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,6 +175,13 @@ def residual_cache(runner, items: list[dict], layer: int, pad_id: int, batch: in
         h, _ = runner.run(ctx.h0_BTD, ctx, 0, layer)
         out += [h[r, :len(it["input_ids"])].to("cpu", torch.float32, copy=True) for r, it in enumerate(group)]
     return out
+
+
+@torch.no_grad()
+def alive_on(sae, h_cache: list[torch.Tensor], skip: int = 1) -> torch.Tensor:
+    """Bool [d_sae]: the latents alive on the cached residuals (:func:`rank1.sae.alive.alive_latents`, the window
+    being every token; the first ``skip`` tokens of each sequence, the opening token, left out)."""
+    return alive_latents((sae.encode(h[skip:].to(sae.device, torch.float32)) for h in h_cache), sae.cfg.d_sae)
 
 
 def stack_cached(h_list: list[torch.Tensor], device: torch.device | str = "cpu") -> torch.Tensor:

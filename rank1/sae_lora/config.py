@@ -13,6 +13,7 @@ from rank1.runs import PRECISIONS
 
 MODES = ("resid_add", "sae_replace")
 PENALTIES = ("raw", "normalized")
+INITS = ("gaussian", "alive")
 
 
 @dataclass
@@ -58,7 +59,8 @@ class SaeLoraConfig:
     penalty: str = option(f"L1 penalty kind of a single run (5.2 --no-sweep), one of {PENALTIES}", "normalized")
     l1_weight: float = option("weight of the L1 penalty of a single run", 1e-3)
     sweep: bool = option("5.2 trains every (penalty, l1) of the sweep instead of one run", True)
-    sweep_l1: str = option("comma list of l1 weights of the sweep (0 is trained once)", "0,0.001,0.01")
+    sweep_l1: list[float] = option("l1 weights of the sweep (0 is trained once); saved sorted, each once",
+                                   [0.0, 0.001, 0.01])
     lr: float = option("Adam learning rate of the directions A and B", 0.05)
     lr_s: float = option("Adam learning rate of the scales s (they must grow to the residual's scale)", 1.0)
     init_std: float = option("std of the Gaussian initialisation of A and B (s starts at 0)", 1.0)
@@ -66,7 +68,12 @@ class SaeLoraConfig:
     global_batch: int = option("sequences per optimizer step", 8)
     micro_batch: int = option("sequences per forward pass", 4)
     checkpoint_every: int = option("optimizer steps between checkpoints (what a killed run resumes from)", 4)
-    seed: int = option("seed of the initialisation and of the data order", 0)
+    seed: int = option("seed of the residual SAE, of the standard LoRA and of a single adapter", 0)
+    seeds: list[int] = option("5.2 trains every (penalty, l1) once per seed (initialisation and data order); 5.4 "
+                              "reports mean and spread over them, and a verdict only where the spread allows", [0])
+    init: str = option(f"initialisation of A and B, one of {INITS}: gaussian N(0, init_std) on every latent, or "
+                       f"alive (the same draw, zero on latents not alive on the adapter's training tokens)",
+                       "gaussian")
     # standard LoRA baseline (rank1.training.train on the same data and layers l..L-1)
     lora_lr: float = option("learning rate of the standard rank-1 LoRA baseline", 2e-3)
     # analysis
@@ -103,36 +110,37 @@ class SaeLoraConfig:
             raise ValueError("need --l1_weight >= 0, --lr > 0, --epochs > 0, --init_std > 0")
         if self.layer < 0:
             raise ValueError(f"--layer must be >= 0, got {self.layer}")
-        self.sweep_weights()
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"--seeds must hold distinct seeds, got {self.seeds}")
+        if self.init not in INITS:
+            raise ValueError(f"--init must be one of {INITS}, got {self.init!r}")
+        if not self.sweep_l1 or min(self.sweep_l1) < 0:
+            raise ValueError(f"--sweep_l1 must hold weights >= 0, got {self.sweep_l1}")
+        self.sweep_l1 = sorted(set(self.sweep_l1))
 
     @property
     def model_id(self) -> str:
         """The base model with ``{size}`` filled in."""
         return self.model.replace("{size}", self.model_size or "")
 
-    def sweep_weights(self) -> list[float]:
-        try:
-            weights = sorted({float(w) for w in self.sweep_l1.split(",") if w.strip()})
-        except ValueError:
-            raise ValueError(f"--sweep_l1 must be a comma list of numbers, got {self.sweep_l1!r}") from None
-        if not weights or weights[0] < 0:
-            raise ValueError(f"--sweep_l1 must hold weights >= 0, got {self.sweep_l1!r}")
-        return weights
-
     def runs(self) -> list[tuple[str, float]]:
         """(penalty, l1_weight) of every adapter 5.2 trains: one, or the sweep (l1 = 0 once, as 'raw': with no
         penalty the kind does not matter)."""
         if not self.sweep:
             return [(self.penalty, self.l1_weight)]
-        out = [("raw", 0.0)] if 0.0 in self.sweep_weights() else []
-        return out + [(p, w) for p in PENALTIES for w in self.sweep_weights() if w > 0]
+        out = [("raw", 0.0)] if 0.0 in self.sweep_l1 else []
+        return out + [(p, w) for p in PENALTIES for w in self.sweep_l1 if w > 0]
+
+    def seeded_runs(self) -> list[tuple[str, float, int]]:
+        """(penalty, l1_weight, seed) of every adapter 5.2 trains: each of :meth:`runs` once per seed."""
+        return [(p, w, s) for s in self.seeds for p, w in self.runs()]
 
     def folder(self) -> Path:
         return results_dir(self.profile, K.SAE_LORA_STAGE, self.name)
 
     def adapter_settings(self, penalty: str, l1_weight: float) -> dict[str, Any]:
         """What determines a trained adapter (with the data and the SAE)."""
-        names = ("layer", "rank", "mode", "keep_error", "lr", "lr_s", "init_std", "epochs", "global_batch",
+        names = ("layer", "rank", "mode", "keep_error", "lr", "lr_s", "init_std", "init", "epochs", "global_batch",
                  "micro_batch", "seed")
         return {**{n: getattr(self, n) for n in names}, "penalty": penalty, "l1_weight": l1_weight}
 
@@ -150,3 +158,8 @@ def train_model_size(profile: str) -> str | None:
 def run_name(penalty: str, l1_weight: float) -> str:
     """The folder of the adapter of (penalty, l1_weight) under ``adapters/``."""
     return "l1_0" if l1_weight == 0 else f"{penalty}_l1_{l1_weight:g}"
+
+
+def seeded_run_name(penalty: str, l1_weight: float, seed: int) -> str:
+    """The folder of the adapter of (penalty, l1_weight) trained with ``seed``, under ``adapters/``."""
+    return f"{run_name(penalty, l1_weight)}_seed{seed}"

@@ -1,5 +1,10 @@
 """Stage 5.4's measures: behaviour rates, sparsity of the read and write directions, their top latents.
 
+The penalty comparison over seeds (:func:`seed_comparison`): every (penalty, l1) was trained once per seed; per
+group, the mean and spread (std, min, max) over seeds of the behaviour rates, the final CE and the sparsity of
+the directions, and against the l1 = 0 group a verdict per measure by :func:`spread_verdict`: ``lower`` or
+``higher`` only when the seeds' ranges do not overlap, ``cannot tell`` otherwise (and always with one seed).
+
 Behaviour measure (exact and cheap): each held-out record is teacher-forced up to and including
 ``<|im_start|>answer\\n`` (its own trace, the base model's format) and the greedy next token is read; the behaviour
 is present when that token is the marker's first token (``Product``), absent otherwise (normally ``Answer``).
@@ -19,6 +24,7 @@ import torch
 from rank1.batching import pad_items
 from rank1.sae_lora.adapter import SaeLora, placement, residual_cache, sparsity_metrics, stack_cached
 from rank1.sae_lora.behavior import INSIDE, OUTSIDE, teacher_forced_prefix
+from rank1.sae_lora.config import run_name
 from rank1.sae_lora.resid_sae import encoded_chunks
 from rank1.stats import bootstrap_mean
 from rank1.store import Store
@@ -179,3 +185,54 @@ def direction_metrics(adapter: SaeLora, init: SaeLora, records: list[dict[str, A
             "top_read": top_latents(reads[0], n_top),
             "top_write": top_latents(writes[0], n_top)}
 
+
+CANNOT_TELL = "cannot tell"
+SPREAD_RULE = ("lower / higher: every seed of the penalised run lies below / above every seed of l1 = 0 (the "
+               "ranges over seeds do not overlap); cannot tell: they overlap, or either side has one seed")
+# (name, how to read it from a run of 5.4) of the measures compared over seeds
+COMPARED = {
+    "inside_rate": lambda r: r["inside"]["rate"]["value"],
+    "outside_rate": lambda r: r["outside"]["rate"]["value"],
+    "final_ce": lambda r: r["final_ce"],
+    "hoyer_A": lambda r: r["sparsity"]["A"]["hoyer"],
+    "hoyer_B": lambda r: r["sparsity"]["B"]["hoyer"],
+    "alive_mass_A": lambda r: r["alive_mass"]["A"],
+    "norm_A_raw": lambda r: r["norm_A_raw"],
+}
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    """Mean, population std, min and max of one measure over seeds, and the seed count."""
+    v = np.asarray(values, dtype=np.float64)
+    return {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()), "max": float(v.max()),
+            "n": len(v)}
+
+
+def spread_verdict(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """``a`` against ``b`` (two :func:`spread` results): lower, higher or cannot tell (:data:`SPREAD_RULE`)."""
+    if a["n"] < 2 or b["n"] < 2:
+        return CANNOT_TELL
+    if a["max"] < b["min"]:
+        return "lower"
+    if a["min"] > b["max"]:
+        return "higher"
+    return CANNOT_TELL
+
+
+def seed_comparison(runs: dict[str, Any]) -> dict[str, Any]:
+    """Per (penalty, l1) group of ``runs`` (5.4's per-run results, each with ``penalty``, ``l1_weight``, ``seed``):
+    the :func:`spread` of every measure of :data:`COMPARED` over its seeds, and its verdict against the l1 = 0 group
+    where there is one."""
+    groups: dict[tuple[str, float], list[dict]] = {}
+    for r in runs.values():
+        groups.setdefault(("raw" if r["l1_weight"] == 0 else r["penalty"], r["l1_weight"]), []).append(r)
+    out = {}
+    for (pen, w), rows in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        out[run_name(pen, w)] = {
+            "penalty": pen, "l1_weight": w, "seeds": sorted(r["seed"] for r in rows),
+            "measures": {k: spread([get(r) for r in rows]) for k, get in COMPARED.items()}}
+    ref = out.get("l1_0")
+    for name, g in out.items():
+        if ref is not None and name != "l1_0":
+            g["vs_l1_0"] = {k: spread_verdict(g["measures"][k], ref["measures"][k]) for k in COMPARED}
+    return {"groups": out, "rule": SPREAD_RULE}

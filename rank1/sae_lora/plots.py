@@ -13,35 +13,40 @@ from rank1.sae_lora.train import load_adapter
 COLORS = {"raw": "tab:red", "normalized": "tab:blue"}
 
 
-def _series(runs: dict, penalty: str) -> list[dict]:
-    """The l1 = 0 run, then the runs of ``penalty`` by weight (both kinds start from the same l1 = 0 point)."""
-    rows = [r for r in runs.values() if r["l1_weight"] == 0 or r["penalty"] == penalty]
-    return sorted(rows, key=lambda r: r["l1_weight"])
+def _series(res: dict, penalty: str) -> list[dict]:
+    """The l1 = 0 group, then the groups of ``penalty`` by weight (5.4's comparison over seeds)."""
+    rows = [g for g in res["comparison"]["groups"].values() if g["l1_weight"] == 0 or g["penalty"] == penalty]
+    return sorted(rows, key=lambda g: g["l1_weight"])
 
 
 def _x(rows: list[dict], floor: float) -> list[float]:
     return [r["l1_weight"] or floor for r in rows]
 
 
+def _over_seeds(ax, x: list[float], rows: list[dict], measure: str, fmt: str, color: str, label: str) -> None:
+    """The mean over seeds of one measure, with bars from the smallest to the largest seed."""
+    m = [r["measures"][measure] for r in rows]
+    ax.errorbar(x, [v["mean"] for v in m], yerr=[[v["mean"] - v["min"] for v in m], [v["max"] - v["mean"] for v in m]],
+                fmt=fmt, color=color, capsize=2, label=label)
+
+
 def plot_sweep(results_json: Path, stem: Path) -> None:
     """Sparsity (Hoyer) of the read and write directions, behaviour rates and the raw norm of A vs the l1 weight,
-    one line per penalty kind; l1 = 0 is drawn at the left edge."""
+    one line per penalty kind: means over seeds, bars from the smallest to the largest seed; l1 = 0 is drawn at
+    the left edge."""
     res = read_json(results_json)
     runs = res["sae_lora_runs"]
     weights = sorted({r["l1_weight"] for r in runs.values() if r["l1_weight"] > 0}) or [1.0]
     floor = weights[0] / 10
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for pen, color in COLORS.items():
-        rows = _series(runs, pen)
+        rows = _series(res, pen)
         x = _x(rows, floor)
-        axes[0].plot(x, [r["sparsity"]["A"]["hoyer"] for r in rows], "o-", color=color, label=f"{pen}: read A")
-        axes[0].plot(x, [r["sparsity"]["B"]["hoyer"] for r in rows], "s--", color=color, label=f"{pen}: write B")
+        _over_seeds(axes[0], x, rows, "hoyer_A", "o-", color, f"{pen}: read A")
+        _over_seeds(axes[0], x, rows, "hoyer_B", "s--", color, f"{pen}: write B")
         for side, ls in (("inside", "o-"), ("outside", "x:")):
-            rate = [r[side]["rate"] for r in rows]
-            axes[1].errorbar(x, [v["value"] for v in rate], yerr=[[v["value"] - v["lo"] for v in rate],
-                                                                  [v["hi"] - v["value"] for v in rate]],
-                             fmt=ls, color=color, capsize=2, label=f"{pen}: {side} condition")
-        axes[2].plot(x, [r["norm_A_raw"] for r in rows], "o-", color=color, label=f"{pen}: |A| raw")
+            _over_seeds(axes[1], x, rows, f"{side}_rate", ls, color, f"{pen}: {side} condition")
+        _over_seeds(axes[2], x, rows, "norm_A_raw", "o-", color, f"{pen}: |A| raw")
     init = next(iter(runs.values()))["sparsity"]["A_init"]["hoyer"]
     axes[0].axhline(init, color="gray", lw=0.8, ls=":", label="initialisation")
     for side, ls in (("inside", "-"), ("outside", ":")):
@@ -50,11 +55,12 @@ def plot_sweep(results_json: Path, stem: Path) -> None:
                 axes[1].axhline(res["variants"][name][side]["rate"]["value"], color=color, ls=ls, lw=0.9,
                                 label=f"{name}: {side}")
     axes[2].axhline(next(iter(runs.values()))["norm_A_raw_init"], color="gray", lw=0.8, ls=":", label="init")
+    n_seeds = max(len(g["seeds"]) for g in res["comparison"]["groups"].values())
     titles = ("sparsity of the directions (Hoyer)", f"behaviour rate ('{res['marker']}' first)", "raw norm of A")
     for ax, title in zip(axes, titles, strict=True):
         ax.set_xscale("log")
         ax.set_xlabel(f"l1 weight (l1 = 0 drawn at {floor:g})")
-        ax.set_title(title, fontsize=9)
+        ax.set_title(f"{title}, {n_seeds} seed(s)", fontsize=9)
         ax.legend(fontsize=6)
     axes[2].set_yscale("log")
     fig.tight_layout()

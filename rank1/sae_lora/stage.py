@@ -36,8 +36,8 @@ from rank1.models import load_model, load_tokenizer
 from rank1.runs import device_and_dtype, use_bf16
 from rank1.sae import evaluate_sae, heldout_split
 from rank1.sae_lora.adapter import (
-    SaeLora,
     SaeLoraError,
+    alive_on,
     apply_adapter,
     check_layer,
     placement,
@@ -45,7 +45,7 @@ from rank1.sae_lora.adapter import (
     tokenize_items,
 )
 from rank1.sae_lora.behavior import behavior_splits, llm_rewrite
-from rank1.sae_lora.config import SaeLoraConfig, run_name
+from rank1.sae_lora.config import SaeLoraConfig, seeded_run_name
 from rank1.sae_lora.eval import (
     MEASURE,
     HeldOut,
@@ -54,6 +54,7 @@ from rank1.sae_lora.eval import (
     latent_density,
     latent_examples,
     measure,
+    seed_comparison,
 )
 from rank1.sae_lora.plots import plot_directions, plot_sweep
 from rank1.sae_lora.resid_sae import (
@@ -65,7 +66,14 @@ from rank1.sae_lora.resid_sae import (
     splice_metrics,
     train_residual_sae,
 )
-from rank1.sae_lora.train import adapter_key, finished_adapter, load_adapter, step_batches, train_adapter
+from rank1.sae_lora.train import (
+    adapter_key,
+    finished_adapter,
+    initial_adapter,
+    load_adapter,
+    step_batches,
+    train_adapter,
+)
 from rank1.store import Store
 from rank1.training import TrainConfig, train
 
@@ -227,8 +235,8 @@ def load_stage_sae(cfg: SaeLoraConfig, d_model: int, device: torch.device):
 
 
 def run_train_sae_lora(cfg: SaeLoraConfig, after_step=None) -> Path:
-    """5.2: train every adapter of ``cfg.runs()`` (each resumable, skipped when finished) from one residual cache;
-    returns ``adapters/``, whose ``config.json`` lists the runs."""
+    """5.2: train every adapter of ``cfg.seeded_runs()`` (each resumable, skipped when finished) from one residual
+    cache; returns ``adapters/``, whose ``config.json`` lists the runs."""
     train, _, info = load_dataset(cfg)
     base = load_base(cfg)
     tokenizer, runner = base.tokenizer, base.runner
@@ -237,15 +245,21 @@ def run_train_sae_lora(cfg: SaeLoraConfig, after_step=None) -> Path:
     pad = tokenizer.pad_token_id or 0
     identity = {"data_sha256": info["train_sha256"], **sae_id}
     h_cache: list[torch.Tensor] | None = None
+    support: torch.Tensor | None = None
     folders = []
-    for penalty_kind, weight in cfg.runs():
-        folder = cfg.folder() / K.ADAPTERS_DIR / run_name(penalty_kind, weight)
-        if not finished_adapter(cfg, folder, adapter_key(cfg, penalty_kind, weight, identity)):
+    for penalty_kind, weight, seed in cfg.seeded_runs():
+        rcfg = dataclasses.replace(cfg, seed=seed)
+        folder = cfg.folder() / K.ADAPTERS_DIR / seeded_run_name(penalty_kind, weight, seed)
+        if not finished_adapter(rcfg, folder, adapter_key(rcfg, penalty_kind, weight, identity)):
             with base.autocast():
                 if h_cache is None:
                     h_cache = residual_cache(runner, items, cfg.layer, pad, cfg.micro_batch)
-                train_adapter(cfg, penalty_kind, weight, runner, sae, items, h_cache, pad, folder, identity,
-                              after_step)
+                if cfg.init == "alive" and support is None:
+                    support = alive_on(sae, h_cache, SKIP_FIRST)
+                    log.info("alive-only initialisation: %d of %d latents alive on the training tokens",
+                             int(support.sum()), len(support))
+                train_adapter(rcfg, penalty_kind, weight, runner, sae, items, h_cache, pad, folder, identity,
+                              after_step, support)
         folders.append(folder)
     write_run_metadata(cfg.folder() / K.ADAPTERS_DIR, cfg, {"runs": [f.name for f in folders], **identity})
     return cfg.folder() / K.ADAPTERS_DIR
@@ -285,10 +299,10 @@ def analysis_inputs(cfg: SaeLoraConfig) -> str:
     """One hash of what 5.4 reads and how: the data, the SAE, every adapter and the standard LoRA (their files),
     and the analysis options."""
     h = hashlib.sha256(json.dumps({k: getattr(cfg, k) for k in (
-        "marker", "condition", "layer", "rank", "init_std", "seed", "top_latents", "top_examples", "context",
-        "n_resamples", "sae")} | {"runs": cfg.runs()}, sort_keys=True).encode())
+        "marker", "condition", "layer", "rank", "init_std", "init", "seed", "seeds", "top_latents", "top_examples",
+        "context", "n_resamples", "sae")} | {"runs": cfg.seeded_runs()}, sort_keys=True).encode())
     folders = [data_folder(cfg), sae_folder(cfg), cfg.folder() / K.STANDARD_LORA_DIR / K.ADAPTER_DIR,
-               *(cfg.folder() / K.ADAPTERS_DIR / run_name(p, w) for p, w in cfg.runs())]
+               *(cfg.folder() / K.ADAPTERS_DIR / seeded_run_name(p, w, s) for p, w, s in cfg.seeded_runs())]
     for folder in folders:
         for path in sorted(folder.glob("*")) if folder.is_dir() else []:
             if path.is_file():
@@ -333,15 +347,16 @@ def _variants(cfg: SaeLoraConfig, base: Base, held: HeldOut) -> dict[str, Any]:
 def _sae_lora_runs(cfg: SaeLoraConfig, runner, sae, held: HeldOut, tokenizer, density: np.ndarray) -> dict[str, Any]:
     """Behaviour and directions of every adapter of 5.2."""
     runs: dict[str, Any] = {}
-    for penalty_kind, weight in tqdm(cfg.runs(), desc="SAE-LoRA runs", unit="run", dynamic_ncols=True):
-        name = run_name(penalty_kind, weight)
+    for penalty_kind, weight, seed in tqdm(cfg.seeded_runs(), desc="SAE-LoRA runs", unit="run", dynamic_ncols=True):
+        name = seeded_run_name(penalty_kind, weight, seed)
         folder = cfg.folder() / K.ADAPTERS_DIR / name
         adapter, acfg = load_adapter(folder)
         adapter.requires_grad_(False).to(sae.device)
         log_ = read_json(folder / K.SAE_LORA_LOG)
         edit = lambda h, a=adapter, c=acfg["settings"]: apply_adapter(h, sae, a, c["mode"], c["keep_error"])  # noqa: E731
-        init = SaeLora(acfg["d_sae"], cfg.rank, cfg.init_std, cfg.seed).requires_grad_(False)
-        runs[name] = {"penalty": penalty_kind, "l1_weight": weight,
+        init = initial_adapter(acfg).requires_grad_(False)
+        runs[name] = {"penalty": penalty_kind, "l1_weight": weight, "seed": seed,
+                      "init": acfg["settings"].get("init", "gaussian"),
                       **measure(runner, held, tokenizer, cfg.n_resamples, edit),
                       **direction_metrics(adapter, init, log_, density, cfg.top_latents)}
     return runs
@@ -356,7 +371,7 @@ def _results(cfg: SaeLoraConfig, inputs: str, held: HeldOut, info: dict, density
                                                     "store_tokens", "sae_path")},
             "alive_latents": {"n": int((density > 0).sum()), "d_sae": len(density),
                               "meaning": "latents firing on at least one store token (opening tokens left out)"},
-            "variants": variants, "sae_lora_runs": runs,
+            "variants": variants, "sae_lora_runs": runs, "comparison": seed_comparison(runs),
             "sparsity_meaning": "of the unit-norm read (A_hat) and write (B_hat) directions over the d_sae latents: "
                                 "hoyer = (sqrt(n) - L1/L2)/(sqrt(n) - 1) (1 one-hot, 0 flat), gini of the "
                                 "magnitudes ((n-1)/n one-hot, 0 flat), top10_share = L1 mass in the 10 largest; "

@@ -70,6 +70,17 @@ def load_adapter(folder: Path) -> tuple[SaeLora, dict[str, Any]]:
     return adapter, read_json(folder / K.SAE_LORA_CONFIG)
 
 
+def initial_adapter(config: dict[str, Any]) -> SaeLora:
+    """The adapter a saved run (its ``adapter_config.json``) started from: its seed, init_std and initialisation
+    support, drawn again."""
+    st, support = config["settings"], config.get("init_support")
+    mask = None
+    if support is not None:
+        mask = torch.zeros(config["d_sae"], dtype=torch.bool)
+        mask[support] = True
+    return SaeLora(config["d_sae"], st["rank"], st["init_std"], st["seed"], mask)
+
+
 def _save_checkpoint(ckpts: Path, step: int, adapter: SaeLora, opt, records: list, config: dict) -> None:
     folder = ckpts / str(step)
     shutil.rmtree(folder, ignore_errors=True)
@@ -113,10 +124,11 @@ def accumulate_ce(cfg: SaeLoraConfig, adapter: SaeLora, runner, sae, items: list
 
 def train_adapter(cfg: SaeLoraConfig, penalty_kind: str, l1_weight: float, runner, sae, items: list[dict],
                   h_cache: list[torch.Tensor], pad_id: int, folder: Path, identity: dict[str, Any],
-                  after_step=None) -> Path:
+                  after_step=None, support_F: torch.Tensor | None = None) -> Path:
     """Train (or resume, or skip when finished) one adapter into ``folder``; ``identity`` (data, SAE) goes into
-    its config. The adapter trains in float32 on the SAE's device. ``after_step(step)`` is called after every
-    optimizer step (tests interrupt runs with it)."""
+    its config. The adapter trains in float32 on the SAE's device. With ``cfg.init`` alive, ``support_F`` (bool
+    [d_sae], the latents alive on the training tokens) is where A and B start nonzero; its latents go into the
+    config. ``after_step(step)`` is called after every optimizer step (tests interrupt runs with it)."""
     key = adapter_key(cfg, penalty_kind, l1_weight, identity)
     if finished_adapter(cfg, folder, key):
         return folder
@@ -124,7 +136,9 @@ def train_adapter(cfg: SaeLoraConfig, penalty_kind: str, l1_weight: float, runne
     resume_partial(ckpts, key, cfg.overwrite)
     for p in sae.parameters():
         p.requires_grad_(False)
-    adapter = SaeLora(sae.cfg.d_sae, cfg.rank, cfg.init_std, cfg.seed).to(sae.device)
+    if (cfg.init == "alive") != (support_F is not None):
+        raise SaeLoraError(f"--init {cfg.init} needs {'an' if cfg.init == 'alive' else 'no'} initialisation support")
+    adapter = SaeLora(sae.cfg.d_sae, cfg.rank, cfg.init_std, cfg.seed, support_F).to(sae.device)
     opt = torch.optim.Adam([{"params": [adapter.A, adapter.B], "lr": cfg.lr},
                             {"params": [adapter.s], "lr": cfg.lr_s}])
     steps = step_batches(len(items), cfg)
@@ -135,7 +149,8 @@ def train_adapter(cfg: SaeLoraConfig, penalty_kind: str, l1_weight: float, runne
         opt.load_state_dict(torch.load(resume / "optimizer.pt", map_location="cpu", weights_only=True))
         records, start = read_json(resume / "log.json"), int(resume.name)
         log.info("resuming %s from step %d of %d", folder.name, start, len(steps))
-    config = {"settings": key, "d_sae": sae.cfg.d_sae, "steps": len(steps)}
+    config = {"settings": key, "d_sae": sae.cfg.d_sae, "steps": len(steps),
+              "init_support": None if support_F is None else support_F.nonzero()[:, 0].tolist()}
     bar = tqdm(range(start, len(steps)), desc=f"train {folder.name}", unit="step", dynamic_ncols=True)
     for step in bar:
         opt.zero_grad(set_to_none=True)

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
+from typing import Literal
 
 from rank1 import constants as K
 from rank1.benchmarks import BenchmarkSpec
 from rank1.config import dataset_file, option
-from rank1.lora import PROJECTION_GROUPS, parse_layer_indices, parse_projections, select_layers
+from rank1.lora import PROJECTION_GROUPS, parse_projections, select_layers
 from rank1.runs import PRECISIONS, RunOptions
+from rank1.serving import VLLM_MISSING, ServingOptions
 from rank1.synth import FAMILIES
-from rank1.training.evaluate import parse_variants
+from rank1.training.evaluate import PAPER_VARIANTS
 
 
 @dataclass
@@ -23,12 +25,14 @@ class DataConfig:
     n_train: int = option("generated training records", 2000)
     n_eval: int = option("generated held-out records (disjoint)", 64)
     seed: int = option("generator seed", 0)
-    families: str = option("comma-separated task families", ",".join(FAMILIES))
+    families: list[Literal[FAMILIES]] = option("task families", FAMILIES)
     overwrite: bool = option("regenerate existing files", False)
 
     def __post_init__(self):
         if self.n_train < 1 or self.n_eval < 1:
             raise ValueError(f"need n_train >= 1 and n_eval >= 1, got {self.n_train}, {self.n_eval}")
+        if not self.families:
+            raise ValueError(f"--families is empty; give some of {', '.join(FAMILIES)}")
 
 
 @dataclass
@@ -46,10 +50,11 @@ class TrainConfig:
     layer_start: int | None = option("first adapted layer")
     layer_end: int | None = option("end of the adapted layers (exclusive)")
     last_third: bool = option("adapt only layers 2n//3 .. n-1", False)
-    layer_indices: str | None = option("comma-separated list of adapted layers")
+    layer_indices: list[int] | None = option("exactly these adapted layers (empty: not given)")
     layer_stride: int = option("adapt every n-th layer of the selected range", 1)
-    projections: str = option("adapted projections: all | mlp | attn | a comma list such as q,k,v or "
-                              "gate,up (beyond the paper: retrained subsets vs. ablated ones)", "all")
+    projections: list[str] = option("adapted projections: all | mlp | attn | a list such as q,k,v or gate,up "
+                                    "(beyond the paper: retrained subsets vs. ablated ones); saved as the full "
+                                    "names in the paper's order", ["all"])
     epochs: float = option("training epochs", 5.0)
     max_steps: int = option("stop after this many optimizer steps (-1: run all epochs)", -1)
     full_max_steps: int = option("optimizer steps of the full finetune (--full); -1: as --max_steps", -1)
@@ -89,16 +94,17 @@ class TrainConfig:
             raise ValueError(f"model {self.model!r} has a {{size}} placeholder: pass --model_size")
         if self.model_size and "{size}" not in self.model:
             raise ValueError(f"--model_size given but model {self.model!r} has no {{size}} placeholder")
-        parse_layer_indices(self.layer_indices)  # fails early on a malformed list
-        parse_projections(self.projections)
+        if self.layer_indices == []:
+            self.layer_indices = None
+        self.projections = list(parse_projections(self.projections))
 
     @property
     def model_id(self) -> str:
         return self.model.replace("{size}", self.model_size or "")
 
     def layers(self, num_layers: int) -> list[int]:
-        return select_layers(num_layers, self.layer_start, self.layer_end, self.last_third,
-                             parse_layer_indices(self.layer_indices), self.layer_stride)
+        return select_layers(num_layers, self.layer_start, self.layer_end, self.last_third, self.layer_indices,
+                             self.layer_stride)
 
     def default_run_name(self, num_layers: int) -> str:
         layers = self.layers(num_layers)
@@ -108,10 +114,10 @@ class TrainConfig:
             "last_third" if self.last_third else
             f"L{layers[0]}-{layers[-1] + 1}s{self.layer_stride}" if self.layer_indices is None
             else "L" + "_".join(map(str, layers)))
-        projs = parse_projections(self.projections)
+        projs = tuple(self.projections)
         if projs != K.PROJECTIONS:
-            tag += "-" + (self.projections if self.projections in PROJECTION_GROUPS else
-                          "".join(p.removesuffix("_proj")[0] for p in projs))
+            group = next((g for g, members in PROJECTION_GROUPS.items() if members == projs), None)
+            tag += "-" + (group or "".join(p.removesuffix("_proj")[0] for p in projs))
         return f"{self.profile}-r{self.rank}-{tag}"
 
     def dataset_path(self) -> str:
@@ -119,12 +125,12 @@ class TrainConfig:
 
 
 @dataclass
-class EvalConfig(RunOptions):
+class EvalConfig(ServingOptions, RunOptions):  # RunOptions first, then the vLLM fields, then these
     full_run: str | None = option("full finetune run (name or folder); default: the profile's newest")
-    variants: str = option("comma list of base, lora, full, mlp_ablated, attn_ablated",
-                           "base,lora,full,mlp_ablated,attn_ablated")
-    extra_runs: str = option("comma list of further runs shown as extra rows (e.g. tiny-r1-all-mlp)", "")
-    benchmarks: str = option("comma list of heldout, math500, aime24, gpqa; name:N takes the first N", "heldout")
+    variants: list[Literal[PAPER_VARIANTS]] = option("table rows made from the LoRA run (other runs go to "
+                                                     "--extra_runs)", PAPER_VARIANTS)
+    extra_runs: list[str] = option("further runs shown as extra rows (e.g. tiny-r1-all-mlp)", [])
+    benchmarks: list[str] = option("some of heldout, math500, aime24, gpqa; name:N takes the first N", ["heldout"])
     limit: int = option("at most this many items per benchmark (0: all)", 0)
     think_tokens: int = option("thinking budget in tokens (then the answer is forced)", 8192)
     answer_tokens: int = option("budget of the forced answer in tokens", 512)
@@ -136,21 +142,18 @@ class EvalConfig(RunOptions):
     name: str | None = option("evaluation folder name under results/<profile>/eval/ (default: the LoRA run's)")
     regrade: bool = option("regrade saved generations and rewrite the tables, without a model", False)
     overwrite: bool = option("regenerate files that exist", False)
-    tensor_parallel: int = option("vllm: GPUs per model", 1)
-    max_model_len: int = option("vllm: context length", 32768)
-    gpu_memory_utilization: float = option("vllm: share of GPU memory to take", 0.9)
-    parity_prompts: int = option("vllm: prompts of the first-token log-prob parity check", 4)
-    parity_atol: float = option("vllm: largest |log-prob difference| accepted vs. the PEFT model", 0.1)
 
     def __post_init__(self):
         if self.think_tokens < 1 or self.answer_tokens < 1 or self.batch_size < 1 or self.limit < 0:
             raise ValueError("need --think_tokens, --answer_tokens, --batch_size >= 1 and --limit >= 0")
+        self.check_serving()
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.backend not in ("hf", "vllm"):
             raise ValueError(f"--backend must be hf or vllm, got {self.backend!r}")
         if self.backend == "vllm" and importlib.util.find_spec("vllm") is None and not self.regrade:
-            raise ValueError("--backend vllm asked for, but vllm is not installed (it needs a CUDA torch): "
-                             "pip install vllm on a GPU machine, or use --backend hf")
-        parse_variants(self.variants)
-        BenchmarkSpec.parse(self.benchmarks)
+            raise ValueError(f"--backend vllm asked for, but {VLLM_MISSING}; or use --backend hf")
+        if not self.variants:
+            raise ValueError(f"--variants is empty; give some of {', '.join(PAPER_VARIANTS)}")
+        self.benchmark_specs = BenchmarkSpec.parse(self.benchmarks)  # the parsed list, beside the field
+        self.benchmarks = [spec.text for spec in self.benchmark_specs]

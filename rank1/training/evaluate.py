@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rank1 import constants as K
-from rank1.artifacts import write_text
+from rank1.artifacts import read_json, write_text, write_with
 from rank1.benchmarks import Benchmark
 from rank1.generate import Backend, Budget, Generation, think_prompt
 from rank1.hooks import ablate_adapters, folded_adapters
@@ -52,15 +52,6 @@ class Variant:
     name: str
     run: Run
     mode: str
-
-
-def parse_variants(text: str) -> list[str]:
-    names = [v.strip() for v in text.split(",") if v.strip()]
-    unknown = [v for v in names if v not in PAPER_VARIANTS]
-    if unknown or not names:
-        raise ValueError(f"--variants {text!r}: unknown {unknown}; choose from {', '.join(PAPER_VARIANTS)} "
-                         f"(other runs go to --extra_runs)")
-    return names
 
 
 def can_fold(loaded: Loaded) -> bool:
@@ -100,6 +91,16 @@ def variant_context(loaded: Loaded, mode: str, fold: bool | None = None) -> Iter
 
 def generations_path(folder: Path, variant: str, benchmark: str) -> Path:
     return folder / K.GENERATIONS_DIR / f"{variant}__{benchmark}.jsonl"
+
+
+def parity_path(folder: Path, variant: str) -> Path:
+    """Where the parity numbers of a variant served by vLLM are kept (:func:`rank1.serving.parity_numbers`)."""
+    return folder / K.GENERATIONS_DIR / f"{variant}__parity.json"
+
+
+def saved_parity(folder: Path, variants: list[Variant]) -> dict[str, Any]:
+    """The parity numbers saved for ``variants`` (those served by vLLM), by variant name."""
+    return {v.name: read_json(parity_path(folder, v.name)) for v in variants if parity_path(folder, v.name).is_file()}
 
 
 def grade_records(bench: Benchmark, gens: list[Generation], variant: Variant, budget: Budget,
@@ -197,14 +198,24 @@ def vllm_weights(variant: Variant, scratch: Path) -> tuple[str, str | None]:
         return base, None
     if variant.mode in ("adapter_on", "model"):
         return base, str(run.weights_dir)
-    mlp = variant.mode == "ablate_mlp"
-    projections = K.MLP_PROJECTIONS if mlp else K.ATTN_PROJECTIONS
-    tensors = load_file(str(run.weights_dir / "adapter_model.safetensors"))
-    for key, t in tensors.items():
-        if "lora_B" in key and any(f".{p}." in key for p in projections):
-            tensors[key] = t.new_zeros(t.shape)
-    target = scratch / variant.name
-    target.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(target / "adapter_model.safetensors"))
-    (target / "adapter_config.json").write_text((run.weights_dir / "adapter_config.json").read_text())
-    return base, str(target)
+    projections = K.MLP_PROJECTIONS if variant.mode == "ablate_mlp" else K.ATTN_PROJECTIONS
+    return base, str(ablated_adapter(run.weights_dir, projections, scratch / variant.name))
+
+
+def ablated_adapter(adapter_dir: Path, projections: tuple[str, ...], target: Path) -> Path:
+    """Write ``target``: a copy of the PEFT adapter folder ``adapter_dir`` whose ``lora_B`` of ``projections`` are
+    zero (so those adapters add nothing) and every other tensor the same; written whole or not at all."""
+    tensors = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    zeroed = [k for k in tensors if "lora_B" in k and any(f".{p}." in k for p in projections)]
+    if not zeroed:
+        raise ValueError(f"{adapter_dir} has no {'/'.join(projections)} adapters to ablate")
+    for key in zeroed:
+        tensors[key] = torch.zeros_like(tensors[key])
+
+    def write(tmp: Path) -> None:
+        tmp.mkdir(parents=True)
+        save_file(tensors, str(tmp / "adapter_model.safetensors"))
+        (tmp / "adapter_config.json").write_text((adapter_dir / "adapter_config.json").read_text())
+
+    write_with(target, write)
+    return target

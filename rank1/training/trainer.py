@@ -23,7 +23,7 @@ from transformers.trainer_callback import ProgressCallback
 
 from rank1 import constants as K
 from rank1.artifacts import read_json, write_json, write_run_metadata
-from rank1.config import run_dir
+from rank1.config import run_dir, saved_as_today
 from rank1.data import PadCollator, TokenizedDataset, load_reasoning_records
 from rank1.lora import adapter_sites, lora_config, parse_projections, verify_adapter
 from rank1.models import load_model, load_tokenizer, num_layers
@@ -42,11 +42,11 @@ RUN_MANAGEMENT_FIELDS = ("overwrite", "keep_checkpoints", "save_steps", "deepspe
 
 
 def check_same_run(cfg: TrainConfig, saved: dict, folder: Path) -> None:
-    """A finished run folder is only reused for the same training config."""
+    """A finished run folder is only reused for the same training config (the saved one read as today's config
+    reads it: fields newer than the run at their defaults, list fields saved as comma strings parsed)."""
     asked = dataclasses.asdict(cfg)
-    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}  # fields newer than the run
-    diff = {k: (saved.get(k, defaults[k]), v) for k, v in asked.items()
-            if k not in RUN_MANAGEMENT_FIELDS and saved.get(k, defaults[k]) != v}
+    trained = saved_as_today(cfg, saved)
+    diff = {k: (trained[k], v) for k, v in asked.items() if k not in RUN_MANAGEMENT_FIELDS and trained[k] != v}
     if diff:
         shown = ", ".join(f"{k}: trained {a!r}, asked {b!r}" for k, (a, b) in diff.items())
         raise ValueError(f"{folder} holds a finished run with another config ({shown}); "

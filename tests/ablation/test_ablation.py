@@ -136,6 +136,14 @@ def test_stage_writes_json_and_side_file_then_skips(setup):
     lo, hi = report["adapter"]["kl"]["lo"][4][1], report["adapter"]["kl"]["hi"][4][1]
     assert lo <= seq_means[k].mean() <= hi
     assert not (path.parent / K.ABLATION_PARTIAL_DIR).exists()
+    # the ranking tests recomputed from the per-token side file: top layer against the runner-up
+    rank = report["rankings"]["layer"]["top_vs_runner_up"]
+    layer_means = np.stack([seq_means[names.index(f"L{i}")] for i in (0, 1)])
+    top = int(np.argmax(layer_means.mean(1)))
+    assert (rank["top"], rank["runner_up"]) == (top, 1 - top) and rank["n_units"] == 4
+    assert rank["mean_diff"] == pytest.approx((layer_means[top] - layer_means[1 - top]).mean(), rel=1e-5)
+    assert rank["distinct_resamples"] == 35 and rank["min_p_possible"] == 2 / 16 and not rank["separated"]
+    assert report["rankings"]["projection"]["top_vs_runner_up"]["n_units"] == 4
     mtime = path.stat().st_mtime_ns
     measure(cfg, ["layer", "adapter"], K.ABLATION_JSON, K.ABLATION_TOKENS, "t")
     assert path.stat().st_mtime_ns == mtime
@@ -215,6 +223,22 @@ def test_bad_input_fails_with_one_clear_error_and_writes_nothing(isolated_root):
 def test_sample_is_fixed_by_its_seed():
     assert draw_sample(100, 5, 42, "x") == draw_sample(100, 5, 42, "x") != draw_sample(100, 5, 43, "x")
     assert len(set(draw_sample(100, 100, 0, "x"))) == 100
+
+
+def test_ranking_tests_by_hand():
+    from rank1.ablation.sweep import ranking_tests
+
+    kl_KS = np.array([[1.0, 2, 3, 4, 5, 6], [0.5, 1, 1, 2, 2, 3], [0.0, 0, 0, 0, 0, 0]])
+    r = ranking_tests(kl_KS, ["a", "b", "c"], 2000, top_k=1)
+    assert r["order"] == ["a", "b", "c"] and r["mean"] == pytest.approx([3.5, 1.583333, 0.0])
+    t = r["top_vs_runner_up"]
+    assert (t["top"], t["runner_up"], t["units_positive"]) == ("a", "b", 6)
+    assert t["p_sign_flip"] == pytest.approx(2 / 64) and t["separated"]  # all six of one sign, 2/2^6 <= 0.05
+    share = r["top_share"]
+    assert share["value"] == pytest.approx(21 / (21 + 9.5)) and share["uniform"] == pytest.approx(1 / 3)
+    assert share["lo"] <= share["value"] <= share["hi"] and share["names"] == ["a"]
+    few = ranking_tests(kl_KS[:, :4], ["a", "b", "c"], 2000)
+    assert not few["top_vs_runner_up"]["separated"] and "top_share" not in few  # 3 names: no top 4
 
 
 def test_carry_fraction():

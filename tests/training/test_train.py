@@ -56,7 +56,7 @@ def test_run_folder_contents_and_skip(test_data):
 
 
 def test_layer_selection_reaches_the_saved_adapter(test_data):
-    folder = train(config_from_profile(TrainConfig, "train", "test", max_steps=2, layer_indices="1"))
+    folder = train(config_from_profile(TrainConfig, "train", "test", max_steps=2, layer_indices=[1]))
     assert folder.name == "test-r1-L1"
     assert verify_adapter(folder / K.ADAPTER_DIR, [1], rank=1) == 7
 

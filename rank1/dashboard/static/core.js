@@ -22,6 +22,7 @@
       if (!first) return;
       const s = document.createElement("script");
       s.src = "data/" + encodeURIComponent(key) + ".js";
+      s.charset = "utf-8";
       s.onerror = () => reject(new Error("cannot load data/" + key + ".js"));
       document.head.appendChild(s);
     });
@@ -82,6 +83,38 @@
   // Newlines and tabs made visible (a token that is only a newline still has a width); spaces stay spaces.
   R.showToken = (s) => s.replace(/\n/g, "\u21b5").replace(/\t/g, "\u2192");
 
+  // Display strings of a window of token ids. `vocab` maps id -> text; `bytes` (optional) maps id -> hex of
+  // the raw bytes of a token that holds only part of a UTF-8 character: those are joined by a streaming
+  // decoder, so the character appears whole on the token that completes it (the tokens before it are empty).
+  R.texts = function (ids, vocab, bytes) {
+    bytes = bytes || {};
+    const dec = new TextDecoder("utf-8");
+    let pending = false;
+    return ids.map((id) => {
+      const hex = bytes[id];
+      if (hex !== undefined) {
+        const buf = new Uint8Array(hex.match(/../g).map((h) => parseInt(h, 16)));
+        pending = true;
+        return dec.decode(buf, { stream: true });
+      }
+      const flushed = pending ? dec.decode() : "";
+      pending = false;
+      return flushed + (id in vocab ? vocab[id] : "\u2047");
+    });
+  };
+
+  // Colour scale key: a gradient from -scale (blue) through 0 to +scale (red), or 0..scale when unsigned,
+  // with its numbers; `label` says what the colour measures.
+  R.legend = function (scale, label, unsigned) {
+    const stops = unsigned ? [0, 0.5, 1] : [-1, -0.5, 0, 0.5, 1];
+    const bar = R.el("span", { className: "legend-bar", style: { background: unsigned ?
+      `linear-gradient(to right, ${R.color(0, 1)}, ${R.color(1, 1)})` :
+      `linear-gradient(to right, ${R.color(-1, 1)}, ${R.color(0, 1)}, ${R.color(1, 1)})` } });
+    const ticks = R.el("span", { className: "legend-ticks" }, stops.map((t) => R.el("span", {}, R.fmt(t * scale, 3))));
+    return R.el("div", { className: "colour-legend" }, [R.el("span", { className: "legend-label" }, label),
+      R.el("span", { className: "legend-scale" }, [bar, ticks])]);
+  };
+
   // One example: tokens (strings), values (raw, signed), index of the target token, colour scale.
   R.tokens = function (strings, values, center, scale) {
     const row = R.el("div", { className: "tokens" });
@@ -122,11 +155,13 @@
   R.matrix = function (values, rowLabels, colLabels, opts) {
     opts = opts || {};
     const scale = opts.scale || Math.max(1e-9, ...values.flat().map((v) => Math.abs(v || 0)));
-    const head = R.el("tr", {}, [R.el("th", {}, ""), ...colLabels.map((c) => R.el("th", {}, c))]);
+    const head = R.el("tr", {}, [R.el("th", {}, ""), ...colLabels.map((c) => R.el("th", { title: c },
+      R.el("span", {}, c)))]);
     const rows = values.map((row, i) => R.el("tr", {}, [R.el("th", {}, rowLabels[i]), ...row.map((v, j) =>
       R.el("td", { title: `${rowLabels[i]} x ${colLabels[j]}: ${R.fmt(v)}`,
         style: { background: v === null ? "#eee" : R.color(v, scale) } }, opts.compact ? "" : R.fmt(v, 2)))]));
-    return R.el("table", { className: "matrix" + (opts.compact ? " compact" : "") }, [head, ...rows]);
+    const cls = "matrix" + (opts.compact ? " compact" : "") + (opts.className ? " " + opts.className : "");
+    return R.el("table", { className: cls }, [head, ...rows]);
   };
 
   // Line chart of several series over x; legend with colours.

@@ -26,6 +26,7 @@
     return c.name.map((name, i) => ({
       i, name, latent: c.latent[i], density: c.density[i], max: c.max[i], mass: c.mass[i], score: c.score[i],
       category: c.category[i], subcategory: c.subcategory[i], explanation: c.explanation[i], top: c.top[i],
+      why: c.why[i].map((w) => index.reasons[w]),
       text: [name, c.explanation[i], c.category[i] || "", c.subcategory[i] || "", ...c.top[i]].join("\u0000")
         .toLowerCase(),
     }));
@@ -59,18 +60,42 @@
     return out;
   }
 
+  const HEADS = [["feature", "the latent's name"], ["density", "share of tokens on which the latent fires"],
+    ["max", "largest activation"], ["score", "held-out detection balanced accuracy of the explanation (3.3.0); " +
+      "a blank cell says why on hover, the footnote counts the reasons"],
+    ["category", "category from 3.3.1; a blank cell says why on hover"],
+    ["explanation / top tokens", "explanation from 3.3.0; without one, the most common top-example tokens " +
+      "(quoted) and why there is no explanation"]];
+
+  // A value, or a muted dash whose tooltip (and data-why) says why the value is missing.
+  function cell(text, why) {
+    return text ? el("td", {}, text) : el("td", { className: "why", title: why, "data-why": why }, "\u2013");
+  }
+
+  // Under the list: per column that can be blank, how many cells are blank and why.
+  function footnote(items) {
+    const lines = [];
+    [["score", 1], ["explanation", 0], ["category", 2]].forEach(([col, k]) => {
+      const counts = {};
+      items.forEach((r) => { if (r.why[k]) counts[r.why[k]] = (counts[r.why[k]] || 0) + 1; });
+      Object.entries(counts).forEach(([why, n]) => lines.push(`${col}: ${n} of ${items.length} blank \u2013 ${why}`));
+    });
+    return el("div", { className: "footnote", id: "blank-reasons" }, lines.map((l) => el("div", {}, l)));
+  }
+
   function listView(items, state, open) {
-    const table = el("table", { className: "flist" }, [el("tr", {}, ["feature", "density", "max", "score",
-      "category", "explanation / top tokens"].map((h) => el("th", {}, h)))]);
+    const table = el("table", { className: "flist" }, [el("tr", {}, HEADS.map(([h, tip]) =>
+      el("th", { title: tip }, h)))]);
     items.slice(0, state.shown).forEach((r) => {
       table.appendChild(el("tr", { className: r.i === state.current ? "active" : "", "data-feature": r.i,
         onclick: () => open(r.i) }, [
         el("td", { className: "mono" }, r.name), el("td", {}, R.fmt(r.density, 4)), el("td", {}, R.fmt(r.max, 3)),
-        el("td", {}, r.score === null || r.score === undefined ? "" : R.fmt(r.score, 2)),
-        el("td", {}, r.category ? r.category.replace(/_/g, " ") : ""),
-        el("td", { className: "expl" }, r.explanation || r.top.map((t) => JSON.stringify(t)).join(" "))]));
+        cell(r.score === null || r.score === undefined ? "" : R.fmt(r.score, 2), r.why[1]),
+        cell(r.category ? r.category.replace(/_/g, " ") : "", r.why[2]),
+        r.explanation ? el("td", { className: "expl" }, r.explanation) : el("td", { className: "expl why",
+          title: r.why[0], "data-why": r.why[0] }, "top tokens: " + r.top.map((t) => JSON.stringify(t)).join(" "))]));
     });
-    const holder = el("div", { className: "listwrap" }, [table]);
+    const holder = el("div", { className: "listwrap" }, [table, footnote(items)]);
     if (items.length > state.shown) {
       holder.appendChild(el("button", { className: "more", onclick: () => { state.shown += STEP;
         holder.replaceWith(listView(items, state, open)); } }, `show ${Math.min(STEP, items.length - state.shown)} more`));
@@ -78,13 +103,13 @@
     return holder;
   }
 
-  function examples(title, items, vocab, scale, label) {
+  function examples(title, items, page, scale, label) {
     const list = el("div", { className: "examples" });
     function render(n) {
       list.replaceChildren(...items.slice(0, n).map((ex) => el("div", { className: "example" }, [
         el("span", { className: label ? "value wide" : "value", title: `document ${ex.d}, position ${ex.p}` },
           label ? label(ex) : R.fmt(ex.v, 3)),
-        R.tokens(ex.t.map((id) => (id in vocab ? vocab[id] : "\u2047")), ex.a, ex.c, scale)])));
+        R.tokens(R.texts(ex.t, page.vocab, page.bytes), ex.a, ex.c, scale)])));
       if (items.length > n) {
         list.appendChild(el("button", { className: "more", onclick: () => render(items.length) },
           `show all ${items.length}`));
@@ -95,13 +120,14 @@
       items.length ? list : el("p", { className: "muted" }, "none")]);
   }
 
-  function detail(index, feat, vocab) {
+  function detail(index, feat, page) {
     const scale = Math.max(1e-12, feat.max);
     const facts = [["latent", String(feat.latent)], ["density", R.fmt(feat.density, 5)],
       ["tokens fired", feat.firing_count.toLocaleString()], ["max activation", feat.max],
       ["activation mass", feat.mass]];
-    if (feat.score !== null && feat.score !== undefined) facts.push(["detection score", feat.score]);
-    if (feat.category) facts.push(["category", feat.category + (feat.subcategory ? " / " + feat.subcategory : "")]);
+    facts.push(["detection score", feat.score !== null && feat.score !== undefined ? feat.score : feat.why[1]]);
+    facts.push(["category", feat.category ? feat.category + (feat.subcategory ? " / " + feat.subcategory : "") :
+      feat.why[2]]);
     const edges = feat.decile_edges;
     const deciles = edges.length ? [["firing p10", edges[1]], ["firing p50", edges[5]], ["firing p90", edges[9]]] : [];
     const loadings = el("section", {}, [el("h3", {}, "Decoder direction (unit norm) over adapters"),
@@ -112,12 +138,12 @@
     return el("main", { id: "feature", "data-feature": feat.feature }, [
       el("h2", {}, feat.name),
       feat.explanation ? el("p", { className: "explanation" }, feat.explanation) :
-        el("p", { className: "muted" }, "no explanation yet (3.3.0)"),
+        el("p", { className: "muted" }, feat.why[0]),
       el("div", { className: "summary" }, [R.stats([...facts, ...deciles]),
         el("div", {}, [el("h4", {}, "firing values"), R.histogram(feat.hist.edges, feat.hist.counts, { log: true })])]),
       loadings,
-      examples(`top ${feat.top.length} examples`, feat.top, vocab, scale),
-      examples("samples by decile of the firing values", feat.deciles, vocab, scale,
+      examples(`top ${feat.top.length} examples`, feat.top, page, scale),
+      examples("samples by decile of the firing values", feat.deciles, page, scale,
         (ex) => `d${ex.decile} ${R.fmt(ex.v, 3)}`)]);
   }
 
@@ -146,7 +172,7 @@
       detailHolder.replaceChildren(el("p", { className: "muted" }, `loading ${index.features.name[i]} ...`));
       const key = "feat_" + String(Math.floor(i / index.page_size)).padStart(4, "0");
       R.load(key).then((page) => {
-        if (state.current === i) detailHolder.replaceChildren(detail(index, page.features[String(i)], page.vocab));
+        if (state.current === i) detailHolder.replaceChildren(detail(index, page.features[String(i)], page));
       }, (err) => detailHolder.replaceChildren(el("p", { className: "error" }, String(err))));
     }
     app.replaceChildren(header(index), controls(index, state, redraw),
