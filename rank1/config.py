@@ -300,12 +300,17 @@ def _one_of(allowed: tuple) -> str:
     return f"one of {', '.join(map(str, allowed))}"
 
 
+def _literal(value: Any, tp: Any) -> bool:
+    """Whether ``tp`` is a ``Literal``; then ``value`` must be one of its values (else a ``ValueError``)."""
+    allowed = _allowed(tp)
+    if allowed is not None and value not in allowed:
+        raise ValueError(f"{value!r} is not {_one_of(allowed)}")
+    return allowed is not None
+
+
 def _word(word: str, tp: Any) -> Any:
     """One value of type ``tp`` (``int``, ``float``, ``str`` or a ``Literal`` of strings) written as text."""
-    allowed = _allowed(tp)
-    if allowed is not None:
-        if word not in allowed:
-            raise ValueError(f"{word!r} is not {_one_of(allowed)}")
+    if _literal(word, tp):
         return word
     try:
         return tp(word)
@@ -315,10 +320,7 @@ def _word(word: str, tp: Any) -> Any:
 
 def _element(value: Any, tp: Any) -> Any:
     """One element of type ``tp`` given as a TOML (or Python) value; ``int`` where ``float`` is asked is widened."""
-    allowed = _allowed(tp)
-    if allowed is not None:
-        if value not in allowed:
-            raise ValueError(f"{value!r} is not {_one_of(allowed)}")
+    if _literal(value, tp):
         return value
     if not _fits(value, tp):
         raise ValueError(f"{value!r} is not {_TYPE_NAMES[tp]}")

@@ -7,6 +7,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -183,3 +185,31 @@ def train_test_run(n_train: int) -> Path:
     LoRA run named ``a``; returns the run folder."""
     write_splits(data_dir("test"), n_train=n_train, n_eval=2, seed=0)
     return train(config_from_profile(TrainConfig, "train", "test", max_steps=2, run_name="a", lr=0.5))
+
+
+def queued_http_server(default: tuple[int, dict, bytes] = (500, {}, b"{}")) -> tuple[dict, ThreadingHTTPServer]:
+    """A local HTTP server (started on a thread) that answers each POST with the next ``(status, headers, body)``
+    of ``state["queue"]``, else ``default``, and records each request's JSON body and Authorization header.
+    Returns ``(state, server)``; ``state["url"]`` is its OpenAI-style base URL; the caller shuts it down."""
+    state: dict = {"queue": [], "auth": [], "bodies": []}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            state["bodies"].append(json.loads(raw) if raw else None)
+            state["auth"].append(self.headers.get("Authorization"))
+            status, headers, body = state["queue"].pop(0) if state["queue"] else default
+            self.send_response(status)
+            for k, v in {"Content-Type": "application/json", **headers}.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    state["url"] = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    return state, httpd

@@ -4,15 +4,13 @@ the retry of failed features without --overwrite, the --max_failed_share thresho
 
 import json
 import logging
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import httpx
 import openai
 import pytest
 
-from helpers import hand_topk, make_run, outputs_under, run_script
+from helpers import hand_topk, make_run, outputs_under, queued_http_server, run_script
 from rank1 import constants as K
 from rank1.artifacts import read_json
 from rank1.autointerp import AutointerpOptions, LexiconCategoriser, LLMExplainer, run_autointerp
@@ -168,22 +166,7 @@ def _garbage_server():
     body = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "scripted",
                        "choices": [{"index": 0, "finish_reason": "stop",
                                     "message": {"role": "assistant", "content": "Sure! Here you go."}}]}).encode()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    return httpd
+    return queued_http_server(default=(200, {}, body))[1]
 
 
 def test_entry_point_fails_with_one_error_line_then_a_rerun_retries(topk_of_a_run, tmp_path):

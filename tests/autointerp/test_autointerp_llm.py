@@ -6,12 +6,11 @@ path needs a server that refuses one; 429 with Retry-After)."""
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from helpers import hand_topk
+from helpers import hand_topk, queued_http_server
 from rank1 import constants as K
 from rank1.artifacts import public_config
 from rank1.autointerp import AutointerpError, LexiconExplainer, LLMExplainer, run_autointerp
@@ -187,27 +186,7 @@ def _answer(text: str) -> bytes:
 @pytest.fixture
 def fake_server():
     """Answers with the (status, headers, body) the test queues; records the Authorization headers."""
-    state = {"queue": [], "auth": [], "bodies": []}
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            state["bodies"].append(json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0)))))
-            state["auth"].append(self.headers.get("Authorization"))
-            status, headers, body = state["queue"].pop(0) if state["queue"] else (500, {}, b"{}")
-            self.send_response(status)
-            for k, v in {"Content-Type": "application/json", **headers}.items():
-                self.send_header(k, v)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    state["url"] = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    state, httpd = queued_http_server()
     yield state
     httpd.shutdown()
 
