@@ -58,7 +58,8 @@ def load_autointerp(folder: str | Path) -> tuple[list[dict[str, Any]], dict[str,
         hint = " (unfinished: rerun the same command to continue)" if (folder / K.AUTOINTERP_JOURNAL).is_file() else ""
         raise AutointerpError(f"{folder} holds no finished autointerp results{hint}; run "
                               f"2_lora_activation_interp/2.2_run_lora_autointerp.py (or 2.7 for MLP neurons) first")
-    records = [json.loads(line) for line in (folder / K.AUTOINTERP_RESULTS).read_text().splitlines() if line]
+    text = (folder / K.AUTOINTERP_RESULTS).read_text(encoding="utf-8")
+    records = [json.loads(line) for line in text.split("\n") if line.strip()]  # not splitlines: U+2028 in a record
     return records, read_json(folder / K.CONFIG_JSON)
 
 

@@ -28,7 +28,7 @@ from rank1.activations.plots import plot_figure2, plot_interpretability
 from rank1.artifacts import public_config, reuse_finished, write_json, write_run_metadata
 from rank1.capture import KINDS, CaptureSpec, sample_neurons
 from rank1.config import dataset_file, results_dir
-from rank1.dashboard import write_dashboard
+from rank1.dashboard import token_bytes, write_dashboard
 from rank1.lora import PROJECTIONS, SAVED_KEY_RE, adapter_vectors, parse_projections
 from rank1.models import load_tokenizer, model_config
 from rank1.runs import Run, check_same_identity, weights_sha256
@@ -167,8 +167,10 @@ def run_lora_activation_dashboard(cfg: DashboardConfig) -> Path:
     res = TopKResult.load(src)
     check_same_identity(run.identity(), res.meta["identity"], f"top-k examples {src}")
     check_writable(out.parent)
+    # the raw bytes of tokens that hold part of a character, so the page shows the character whole
+    pieces = token_bytes(load_tokenizer(run.model_id), res.vocab)
     index, pages = build_payloads(res, adapter_vectors(run.weights_dir),
-                                  f"LoRA activations: {run.name}", cfg.n_examples)
+                                  f"LoRA activations: {run.name}", cfg.n_examples, token_bytes=pieces)
     write_dashboard(out, index["title"], "lora.js", index, pages)
     return out
 

@@ -31,7 +31,7 @@ from rank1.artifacts import (
 from rank1.benchmarks import Benchmark, BenchmarkSpec, load_benchmark
 from rank1.capture import Capture, CaptureSpec, decoder_layers
 from rank1.config import data_dir, dataset_file, results_dir
-from rank1.dashboard import write_dashboard
+from rank1.dashboard import token_texts, write_dashboard
 from rank1.data import load_reasoning_records, read_jsonl
 from rank1.generate import Budget, HFBackend, Sampling, budget_forced_greedy, think_prompt
 from rank1.interventions.attribution import agreement, answer_target, attribute, check_problem, target_value
@@ -305,7 +305,7 @@ def run_attribution(cfg: AttributionConfig) -> Path:
     if tok is None:
         tok = load_tokenizer(run.model_id)
     index, pages = build_payloads(report, load_file(str(folder / K.ATTRIBUTION_TENSORS)),
-                                  lambda ids: [tok.decode([t]) for t in ids], cfg.n_rows,
+                                  lambda ids: token_texts(tok.decode, ids), cfg.n_rows,
                                   f"Adapter attribution: {run.name}")
     write_dashboard(folder / K.ATTRIBUTION_HTML_DIR, index["title"], "attribution.js", index, pages)
     attribution_log.info("dashboard: %s", folder / K.ATTRIBUTION_HTML_DIR / K.DASHBOARD_INDEX)

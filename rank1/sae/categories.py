@@ -48,7 +48,7 @@ def read_explanations(folder: str | Path, required: bool = False) -> dict[str, d
             raise CategoryError(f"{path} is missing: explain the features first with {EXPLAINER}")
         return {}
     out = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
         if not line.strip():
             continue
         try:
@@ -154,7 +154,7 @@ def categorize(res, explanations_path: Path, categoriser, opt, concurrency: int 
     scheme = categoriser.scheme
     lexicon = LexiconCategoriser(LEXICON_SCHEME)
     index = {f["name"]: i for i, f in enumerate(res.features)}
-    records = [json.loads(line) for line in explanations_path.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in explanations_path.read_text(encoding="utf-8").split("\n") if line.strip()]
     unknown = [r.get("name") for r in records if r.get("name") not in index]
     if unknown:
         raise CategoryError(f"{explanations_path} explains features that 3.1 did not collect ({unknown[:3]}...): it "

@@ -34,7 +34,7 @@ from rank1.artifacts import (
 from rank1.autointerp.categories import PAPER_TOP_LEVEL_SCHEME
 from rank1.autointerp.stage import build_components, run_stage
 from rank1.config import results_dir
-from rank1.dashboard import write_dashboard
+from rank1.dashboard import token_bytes, write_dashboard
 from rank1.models import load_tokenizer
 from rank1.runs import check_same_identity
 from rank1.sae.alive import ALIVE_RULE, training_window_alive
@@ -266,8 +266,9 @@ def run_generate_sae_dashboard(cfg: SaeDashboardConfig, report: Report = log.inf
     explanations = read_explanations(interp)
     categories = read_categories(interp, names, required=False)
     check_writable(out.parent)
+    pieces = token_bytes(load_tokenizer(run.model_id), res.vocab)  # tokens that hold part of a character
     index, pages = build_payloads(res, latents, explanations, categories, f"SAE features: {run.name}",
-                                  cfg.n_examples, cfg.context, cfg.page_size)
+                                  cfg.n_examples, cfg.context, cfg.page_size, token_bytes=pieces)
     write_dashboard(out, index["title"], "sae.js", index, pages)
     report(f"dashboard: {out / K.DASHBOARD_INDEX} ({len(names)} features; explanations for {len(explanations)}, "
            f"categories for {len((categories or {}).get('features', {}))})")
