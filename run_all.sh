@@ -62,8 +62,9 @@ lora_layer_ablation_kl_visualization | py   | model     | -           | 1_lora_a
 5.2_train_sae_lora                   | py   | model     | -           | 5_sae_latent_lora/5.2_train_sae_lora.py
 5.3_train_standard_lora              | py   | model     | -           | 5_sae_latent_lora/5.3_train_standard_lora.py
 5.4_analyze                          | py   | model     | -           | 5_sae_latent_lora/5.4_analyze.py
-# 6. The report: did the paper's claims hold here? (reports/<profile>/REPORT.md and index.html)
-6.0_write_report                     | py   | artifacts | -           | 6_report/6.0_write_report.py
+# 6. Feature pages (what each direction reads, writes, does); the report: did the paper's claims hold here?
+6.0_feature_pages                    | py   | artifacts | -           | 6_report/6.0_feature_pages.py
+6.1_write_report                     | py   | artifacts | -           | 6_report/6.1_write_report.py
 STAGES
 
 exec "$PY" -m rank1.pipeline "$@"

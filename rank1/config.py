@@ -53,9 +53,10 @@ PATH_PLACEHOLDERS = ("{root}", "{cache}")
 # The tables a profile may have: those the stage configs read (parse_config / config_from_profile sections), the
 # dry run's [plan] and the rehearsal's [rehearsal]. tests/test_config.py checks this list against the code.
 KNOWN_TABLES = (
-    "ablation", "attribution", "autointerp", "dashboard", "data", "eval", "extract", "interpretability",
-    "lora_vs_mlp", "plan", "probes", "rehearsal", "report", "rollouts", "sae", "sae_autointerp", "sae_dashboard",
-    "sae_densities", "sae_donut", "sae_features", "sae_lora", "steering", "topk", "train", "weight_geometry",
+    "ablation", "attribution", "autointerp", "dashboard", "data", "eval", "extract", "feature_pages",
+    "interpretability", "lora_vs_mlp", "plan", "probes", "rehearsal", "report", "rollouts", "sae", "sae_autointerp",
+    "sae_dashboard", "sae_densities", "sae_donut", "sae_features", "sae_lora", "steering", "topk", "train",
+    "weight_geometry",
 )
 
 C = TypeVar("C")

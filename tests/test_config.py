@@ -160,7 +160,7 @@ def test_an_integer_is_a_float_and_a_string_model_is_checked(tmp_path):
 
 
 def test_a_bad_profile_ends_a_script_in_one_error_line_and_exit_2():
-    proc = run_script(["6_report/6.0_write_report.py", "--profile", "nope"], check=False,
+    proc = run_script(["6_report/6.1_write_report.py", "--profile", "nope"], check=False,
                       env={"RANK1_DEBUG": ""})
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [

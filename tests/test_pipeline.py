@@ -83,9 +83,10 @@ def test_dry_run_prints_every_stage_and_runs_nothing(isolated_root, capsys):
     for i, st in enumerate(stages(), 1):
         assert f"{i:2d}. {st.name}\n" in out
     assert out.count("    command: ") == out.count("    devices: ") == len(stages())
-    assert "6_report/6.0_write_report.py --profile tiny" in out and "every required id and path is set" in out
+    assert "6_report/6.1_write_report.py --profile tiny" in out and "every required id and path is set" in out
     assert not (isolated_root / "logs").exists() and not (isolated_root / "results").exists()
-    assert stages()[-1].name == "6.0_write_report" and len({s.name for s in stages()}) == len(stages())
+    assert [s.name for s in stages()[-2:]] == ["6.0_feature_pages", "6.1_write_report"]
+    assert len({s.name for s in stages()}) == len(stages())
 
 
 def test_store_estimate_is_tokens_times_sites_times_bytes_plus_ids(tmp_path):
@@ -173,7 +174,7 @@ def test_a_profile_given_by_a_relative_path_reaches_every_stage_as_its_absolute_
     assert f"=== show: {sys.executable} -c pass --profile {tmp_path / 'my.toml'}\n" in capsys.readouterr().out
     assert (isolated_root / "logs" / "run_all-my-times.tsv").is_file()
     assert main(["--profile", "my.toml", "--dry-run"]) == 0
-    assert f"6_report/6.0_write_report.py --profile {tmp_path / 'my.toml'}\n" in capsys.readouterr().out
+    assert f"6_report/6.1_write_report.py --profile {tmp_path / 'my.toml'}\n" in capsys.readouterr().out
     shipped = load_profile(str(REPO_ROOT / "configs" / "profiles" / "test.toml"))
     assert load_profile("test").spec == shipped.spec == "test"  # a shipped profile keeps its short name
 
@@ -403,8 +404,8 @@ def test_an_llm_endpoint_that_does_not_answer_is_flagged_without_failing(tmp_pat
     assert problems == [] and no_network == ["http://127.0.0.1:9/v1/models"]  # asked once for both tables
     [note] = notes
     assert note.startswith("LLM endpoint http://127.0.0.1:9/v1 does not answer here (no answer (tests)): stages "
-                           "2.2_run_lora_autointerp, 2.7_run_mlp_autointerp, 2.6_run_random_autointerp, 3.3.0_autointerp, "
-                           "3.3.1_categorize fail")
+                           "2.2_run_lora_autointerp, 2.7_run_mlp_autointerp, 2.6_run_random_autointerp, "
+                           "3.3.0_autointerp, 3.3.1_categorize fail")
     assert main(["--profile", str(path), "--dry-run"]) == 0
     assert "note: LLM endpoint http://127.0.0.1:9/v1 does not answer here" in capsys.readouterr().out
     reachable(monkeypatch)

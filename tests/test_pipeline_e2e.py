@@ -125,6 +125,17 @@ def test_whole_pipeline_on_the_test_profile_then_the_report(isolated_root):
     assert all(c.verdict != NA for c in rep.claims if c.section.startswith(("largest-KL", "LoRA directions")))
     assert {f.stage for f in rep.folders} >= {"eval", "ablations", "lora_vs_mlp", "sae", "steering", "probes"}
     assert all(t.latest is not None for t in rep.times)
+    # 6.1: the feature pages, their Neuronpedia export in the documented schema, and the model cards
+    from rank1.report.neuronpedia import validate_export
+
+    pages = results_dir("test", "feature_pages", "test-r1-all")
+    assert (pages / K.DASHBOARD_INDEX).is_file() and (pages / "data" / "a_L001_down_proj.js").is_file()
+    for kind in ("adapter", "latent"):
+        export = pages / "neuronpedia" / kind
+        assert list(export.glob("*/*/features/batch-0.jsonl.gz")), kind
+        assert validate_export(export) == [], kind
+    assert "library_name: \"peft\"" in (run_dir("test-r1-all") / K.ADAPTER_DIR / "README.md").read_text()
+    assert (results_dir("test", K.SAE_STAGE, "test-r1-all") / "README.md").is_file()
 
 
 @pytest.mark.slow

@@ -109,7 +109,7 @@ def build_report(cfg: ReportConfig) -> Report:
 
 
 def run_write_report(cfg: ReportConfig) -> Report:
-    """6.0: build the report from the saved artifacts and write ``REPORT.md`` and ``index.html`` (atomically)
+    """6.1: build the report from the saved artifacts and write ``REPORT.md`` and ``index.html`` (atomically)
     into ``rep.out``; returns the report (the script prints its verdict counts)."""
     rep = build_report(cfg)
     write_text(rep.out / REPORT_MD, render_markdown(rep))

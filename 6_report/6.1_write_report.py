@@ -1,4 +1,4 @@
-"""Stage 6.0: the report of the main job. Did the paper's claims hold here?
+"""Stage 6.1: the report of the main job. Did the paper's claims hold here?
 
 For every claim of the paper (recovery per benchmark; MLP- vs. attention-ablated recovery; the largest-KL
 projection type and layers; LoRA vs. MLP monosemanticity; category enrichment; SAE alive share and FVU;
@@ -10,7 +10,7 @@ Reads only saved artifacts (a stage that has not run shows as missing) and write
 REPORT.md and index.html (opens from disk, no server).
 
 Usage:
-    python 6_report/6.0_write_report.py --profile tiny
+    python 6_report/6.1_write_report.py --profile tiny
 """
 
 from rank1.config import parse_config
