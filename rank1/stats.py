@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from math import comb
 
 import numpy as np
-from scipy.stats import chi2_contingency, false_discovery_control, mannwhitneyu, permutation_test
+from scipy.stats import binomtest, chi2_contingency, false_discovery_control, mannwhitneyu, permutation_test
 from sklearn.metrics import roc_auc_score
 
 from rank1.metrics import recovery
@@ -51,6 +51,15 @@ class Estimate:
             return "undefined"
         spec = spec or ".3f"
         return f"{self.value:{spec}} [{self.lo:{spec}}, {self.hi:{spec}}]"
+
+
+def proportion_ci(k: int, n: int, level: float = 0.95) -> dict:
+    """The share ``k / n`` with its Wilson score interval (``scipy.stats.binomtest``), as an :class:`Estimate`
+    dict; for a count with no resampling unit of its own (alive latents of one SAE, latents as units)."""
+    if n <= 0 or not 0 <= k <= n:
+        raise ValueError(f"a proportion needs 0 <= k <= n and n > 0, got k={k}, n={n}")
+    ci = binomtest(k, n).proportion_ci(confidence_level=level, method="wilson")
+    return Estimate(k / n, float(ci.low), float(ci.high), level, n).to_dict()
 
 
 def _as_float(x) -> float:

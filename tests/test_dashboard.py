@@ -9,7 +9,15 @@ import torch
 from helpers import dashboard_page, keep_screenshot, synthetic_store
 from rank1.activations.dashboard import build_payloads
 from rank1.constants import PROJECTIONS
-from rank1.dashboard import BYTE_DECODER, data_script, safe_json, token_bytes, token_texts, write_dashboard
+from rank1.dashboard import (
+    BYTE_DECODER,
+    data_script,
+    read_data_file,
+    safe_json,
+    token_bytes,
+    token_texts,
+    write_dashboard,
+)
 from rank1.topk import compute_topk
 
 BYTE_CHAR = {b: c for c, b in BYTE_DECODER.items()}
@@ -21,6 +29,15 @@ def test_safe_json_cannot_close_a_script():
     text = data_script("k", {"t": EVIL})
     assert "<" not in text and ">" not in text and "\u2028" not in text
     assert json.loads(safe_json(list(EVIL))) == list(EVIL)
+
+
+def test_data_file_round_trip(tmp_path):
+    folder = write_dashboard(tmp_path / "d", "t", "lora.js", {"a": 1}, {"page_1": {"t": list(EVIL), "x": 1.5}})
+    assert read_data_file(folder, "page_1") == {"t": list(EVIL), "x": 1.5}
+    assert read_data_file(folder, "index") == {"a": 1}
+    (folder / "data" / "bad.js").write_text("alert(1)")
+    with pytest.raises(ValueError, match="is not a dashboard data file"):
+        read_data_file(folder, "bad")
 
 
 def test_safe_json_keeps_multibyte_text_and_escapes_separators():

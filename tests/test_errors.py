@@ -344,6 +344,7 @@ GEOMETRY = f"{S4}/4.4_weight_geometry.py"
 STEERING = f"{S4}/4.0_steering.py"
 PROBES = f"{S4}/4.3_correctness_probes.py"
 EVAL = "s1_peft/eval_benchmarks.py"
+PAGES = "6_report/6.0_feature_pages.py"
 UNTERMINATED = "is damaged or cut short (not valid JSON: Unterminated string starting at, line 7 column 5); "
 
 ROWS = [
@@ -412,6 +413,11 @@ ROWS = [
         conditions=(lambda w: disk_full(),)),
     Row("read-only-root-for-run_all.sh", ["rank1.pipeline"], "{ro}/logs: permission denied", env={"RANK1_ROOT": "{ro}"},
         conditions=(lambda w: read_only(w.ro), lambda w: no_stage_runs())),
+    Row("negative-read-batch", [f"{S4}/4.2_counterfactual_rollouts.py", "--read_batch", "-1"],
+        "--read_batch must be >= 0 (0: --batch_size), got -1"),
+    Row("neuronpedia-model-id", [PAGES, "--neuronpedia_model", "Qwen/Qwen2.5"],
+        "--neuronpedia_model 'Qwen/Qwen2.5' is invalid: use only lowercase letters, digits, '-', '.' and '_'"),
+    Row("pages-zero-examples", [PAGES, "--n_examples", "0"], "--n_examples must be >= 1, got 0"),
     Row("failed-share-out-of-range", [f"{S2}/2.2_run_lora_autointerp.py", "--max_failed_share", "1.5", "--out",
                                       "{bad}/autointerp_new"], "max_failed_share must be a share between 0 and 1"),
 ]

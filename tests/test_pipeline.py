@@ -290,7 +290,7 @@ def test_training_memory_per_gpu_by_hand(monkeypatch):
     assert estimates._train_memory(paper, full=True)[0].size == 16 * P32
 
 
-def test_extraction_and_intervention_memory_by_hand():
+def test_extraction_and_intervention_memory_by_hand(tmp_path):
     paper = load_profile("paper")
     weights, forward, sites = estimates._extract_memory(paper, mlp=False)
     assert weights.size == P32 * 2  # each of the 8 workers holds the bf16 model
@@ -299,9 +299,12 @@ def test_extraction_and_intervention_memory_by_hand():
     # steering's teacher-forced KL: 2 x 12 sequences x (512 + 1024 + 32 = 1568) tokens, every position's logits
     _, kl = estimates._steering_memory(paper)
     assert kl.size == 24 * 1568 * (FORWARD_WIDTH32 + 152064) * 2 and kl.what.startswith("teacher-forced KL")
-    # rollouts: vLLM takes 0.9 x 80 GiB to sample; reading 64 whole rollouts of 512 + 8192 + 64 = 8768 tokens at
-    # once through the PEFT model holds more
-    _, read = estimates._rollouts_memory(paper)
+    # rollouts: vLLM takes 0.9 x 80 GiB to sample; reading the paper profile's read_batch = 2 whole rollouts of
+    # 512 + 8192 + 64 = 8768 tokens through the PEFT model holds less, so sampling is the peak ...
+    sampling = estimates._rollouts_memory(paper)
+    assert sampling[0].what.startswith("sampling") and sampling[0].size == int(0.9 * 80 * GIB)
+    # ... while reading all 64 at once (read_batch 0: the generation batch) would hold more
+    _, read = estimates._rollouts_memory(profile_file(tmp_path, 'extends = "paper"\n[rollouts]\nread_batch = 0\n'))
     assert read.size == 64 * 8768 * FORWARD_WIDTH32 * 2 and read.what.startswith("reading activations")
     assert estimates._generation_memory(pipeline.plan_values(paper), "auto", 64, 8192, 64, "vllm")[0].size == \
         int(0.9 * 80 * GIB)

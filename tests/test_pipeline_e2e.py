@@ -125,11 +125,26 @@ def test_whole_pipeline_on_the_test_profile_then_the_report(isolated_root):
     assert all(c.verdict != NA for c in rep.claims if c.section.startswith(("largest-KL", "LoRA directions")))
     assert {f.stage for f in rep.folders} >= {"eval", "ablations", "lora_vs_mlp", "sae", "steering", "probes"}
     assert all(t.latest is not None for t in rep.times)
-    # 6.1: the feature pages, their Neuronpedia export in the documented schema, and the model cards
+    # 6.0: the feature pages, their Neuronpedia export in the documented schema, and the model cards
+    from rank1.dashboard import read_data_file
+    from rank1.data import read_jsonl
     from rank1.report.neuronpedia import validate_export
+    from rank1.topk import TopKResult
 
     pages = results_dir("test", "feature_pages", "test-r1-all")
-    assert (pages / K.DASHBOARD_INDEX).is_file() and (pages / "data" / "a_L001_down_proj.js").is_file()
+    assert (pages / K.DASHBOARD_INDEX).is_file()
+    page = read_data_file(pages, "a_L001_down_proj")  # a page's numbers are the artifacts' numbers
+    abl = read_json(results_dir("test", K.ABLATION_STAGE, "test-r1-all") / K.ABLATION_JSON)["adapter"]
+    kl = abl["kl"]["mean"][abl["projections"].index("down_proj")][abl["layers"].index(1)]
+    assert page["does"]["ablation"]["kl"] == float(f"{kl:.4g}")
+    topk = TopKResult.load(results_dir("test", "lora_topk", "test-r1-all"))
+    feat = next(f for f in topk.features if f["name"] == "L1_down_proj_negative")
+    assert page["polarities"]["negative"]["n_active"] == feat["n_active"]
+    records = read_jsonl(results_dir("test", "lora_autointerp", "test-r1-all") / K.AUTOINTERP_RESULTS)
+    rec = next(r for r in records if r["name"] == "L1_down_proj_negative")
+    assert page["polarities"]["negative"]["explained"].get("explanation") == (
+        rec["explanation"] if rec["status"] == "ok" else None)
+    assert page["writes"]["lens"]["positive"]["promotes"]  # a residual writer has its logit lens
     for kind in ("adapter", "latent"):
         export = pages / "neuronpedia" / kind
         assert list(export.glob("*/*/features/batch-0.jsonl.gz")), kind

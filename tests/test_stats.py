@@ -183,3 +183,17 @@ def test_stratified_auc_compares_within_strata_only():
     assert np.isnan(stratified_auc(np.array([0, 1]), np.array([0.0, 1.0]), np.array([0, 1])))
     est = grouped_auc(y, s, strata, 200, strata_N=strata)
     assert est.value == pytest.approx(2 / 3) and est.lo <= est.value <= est.hi
+
+
+def test_proportion_ci_is_wilson_by_hand():
+    from rank1.stats import proportion_ci
+
+    # Wilson, k=5, n=10, z=1.96: centre (5 + z^2/2) / (10 + z^2) = 0.5, half-width z sqrt(10/4 + z^2/4) / (10 + z^2)
+    z = 1.959964
+    half = z * (10 / 4 + z * z / 4) ** 0.5 / (10 + z * z)
+    est = proportion_ci(5, 10)
+    assert est["value"] == 0.5 and est["lo"] == pytest.approx(0.5 - half, abs=1e-6)
+    assert est["hi"] == pytest.approx(0.5 + half, abs=1e-6) and est["n"] == 10
+    assert proportion_ci(0, 4)["lo"] == 0.0
+    with pytest.raises(ValueError, match="0 <= k <= n and n > 0, got k=5, n=4"):
+        proportion_ci(5, 4)

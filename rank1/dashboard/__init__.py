@@ -135,6 +135,20 @@ def write_dashboard(folder: str | Path, title: str, app: str, index: Any, pages:
     return write_with(Path(folder), write)
 
 
+def read_data_file(folder: str | Path, key: str) -> Any:
+    """The payload of a dashboard's ``data/<key>.js`` (what :func:`data_script` wrote), for tests and tools that
+    compare a page with the artifacts it came from."""
+    path = Path(folder) / "data" / f"{key}.js"
+    text = path.read_text(encoding="utf-8").strip()
+    head, tail = "window.__rank1_register(", ");"
+    if not (text.startswith(head) and text.endswith(tail)):
+        raise ValueError(f"{path} is not a dashboard data file (expected {head}key, payload{tail})")
+    found, payload = json.loads("[" + text[len(head):-len(tail)] + "]")
+    if found != key:
+        raise ValueError(f"{path} registers {found!r}, not {key!r}")
+    return payload
+
+
 def write_data_file(folder: str | Path, key: str, payload: Any) -> Path:
     """Replace one data file (``data/<key>.js``) of an existing dashboard atomically; a later stage uses it to
     add what it made to a dashboard written before it."""

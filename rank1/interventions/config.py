@@ -120,6 +120,8 @@ class RolloutConfig(ServingOptions, StageOptions):  # the run options first, the
     think_tokens: int = option("thinking budget", 160)
     answer_tokens: int = option("answer budget", 16)
     batch_size: int = option("generation and extraction batch size", 16)
+    read_batch: int = option("rollouts whose activations one forward pass of the PEFT model reads (whole rollouts "
+                             "of up to think_tokens + answer_tokens tokens; 0: batch_size)", 0)
     last_tokens: int = option("activations are also averaged over the last N thinking tokens", 16)
     require_complete: bool = option("only rollouts whose thinking ended before its budget count", True)
     mlp_baseline: bool = option("also read the matched base-model MLP neurons of stage 2.4", True)
@@ -139,6 +141,8 @@ class RolloutConfig(ServingOptions, StageOptions):  # the run options first, the
             raise ValueError(f"--n_samples must be >= 2 to compare attempts of one problem, got {self.n_samples}")
         if min(self.n_problems, self.last_tokens, self.batch_size) < 1 or self.temperature <= 0:
             raise ValueError("--n_problems, --last_tokens, --batch_size must be >= 1 and --temperature > 0")
+        if self.read_batch < 0:
+            raise ValueError(f"--read_batch must be >= 0 (0: --batch_size), got {self.read_batch}")
 
 
 @dataclass

@@ -475,7 +475,7 @@ def _rollouts_report(cfg: RolloutConfig, run: Run, folder: Path, config: dict) -
         if expected is not None and capture.sites != expected:
             raise ValueError("the MLP neurons drawn here differ from stage 2.4's; rerun 2.4 or pass --no-mlp_baseline")
         names[kind] = [f"L{s['layer']}.{s['name']}" for s in capture.sites]
-        for key, t in trace_means(capture, seqs, cfg.last_tokens, cfg.batch_size).items():
+        for key, t in trace_means(capture, seqs, cfg.last_tokens, cfg.read_batch or cfg.batch_size).items():
             tensors[f"{kind}_{key}"] = t.contiguous()
     pid = {it.id: i for i, it in enumerate(bench.items)}
     tensors |= {"correct_R": torch.tensor([r["correct"] for r in records]),

@@ -391,7 +391,7 @@ def _steering_memory(profile: Profile) -> Estimate:
 
 
 def _rollouts_memory(profile: Profile) -> Estimate:
-    """Sampling, then reading the adapter (and MLP) activations of batch_size whole rollouts at a time."""
+    """Sampling, then reading the adapter (and MLP) activations of read_batch whole rollouts at a time."""
     plan, v = plan_values(profile), stage_values(profile, RolloutConfig, "rollouts")
     b = compute_bytes(v["precision"], plan)
     tokens = plan.get("prompt_tokens", 0) + v["think_tokens"] + v["answer_tokens"]
@@ -399,7 +399,8 @@ def _rollouts_memory(profile: Profile) -> Estimate:
         "sampling": _generation_memory(plan, v["precision"], v["batch_size"], v["think_tokens"], v["answer_tokens"],
                                        v["backend"], v["gpu_memory_utilization"], v["tensor_parallel_size"],
                                        v["prompt_tokens"]),
-        "reading activations": [_weights(plan, b), _forward_part(plan, v["batch_size"], tokens, b)]})
+        "reading activations": [_weights(plan, b), _forward_part(plan, v["read_batch"] or v["batch_size"], tokens,
+                                                                 b)]})
 
 
 def _extract_memory(profile: Profile, mlp: bool) -> Estimate:

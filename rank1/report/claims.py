@@ -19,11 +19,13 @@ from rank1 import constants as K
 from rank1.benchmarks import BENCHMARK_TITLES
 from rank1.interventions import PROBE
 from rank1.paper import PAPER_ABLATION, PAPER_INTERP, PAPER_RECOVERY, PAPER_SAE, PAPER_STEERING
+from rank1.stats import proportion_ci
 
 YES, NO, NA = "yes", "no", "n/a"
 CANNOT_TELL, UNDERPOWERED = "cannot tell", "underpowered"
 VERDICTS = (YES, NO, CANNOT_TELL, UNDERPOWERED, NA)
 DOMINANT_TOP = 4  # "a few layers": the paper names 4 (44, 45, 46, 62)
+STEER_LARGE = 10.0  # natural standard deviations: "very large" steering
 
 
 def decide(lo: float | None, hi: float | None, yes_above: float, no_below: float | None = None, *,
@@ -128,17 +130,21 @@ RULE_ENRICH = ("yes: the enrichment's CI lies above 1 and its Benjamini-Hochberg
                "the artifact has it) is <= 0.05; no: the CI lies below 1; else cannot tell (not resolved at this "
                "sample size)")
 RULE_ALIVE = ("alive = fired on at least one of the last `window` training tokens (the paper's dead-latent filter, "
-              "window 1e6 tokens; rank1.sae.alive); yes: our alive share is at least half the paper's (2000/3584 = "
-              "56%); no: below; n/a: the SAE was trained before the training-window count existed")
+              "window 1e6 tokens; rank1.sae.alive); yes: the 95% Wilson interval of our alive share (latents as "
+              "units) lies above half the paper's share (2000/3584 = 56%, half 28%); no: below it; else cannot "
+              "tell; n/a: the SAE was trained before the training-window count existed")
 RULE_FVU = ("n/a: the paper gives no FVU or loss gap (shown for reference, with L0 and the share of the LoRA's loss "
             "gain kept when the reconstruction is spliced in, against zero ablation (the base model) and against "
             "mean ablation (the mean adapter state at every token))")
-RULE_STEER = ("yes: the (lower) median KL onset of the scalar-offset sweep is >= 10 natural standard deviations "
-              "(no onset within the sweep counts as beyond it); no: below")
+RULE_STEER = ("the lower median over the scalar-offset adapters of the KL onset, in natural standard deviations, "
+              "with the interval made of the lower medians of the adapters' CI bounds (over problems; no onset "
+              "within the sweep counts as beyond it): yes: the interval lies at or above 10; no: below 10; else "
+              "cannot tell (also when the sweep has no CIs)")
 RULE_STEER_CONTROL = ("yes: for at least half the scalar-offset adapters the LoRA direction's onset CI lies below the "
                       "random control's (a random vector of B's norm at the same site; beyond the sweep counts as "
-                      "infinite); no: otherwise (a random direction of that size changes the output about as early, "
-                      "so the magnitude says little about the LoRA's direction); n/a: the sweep has no control")
+                      "infinite); no: for at least half it lies above the control's (a random direction of that "
+                      "size changes the output earlier); else cannot tell (the CIs overlap: the magnitude says "
+                      "little about the LoRA's direction); n/a: the sweep has no control")
 
 
 def _paper_recovery(bench: str) -> tuple[str, str]:
@@ -341,10 +347,10 @@ def sae_claims(met: dict | None, src: str) -> list[Claim]:
         out = [Claim(sec, "alive latents", paper_a, "not counted (an SAE trained before the training-window count; "
                                                     "rerun 3.0 with --overwrite)", NA, RULE_ALIVE, src)]
     else:
-        alive = a["n_alive"] / a["d_sae"]
-        out = [Claim(sec, "alive latents", paper_a, f"{a['n_alive']} of {a['d_sae']} ({100 * alive:.1f}%), training "
+        ci = proportion_ci(a["n_alive"], a["d_sae"])
+        out = [Claim(sec, "alive latents", paper_a, f"{a['n_alive']} of {a['d_sae']} ({fmt_pct(ci)}), training "
                                                     f"window of {a['window_tokens']} tokens",
-                     YES if alive >= paper_alive / 2 else NO, RULE_ALIVE, src)]
+                     decide(ci["lo"], ci["hi"], paper_alive / 2), RULE_ALIVE, src)]
     gap = met.get("loss_gap") or {}
     kept = (f"; loss gain kept when spliced: {fmt_pct(gap['recovered_vs_zero'])} vs zero ablation, "
             f"{fmt_pct(gap['recovered_vs_mean'])} vs mean ablation") if "recovered_vs_mean" in gap else ""
@@ -362,17 +368,27 @@ def steering_claims(st: dict | None, src: str) -> list[Claim]:
     if not rows:
         return [Claim(sec, "KL onset, scalar offset", paper, "no offset sweep in the artifact", NA, RULE_STEER, src)]
     top = max((abs(m) for m in st["config"].get("scalar_magnitudes", [])), default=0.0)
-    onsets = sorted(float("inf") if o["kl_onset"] is None else abs(o["kl_onset"]) for o in rows)
-    median = onsets[(len(onsets) - 1) // 2]  # the lower median: at least half the adapters need this much
+    median = _lower_median([o["kl_onset"] for o in rows])  # at least half the adapters need this much
+    cis = [o.get("kl_onset_ci") for o in rows]
+    lo, hi = (_lower_median([c["lo"] for c in cis]), _lower_median([c["hi"] for c in cis])) \
+        if all(cis) else (None, None)
     shown = ", ".join(f"{o['adapter']} {o['kl_onset'] if o['kl_onset'] is not None else f'>{top:g}'}" for o in rows)
     theirs = [o["paper_m"] for o in rows if o.get("paper_m") is not None]
     span = f"{min(theirs):.0f}-{max(theirs):.0f}" if theirs and round(min(theirs)) != round(max(theirs)) else \
         f"{theirs[0]:.0f}" if theirs else ""
     recipe = f"; the authors' recipe here: {span} std" if theirs else ""
-    median_text = f">{top:g}" if median == float("inf") else f"{median:g}"
-    ours = f"median onset {median_text} natural std ({shown}){recipe}"
-    return [Claim(sec, "KL onset, scalar offset", paper, ours, YES if median >= 10 else NO, RULE_STEER, src),
+    beyond = lambda x: f">{top:g}" if x == float("inf") else f"{x:g}"  # noqa: E731
+    interval = f" [{beyond(lo)}, {beyond(hi)}]" if lo is not None else " (no CIs in the artifact)"
+    ours = f"median onset {beyond(median)}{interval} natural std ({shown}){recipe}"
+    verdict = decide(lo, hi, STEER_LARGE - 1e-9, STEER_LARGE)  # "at or above 10"
+    return [Claim(sec, "KL onset, scalar offset", paper, ours, verdict, RULE_STEER, src),
             steering_control_claim(rows, top, src)]
+
+
+def _lower_median(values: list[float | None]) -> float:
+    """The lower median of onsets (None: beyond the sweep, infinite)."""
+    xs = sorted(float("inf") if v is None else abs(v) for v in values)
+    return xs[(len(xs) - 1) // 2]
 
 
 def _onset_ci_text(ci: dict | None, top: float) -> str:
@@ -390,13 +406,15 @@ def steering_control_claim(rows: list[dict], top: float, src: str) -> Claim:
     if not paired:
         return Claim(sec, item, paper, "no random control in the artifact", NA, RULE_STEER_CONTROL, src)
     inf = float("inf")
-    below = [o for o in paired if (o["kl_onset_ci"]["hi"] if o["kl_onset_ci"]["hi"] is not None else inf)
-             < (o["random_kl_onset_ci"]["lo"] if o["random_kl_onset_ci"]["lo"] is not None else inf)]
+    end = lambda ci, k: inf if ci[k] is None else ci[k]  # noqa: E731
+    below = [o for o in paired if end(o["kl_onset_ci"], "hi") < end(o["random_kl_onset_ci"], "lo")]
+    above = [o for o in paired if end(o["kl_onset_ci"], "lo") > end(o["random_kl_onset_ci"], "hi")]
     shown = "; ".join(f"{o['adapter']} {_onset_ci_text(o['kl_onset_ci'], top)} vs. "
                       f"{_onset_ci_text(o['random_kl_onset_ci'], top)}" for o in paired)
-    ours = f"LoRA below the control on {len(below)} of {len(paired)} adapters (onset [95% CI over problems], " \
-           f"natural std: {shown}; control seed {paired[0].get('random_seed')})"
-    return Claim(sec, item, paper, ours, YES if 2 * len(below) >= len(paired) else NO, RULE_STEER_CONTROL, src)
+    ours = f"LoRA below the control on {len(below)}, above it on {len(above)} of {len(paired)} adapters (onset " \
+           f"[95% CI over problems], natural std: {shown}; control seed {paired[0].get('random_seed')})"
+    verdict = YES if 2 * len(below) >= len(paired) else NO if 2 * len(above) >= len(paired) else CANNOT_TELL
+    return Claim(sec, item, paper, ours, verdict, RULE_STEER_CONTROL, src)
 
 
 RULE_PROBE = ("yes: the permutation test of the out-of-fold AUC (labels shuffled by problem, the whole "

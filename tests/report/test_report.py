@@ -62,8 +62,10 @@ def hand_made_results(root: Path) -> Path:
                       "enrichment": est(1.0, 0.3, 3.0)}}
     write(res / "lora_vs_mlp/r/lora_vs_mlp.json", {"classes": mono, "enrichment": enr})
     write(res / "steering/r/steering.json", {"config": {"scalar_magnitudes": [3, 10, 30]}, "onsets": [
-        {"adapter": "L1.down_proj", "mode": "offset", "kl_onset": 10.0, "paper_m": 40.0},
-        {"adapter": "L0.down_proj", "mode": "offset", "kl_onset": None, "paper_m": 60.0},
+        {"adapter": "L1.down_proj", "mode": "offset", "kl_onset": 10.0, "paper_m": 40.0,
+         "kl_onset_ci": {"value": 10.0, "lo": 10.0, "hi": 30.0}},
+        {"adapter": "L0.down_proj", "mode": "offset", "kl_onset": None, "paper_m": 60.0,
+         "kl_onset_ci": {"value": None, "lo": 30.0, "hi": None}},
         {"adapter": "L0.down_proj", "mode": "vector", "kl_onset": 0.3, "paper_m": 0.5}]})
     write(res / "sae_lora/r/sae_lora_results.json", {"anything": 1})  # a stage the report does not know
     write(res / "sae_lora/r/sae_lora_latents.png", PNG)
@@ -123,8 +125,34 @@ def test_claims_from_hand_made_artifacts(isolated_root):
     assert enr["Answer and Solution Markers"].verdict == CANNOT_TELL  # its CI [0.3, 3.0] straddles 1
     assert enr["Instruction and Procedural Markers"].verdict == NA  # no such category in the artifact
     steer = rows[("steering needs very large magnitudes", "KL onset, scalar offset")]
-    assert steer.ours.startswith("median onset 10 natural std") and steer.verdict == YES  # lower median of 10, >30
+    # lower medians: onset 10 of (10, >30), interval [10 of (10, 30), 30 of (30, >30)]: at or above 10
+    assert steer.ours.startswith("median onset 10 [10, 30] natural std") and steer.verdict == YES
     assert "L0.down_proj >30" in steer.ours and "40-60 std" in steer.ours
+
+
+def test_steering_and_alive_rules_on_intervals_that_straddle(isolated_root):
+    res = hand_made_results(isolated_root)
+    data = json.loads((res / "steering/r/steering.json").read_text())
+    data["onsets"][0]["kl_onset_ci"] = {"value": 10.0, "lo": 3.0, "hi": 30.0}  # now [3, 30] straddles 10
+    write(res / "steering/r/steering.json", data)
+    data["onsets"][1]["kl_onset_ci"] = {"value": 1.0, "lo": 1.0, "hi": 3.0}
+    write(res / "steering/r/steering.json", data)
+    steer = {c.item: c for c in build_report(ReportConfig(profile="test")).claims}["KL onset, scalar offset"]
+    assert steer.verdict == NO and "[1, 3]" in steer.ours.split("natural")[0]  # lower medians of (3, 1), (30, 3)
+    data["onsets"][1]["kl_onset_ci"] = {"value": 30.0, "lo": 10.0, "hi": None}
+    write(res / "steering/r/steering.json", data)
+    steer = {c.item: c for c in build_report(ReportConfig(profile="test")).claims}["KL onset, scalar offset"]
+    assert steer.verdict == CANNOT_TELL and "[3, 30]" in steer.ours  # the interval straddles 10
+    data["onsets"][0].pop("kl_onset_ci")
+    write(res / "steering/r/steering.json", data)
+    steer = {c.item: c for c in build_report(ReportConfig(profile="test")).claims}["KL onset, scalar offset"]
+    assert steer.verdict == CANNOT_TELL and "no CIs in the artifact" in steer.ours
+    # alive share, Wilson interval over latents against half the paper's 2000/3584
+    for n_alive, verdict in ((2000, YES), (1000, CANNOT_TELL), (700, NO)):
+        write(res / "sae/r/sae_metrics.json", {"heldout": {"fvu": 0.2, "l0": 30.0},
+                                               "alive": {"n_alive": n_alive, "d_sae": 3584, "window_tokens": 10**6}})
+        alive = {c.item: c for c in build_report(ReportConfig(profile="test")).claims}["alive latents"]
+        assert alive.verdict == verdict, (n_alive, alive.ours)
 
 
 def test_layers_rule_says_no_when_kl_is_spread(isolated_root):
