@@ -62,6 +62,11 @@ COLUMN_CHUNK = 128  # columns per vectorised step (bounds memory at T x 128 int6
 # ---------------------------------------------------------------- keys
 
 
+def round_sig(x: float | None, digits: int = 4) -> float | None:
+    """``x`` to ``digits`` significant digits, as pages and dashboards show numbers (None for None or NaN)."""
+    return None if x is None or x != x else float(f"{x:.{digits}g}")
+
+
 def ordered_keys(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """int64 keys ordering entries by value (descending) then global token index (ascending); entries with
     value <= 0 get NONE. ``values`` float32, ``index`` int64 of a broadcastable shape."""
@@ -196,6 +201,25 @@ class TopKResult:
     features: list[dict[str, Any]]
     meta: dict[str, Any] = field(default_factory=dict)
     vocab: dict[int, str] = field(default_factory=dict)
+
+    def example(self, kind: str, f: int, idx: tuple[int, ...], context: int, used: set[int]) -> dict | None:
+        """One saved example of feature ``f`` as a page shows it: {t: token ids, a: values (3 significant
+        digits), c: index of the target token, v: its value (4 digits), d: document, p: position}, cropped to
+        ``context`` tokens each side; None where the slot is empty. Its ids are added to ``used`` (the page's
+        vocabulary). ``kind`` and ``idx`` as in :meth:`window`."""
+        t, s = self.tensors, SUFFIX[kind]
+        if int(t[f"{kind}_index_{s}"][(f, *idx)]) < 0:
+            return None
+        ids, acts = t[f"{kind}_tokens_{s}W"][(f, *idx)], t[f"{kind}_acts_{s}W"][(f, *idx)]
+        mid = ids.shape[0] // 2
+        lo, hi = max(0, mid - context), mid + context + 1
+        ids, acts = ids[lo:hi], acts[lo:hi]
+        keep = ids >= 0
+        tok = ids[keep].tolist()
+        used.update(tok)
+        return {"t": tok, "a": [round_sig(v, 3) for v in acts[keep].tolist()], "c": int(keep[:mid - lo].sum()),
+                "v": round_sig(float(acts[mid - lo])), "d": int(t[f"{kind}_doc_{s}"][(f, *idx)]),
+                "p": int(t[f"{kind}_pos_{s}"][(f, *idx)])}
 
     def window(self, kind: str, f: int, *idx: int) -> tuple[list[str], list[float], int]:
         """One example of feature ``f``: (token strings, feature values, index of the target token), cropped

@@ -29,7 +29,7 @@ from rank1.constants import PROJECTIONS
 from rank1.interventions import random_abs_cos
 from rank1.lora import Vectors, cosine_matrix
 from rank1.report.lens import Unembedding, promoted
-from rank1.topk import SUFFIX, TopKResult
+from rank1.topk import TopKResult, round_sig
 
 RESIDUAL_WRITERS = ("o_proj", "down_proj")
 B_SPACE = {
@@ -62,9 +62,7 @@ N_LOADINGS = 8
 NOT_SAMPLED = "not explained: 2.2 explained {n} features, a sample (--max_features) without this one"
 
 
-def r4(x: float | None, digits: int = 4) -> float | None:
-    """``x`` to ``digits`` significant digits (None for None or NaN)."""
-    return None if x is None or x != x else float(f"{x:.{digits}g}")
+r4 = round_sig
 
 
 @dataclass
@@ -87,32 +85,14 @@ class Artifacts:
     sources: dict[str, str] = field(default_factory=dict)  # section -> artifact path, shown on every page
 
 
-def example(res: TopKResult, kind: str, f: int, idx: tuple[int, ...], context: int, used: set[int]) -> dict | None:
-    """One saved example of feature ``f`` ({t: ids, a: values, c: target index, v: target value}), cropped to
-    ``context`` tokens each side; its ids are added to ``used``."""
-    t = res.tensors
-    s = SUFFIX[kind]
-    if int(t[f"{kind}_index_{s}"][(f, *idx)]) < 0:
-        return None
-    ids, acts = t[f"{kind}_tokens_{s}W"][(f, *idx)], t[f"{kind}_acts_{s}W"][(f, *idx)]
-    mid = ids.shape[0] // 2
-    lo, hi = max(0, mid - context), mid + context + 1
-    ids, acts = ids[lo:hi], acts[lo:hi]
-    keep = ids >= 0
-    tok = ids[keep].tolist()
-    used.update(tok)
-    return {"t": tok, "a": [r4(v, 3) for v in acts[keep].tolist()], "c": int(keep[:mid - lo].sum()),
-            "v": r4(float(acts[mid - lo]))}
-
-
 def reads(res: TopKResult, f: int, n_examples: int, context: int, used: set[int]) -> dict[str, Any]:
     """Top examples, one example per decile (highest first) and the target tokens of the top examples."""
     t = res.tensors
-    top = [example(res, "top", f, (r,), context, used) for r in range(min(n_examples, t["top_index_FK"].shape[1]))]
+    top = [res.example("top", f, (r,), context, used) for r in range(min(n_examples, t["top_index_FK"].shape[1]))]
     deciles = []
     if t["decile_index_FDN"].shape[2]:
         for d in reversed(range(t["decile_index_FDN"].shape[1])):
-            e = example(res, "decile", f, (d, 0), context, used)
+            e = res.example("decile", f, (d, 0), context, used)
             if e is not None:
                 deciles.append({"decile": d + 1, **e})
     top = [e for e in top if e is not None]

@@ -20,7 +20,7 @@ from collections import Counter
 import torch
 
 from rank1.constants import PROJECTIONS
-from rank1.topk import SUFFIX, TopKResult
+from rank1.topk import TopKResult, round_sig
 
 SHOW_BINS = 40
 EXPLAINER = "3.3.0 (3_lora_sae/3.3_autointerp/3.3.0_autointerp.py)"
@@ -39,25 +39,6 @@ REASONS = [
 NO_AUTOINTERP, NOT_SAMPLED, NEVER_FIRED, FAILED, NOT_SCORED, NO_CATEGORIES, NOT_CATEGORISED = range(1, 8)
 
 
-def _r(x: float, digits: int = 4) -> float | None:
-    return float(f"{x:.{digits}g}") if x == x else None
-
-
-def _example(res: TopKResult, kind: str, f: int, idx: tuple[int, ...], context: int, used: set[int]) -> dict | None:
-    t = res.tensors
-    suffix = SUFFIX[kind]
-    if int(t[f"{kind}_index_{suffix}"][(f, *idx)]) < 0:
-        return None
-    ids, acts = t[f"{kind}_tokens_{suffix}W"][(f, *idx)], t[f"{kind}_acts_{suffix}W"][(f, *idx)]
-    mid = ids.shape[0] // 2
-    lo, hi = max(0, mid - context), mid + context + 1
-    ids, acts = ids[lo:hi], acts[lo:hi]
-    keep = ids >= 0
-    center = int(keep[:mid - lo].sum())
-    tok = ids[keep].tolist()
-    used.update(tok)
-    return {"t": tok, "a": [_r(v, 3) for v in acts[keep].tolist()], "c": center, "v": _r(float(acts[mid - lo])),
-            "d": int(t[f"{kind}_doc_{suffix}"][(f, *idx)]), "p": int(t[f"{kind}_pos_{suffix}"][(f, *idx)])}
 
 
 def firing_histogram(res: TopKResult, f: int, bins: int = SHOW_BINS) -> dict[str, list]:
@@ -70,13 +51,13 @@ def firing_histogram(res: TopKResult, f: int, bins: int = SHOW_BINS) -> dict[str
     group = max(1, n // bins)
     counts = fine[: n // group * group].reshape(-1, group).sum(1)
     edges = torch.linspace(lo, hi, counts.shape[0] + 1)
-    return {"edges": [_r(e) for e in edges.tolist()], "counts": counts.tolist()}
+    return {"edges": [round_sig(e) for e in edges.tolist()], "counts": counts.tolist()}
 
 
 def _grid(w_dec_S: torch.Tensor, sites: list[dict], layers: list[int], projs: list[str]) -> list[list[float | None]]:
     unit = w_dec_S / w_dec_S.norm().clamp(min=1e-30)
     at = {(s["layer"], s["name"]): float(unit[i]) for i, s in enumerate(sites)}
-    return [[_r(at[(la, p)], 3) if (la, p) in at else None for la in layers] for p in projs]
+    return [[round_sig(at[(la, p)], 3) if (la, p) in at else None for la in layers] for p in projs]
 
 
 def blank_reasons(ex: dict | None, cat: dict, any_explained: bool, categories: dict | None) -> tuple[int, int, int]:
@@ -112,8 +93,8 @@ def build_payloads(res: TopKResult, latents: dict[str, torch.Tensor], explanatio
         why = blank_reasons(explanations.get(name), cat, bool(explanations), categories)
         top_ids = [int(i) for i in t["top_tokens_FKW"][f, :, t["top_tokens_FKW"].shape[2] // 2] if i >= 0]
         common = [res.vocab.get(i, "") for i, _ in Counter(top_ids).most_common(3)]
-        for key, value in (("name", name), ("latent", feat["latent"]), ("density", _r(feat["density"])),
-                           ("max", _r(feat["max"])), ("mass", _r(feat["activation_mass"])),
+        for key, value in (("name", name), ("latent", feat["latent"]), ("density", round_sig(feat["density"])),
+                           ("max", round_sig(feat["max"])), ("mass", round_sig(feat["activation_mass"])),
                            ("score", ex.get("score")), ("category", cat.get("category")),
                            ("subcategory", cat.get("subcategory")), ("explanation", ex.get("explanation") or ""),
                            ("top", common), ("why", list(why))):
@@ -121,10 +102,10 @@ def build_payloads(res: TopKResult, latents: dict[str, torch.Tensor], explanatio
         key = f"feat_{f // page_size:04d}"
         page = pages.setdefault(key, {"features": {}, "vocab": set()})
         used: set[int] = page["vocab"]
-        top = [_example(res, "top", f, (r,), context, used) for r in range(min(n_examples, t["top_index_FK"].shape[1]))]
+        top = [res.example("top", f, (r,), context, used) for r in range(min(n_examples, t["top_index_FK"].shape[1]))]
         deciles = []
         for d in reversed(range(t["decile_index_FDN"].shape[1])):
-            e = _example(res, "decile", f, (d, 0), context, used) if t["decile_index_FDN"].shape[2] else None
+            e = res.example("decile", f, (d, 0), context, used) if t["decile_index_FDN"].shape[2] else None
             if e is not None:
                 deciles.append({"decile": d + 1, **e})
         pages[key]["features"][str(f)] = {
@@ -134,7 +115,7 @@ def build_payloads(res: TopKResult, latents: dict[str, torch.Tensor], explanatio
             "why": [REASONS[w] for w in why],
             "subcategory": cat.get("subcategory"), "top": [e for e in top if e is not None], "deciles": deciles,
             "hist": firing_histogram(res, f),
-            "decile_edges": [_r(v) for v in t["decile_edges_FD1"][f].tolist()],
+            "decile_edges": [round_sig(v) for v in t["decile_edges_FD1"][f].tolist()],
             "loadings": _grid(latents["W_dec_LS"][feat["latent"]], sites, layers, projs),
             "top_loadings": feat.get("loadings", [])}
     for page in pages.values():
