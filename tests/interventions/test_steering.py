@@ -18,7 +18,7 @@ from rank1.interventions.config import SteeringConfig
 from rank1.interventions.steering import Steer, onset_ci, onset_table, random_direction, steering
 from rank1.lora import adapter_sites, lora_config
 from rank1.models import load_model
-from rank1.report.claims import NA, NO, YES, steering_claims
+from rank1.report.claims import CANNOT_TELL, NA, NO, YES, steering_claims
 from rank1.runs import resolve_run
 from rank1.synth import write_splits
 
@@ -188,10 +188,14 @@ def test_the_control_claim_compares_the_onset_cis():
           "onsets": [row("L1.down_proj", (10.0, 3.0, 10.0), (30.0, 30.0, None)),  # below: 10 < 30
                      row("L2.down_proj", (10.0, 10.0, 30.0), (30.0, 10.0, 30.0))]}  # overlapping CIs
     onset, control = steering_claims(st, "steering/r/steering.json")
-    assert control.verdict == YES and "below the control on 1 of 2 adapters" in control.ours  # half of them
+    assert control.verdict == YES and "below the control on 1, above it on 0 of 2 adapters" in control.ours
     assert "L1.down_proj 10 [3, 10] vs. 30 [30, >30]" in control.ours
-    st["onsets"][0]["kl_onset_ci"]["hi"] = None  # beyond the sweep is not below anything
-    assert steering_claims(st, "s")[1].verdict == NO
+    st["onsets"][0]["kl_onset_ci"]["hi"] = None  # beyond the sweep is not below anything: both CIs overlap now
+    assert steering_claims(st, "s")[1].verdict == CANNOT_TELL
+    st["onsets"][0]["kl_onset_ci"] = {"value": 30.0, "lo": 30.0, "hi": None}  # above the control's [1, 3]
+    st["onsets"][0]["random_kl_onset_ci"] = {"value": 3.0, "lo": 1.0, "hi": 3.0}
+    control = steering_claims(st, "s")[1]
+    assert control.verdict == NO and "above it on 1 of 2" in control.ours  # the random vector steers earlier
     for o in st["onsets"]:
         del o["random_kl_onset_ci"]
     assert steering_claims(st, "s")[1].verdict == NA
