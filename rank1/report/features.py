@@ -29,6 +29,7 @@ from rank1.constants import PROJECTIONS
 from rank1.interventions import random_abs_cos
 from rank1.lora import Vectors, cosine_matrix
 from rank1.report.lens import Unembedding, promoted
+from rank1.sae import top_loadings
 from rank1.topk import TopKResult, round_sig
 
 RESIDUAL_WRITERS = ("o_proj", "down_proj")
@@ -305,14 +306,12 @@ def _latent_pages(art: Artifacts, n_examples: int, context: int, pages: dict[str
                        "not explained: 3.3.0 explained a sample, or has not run") \
             if art.sae_explanations is not None else {"why": "no explanations: run 3_lora_sae/3.3_autointerp/3.3.0"}
         w = latents["W_dec_LS"][feat["latent"]].float()
-        unit = w / w.norm().clamp(min=1e-30)
-        order = unit.abs().argsort(descending=True)[:N_LOADINGS].tolist()
+        loadings = [{**x, "key": f"a_L{x['layer']:03d}_{x['proj']}"} for x in top_loadings(w, sites, N_LOADINGS)]
         chunk["latents"][feat["name"]] = {
             "name": feat["name"], "latent": feat["latent"], "density": r4(feat.get("density")),
             "max": r4(feat.get("max")), "mass": r4(feat.get("activation_mass")), **rd, "explained": expl,
-            "loadings": [{"layer": sites[i]["layer"], "proj": sites[i]["name"], "value": r4(float(unit[i]), 3),
-                          "key": f"a_L{sites[i]['layer']:03d}_{sites[i]['name']}"} for i in order]}
-        top = chunk["latents"][feat["name"]]["loadings"][0] if order else None
+            "loadings": loadings}
+        top = loadings[0] if loadings else None
         rows.append({"name": feat["name"], "kind": "latent", "layer": None, "proj": None, "polarity": None,
                      "key": key, "density": r4(feat.get("density")), "max": r4(feat.get("max")),
                      "explanation": expl.get("explanation") or "", "detection": expl.get("score"),

@@ -9,9 +9,9 @@ defined once), ``splice`` (the loss-gap shares against zero and mean ablation), 
 
 from rank1.sae.alive import alive_latents
 from rank1.sae.config import SaeConfig
-from rank1.sae.features import load_features
+from rank1.sae.features import load_features, top_loadings
 from rank1.sae.split import SaeError, Split, heldout_split
 from rank1.sae.train import evaluate_sae, load_sae, save_inference_sae, train_sae
 
 __all__ = ["SaeConfig", "SaeError", "Split", "alive_latents", "evaluate_sae", "heldout_split", "load_features",
-           "load_sae", "save_inference_sae", "train_sae"]
+           "load_sae", "save_inference_sae", "top_loadings", "train_sae"]
