@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import random
+import re
 import sys
 import threading
 import time
@@ -191,7 +192,7 @@ class ChatClient:
             except openai.NotFoundError as e:
                 raise self._fatal(self._not_served(e)) from None
             except openai.APIStatusError as e:
-                if s.model in self._detail(e):  # transformers serve: 400 "pinned to X; requested Y"
+                if self._names_the_model(self._detail(e)):  # transformers serve: 400 "pinned to 'X'; requested 'Y'"
                     raise self._fatal(self._not_served(e)) from None
                 self.usage.add(failed_requests=1)
                 return Completion(None, error=self._describe(e))
@@ -228,6 +229,14 @@ class ChatClient:
         if retry_after is not None:
             return min(60.0, max(0.0, retry_after))
         return min(60.0, self.settings.retry_backoff * 2 ** attempt) * (0.5 + random.random() / 2)
+
+    def _names_the_model(self, detail: str) -> bool:
+        """Whether a 4xx answer's text names the requested model in quotes, as a server refusing it does
+        (``requested 'Y'``, ``model `Y```; quotes escaped inside JSON too). A bare substring would read any
+        error whose text merely contains a short model name (``m`` in "maximum") as "model not served" and stop
+        the run; a quoted mention in another error still would, which no text-only check can rule out."""
+        name = re.escape(self.settings.model)
+        return re.search(rf"(\\?['\"`]){name}\1", detail) is not None
 
     @staticmethod
     def _detail(err: Exception) -> str:

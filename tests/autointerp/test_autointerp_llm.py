@@ -226,6 +226,26 @@ def test_rate_limit_is_retried_and_a_valid_answer_parsed(fake_server, tmp_path, 
     assert summary["status"] == {"ok": 1, "error": 1}
 
 
+def test_a_4xx_stops_the_run_as_model_not_served_only_when_it_quotes_the_model(fake_server, tmp_path, monkeypatch):
+    """A 400 whose text merely contains the (short) model name, "m" in "maximum", is that request's error and the
+    run goes on; a 400 that names the model in quotes, as transformers serve refuses another model, stops it."""
+    monkeypatch.setenv("RANK1_CACHE", str(tmp_path / "cache"))
+    ok = '{"explanation": "the word Wait", "classification": 0, "reasoning": "all peaks are Wait"}'
+    too_long = (400, {}, b'{"error": {"message": "maximum context length exceeded"}}')
+    fake_server["queue"] = [too_long, (200, {}, _answer(ok))]
+    cfg = _config(fake_server["url"], "m", scorer="none", categoriser="lexicon", llm_concurrency=1)
+    out = _run(cfg, tmp_path / "x")
+    recs = [json.loads(x) for x in (out / K.AUTOINTERP_RESULTS).read_text().splitlines()]
+    assert [r["status"] for r in recs] == ["error", "ok"]
+    assert "HTTP 400" in recs[0]["errors"]["explain"] and "maximum context length" in recs[0]["errors"]["explain"]
+    assert json.loads((out / K.AUTOINTERP_SUMMARY).read_text())["usage"]["failed_requests"] == 1
+
+    pinned = (400, {}, b'{"detail": "Server is pinned to \'other\'; requested \'m\'."}')
+    fake_server["queue"] = [pinned]
+    with pytest.raises(AutointerpError, match="does not serve model 'm'.*--llm_model"):
+        _run(cfg, tmp_path / "y")
+
+
 def test_unreachable_endpoint(tmp_path, monkeypatch):
     monkeypatch.setenv("RANK1_CACHE", str(tmp_path / "cache"))
     cfg = _config(f"http://127.0.0.1:{_free_port()}/v1", "m", scorer="none", categoriser="lexicon")
