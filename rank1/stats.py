@@ -62,6 +62,13 @@ def proportion_ci(k: int, n: int, level: float = 0.95) -> dict:
     return Estimate(k / n, float(ci.low), float(ci.high), level, n).to_dict()
 
 
+def gain_measurable(full: dict, base: dict) -> bool:
+    """Whether a finetune's gain over its base is measurable: the two accuracy CIs (:class:`Estimate` dicts)
+    are apart. Where they overlap, a recovery (variant - base) / (full - base) divides by a gain that may be
+    0, so neither its value nor its CI is read (the tables print n/a, the report's verdict is n/a)."""
+    return full["lo"] > base["hi"] or base["lo"] > full["hi"]
+
+
 def _as_float(x) -> float:
     return float("nan") if x is None else float(x)
 

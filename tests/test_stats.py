@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from rank1.stats import Estimate, bootstrap_mean, bootstrap_means, paired_bootstrap, paired_recovery
+from rank1.stats import Estimate, bootstrap_mean, bootstrap_means, gain_measurable, paired_bootstrap, paired_recovery
 
 
 def test_bootstrap_mean_of_constant_has_zero_width():
@@ -197,3 +197,11 @@ def test_proportion_ci_is_wilson_by_hand():
     assert proportion_ci(0, 4)["lo"] == 0.0
     with pytest.raises(ValueError, match="0 <= k <= n and n > 0, got k=5, n=4"):
         proportion_ci(5, 4)
+
+
+def test_a_gain_is_measurable_only_when_the_two_accuracy_cis_are_apart():
+    base = {"value": 0.0, "lo": 0.0, "hi": 0.0}
+    assert not gain_measurable({"value": 0.033, "lo": 0.0, "hi": 0.1}, base)  # touching at 0: overlap
+    assert gain_measurable({"value": 0.1, "lo": 0.02, "hi": 0.2}, base)
+    assert gain_measurable(base, {"value": 0.1, "lo": 0.02, "hi": 0.2})  # a loss apart from 0 too
+    assert not gain_measurable({"value": 0.5, "lo": 0.3, "hi": 0.7}, {"value": 0.4, "lo": 0.2, "hi": 0.6})

@@ -19,7 +19,7 @@ from rank1 import constants as K
 from rank1.benchmarks import BENCHMARK_TITLES
 from rank1.interventions import PROBE
 from rank1.paper import PAPER_ABLATION, PAPER_INTERP, PAPER_RECOVERY, PAPER_SAE, PAPER_STEERING
-from rank1.stats import proportion_ci
+from rank1.stats import gain_measurable, proportion_ci
 
 YES, NO, NA = "yes", "no", "n/a"
 CANNOT_TELL, UNDERPOWERED = "cannot tell", "underpowered"
@@ -78,10 +78,6 @@ def fmt_pct(est: dict | None) -> str:
 
 def _missing(section: str, item: str, paper: str, rule: str, source: str) -> Claim:
     return Claim(section, item, paper, f"missing: {source} (its stage has not run)", NA, rule, source)
-
-
-def _overlap(a: dict, b: dict) -> bool:
-    return a["lo"] <= b["hi"] and b["lo"] <= a["hi"]
 
 
 def _apart(a: dict, b: dict, smaller_is_yes: bool = False) -> str:
@@ -175,7 +171,7 @@ def recovery_claims(rec: dict | None, src: str) -> list[Claim]:
     for bench in rec["benchmarks"]:
         acc = rec["accuracy"]
         title = BENCHMARK_TITLES.get(bench, bench)
-        measurable = not _overlap(acc["full"][bench], acc["base"][bench])
+        measurable = gain_measurable(acc["full"][bench], acc["base"][bench])
         lora = rec["recovery"].get("lora", {}).get(bench)
         paper, paper_abl = _paper_recovery(bench)
         accs = ", ".join(f"{v} {fmt_ci(acc[v][bench], 100)}" for v in ("base", "lora", "full"))

@@ -2,7 +2,8 @@
 
 Accuracy per (variant, benchmark) with a bootstrap CI over problems; recovery of the full finetune's
 gain, (variant - base) / (full - base), with a paired bootstrap over the same problems
-(:func:`rank1.stats.paired_recovery`); undefined (shown as such) when full and base score the same.
+(:func:`rank1.stats.paired_recovery`); undefined (shown as such) when full and base score the same, and n/a
+(with the number in brackets) when their accuracy CIs overlap (:func:`rank1.stats.gain_measurable`).
 
 Training seeds. One trained run per variant leaves the CI covering problem sampling only. Further seeds of a run
 are separate runs under ``s1_peft/ckpts_{lora,full}/replicates/`` named ``<run>-seed<k>`` (one folder deeper,
@@ -31,7 +32,7 @@ from rank1.config import runs_dir
 from rank1.metrics import recovery
 from rank1.paper import PAPER_RECOVERY
 from rank1.plots import plt
-from rank1.stats import Estimate, bootstrap_mean, paired_recovery
+from rank1.stats import Estimate, bootstrap_mean, gain_measurable, paired_recovery
 from rank1.training.evaluate import generations_path, read_generations
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,21 @@ def _pct(e: dict[str, Any] | None) -> str:
     return f"{100 * est.value:.1f} [{100 * est.lo:.1f}, {100 * est.hi:.1f}]"
 
 
+NOT_MEASURABLE = "n/a"
+NOT_MEASURABLE_NOTE = (f"{NOT_MEASURABLE}: the full finetune's accuracy CI overlaps the base's on this benchmark, so "
+                       "the gain it is divided by is not measurable (it may be 0) and no recovery is read from it; "
+                       "the computed value and its CI are in brackets.")
+
+
+def _recovery(e: dict[str, Any] | None, acc: dict[str, Any], denominator: str, bench: str) -> str:
+    """A recovery cell: the estimate, or n/a with the estimate in brackets where the denominator's gain over
+    the base is not measurable (:func:`rank1.stats.gain_measurable`)."""
+    text = _pct(e)
+    if not e or e.get("value") is None or gain_measurable(acc[denominator][bench], acc["base"][bench]):
+        return text
+    return f"{NOT_MEASURABLE} ({text})"
+
+
 def _paper(variant: str, bench: str) -> str:
     value = PAPER_RECOVERY.get(variant, {}).get(bench)
     return "-" if value is None else f"{value:.2f}"
@@ -207,17 +223,19 @@ def markdown_tables(summary: dict[str, Any], title: str) -> str:
         n = next(iter(acc.values()))[b]["n"]
         cells = [_pct(acc[v][b]) for v in shown]
         lora = rec.get("lora", {}).get(b)
-        eq = f" {_pct(equal.get('lora', {}).get(b))} |" if equal else ""
+        eq = f" {_recovery(equal.get('lora', {}).get(b), acc, EQUAL_BUDGET, b)} |" if equal else ""
         lines.append(f"| {BENCHMARK_TITLES.get(b, b)} | {n} | " + " | ".join(cells) +
-                     f" | {_pct(lora)} | {_covers(lora)} |{eq} {_paper('lora', b)} |")
+                     f" | {_recovery(lora, acc, 'full', b)} | {_covers(lora)} |{eq} {_paper('lora', b)} |")
     rows = [v for v in groups if v not in ("base", *DENOMINATORS)]
     lines += ["", "## Table 2: which adapters carry the gain (accuracy / recovery)", "",
               "| variant | " + " | ".join(f"{BENCHMARK_TITLES.get(b, b)} accuracy | recovery | paper"
                                          for b in benches) + " |",
               "| --- |" + " ---: | ---: | ---: |" * len(benches)]
     for v in rows:
-        cells = [f"{_pct(acc[v][b])} | {_pct(rec[v].get(b))} | {_paper(v, b)}" for b in benches]
+        cells = [f"{_pct(acc[v][b])} | {_recovery(rec[v].get(b), acc, 'full', b)} | {_paper(v, b)}" for b in benches]
         lines.append(f"| {VARIANT_TITLES.get(v, v)} | " + " | ".join(cells) + " |")
+    if any(f"| {NOT_MEASURABLE} (" in line for line in lines):
+        lines += ["", NOT_MEASURABLE_NOTE]
     several = {v: names for v, names in groups.items() if len(names) > 1}
     if several:
         lines += ["", "Accuracy of every training seed (%):", ""]

@@ -81,12 +81,31 @@ def test_the_tables_read_two_seeds_and_the_equal_budget_full_finetune(tmp_path):
     assert set(s["recovery"]) == {"lora", "mlp_ablated"}  # seeds and denominators are not rows
     md = markdown_tables(s, "t")
     assert "| recovery (ours) | CI over | recovery vs. the equal-budget full finetune |" in md
-    assert f"| {100 * 0.75 / 0.875:.1f} [" in md and "| seeds and problems (2 seeds) | 150.0 [" in md
+    # the equal-budget finetune, 2 of 4 solved, is not apart from the base: its recovery reads n/a, number kept
+    assert f"| {100 * 0.75 / 0.875:.1f} [" in md and "| seeds and problems (2 seeds) | n/a (150.0 [" in md
     assert "- rank-1 LoRA: AIME'24 lora 50.0 [" in md and "lora-seed1 100.0 [" in md
     json.dumps(s)  # the summary is JSON as written
     one = summarize(tmp_path, ["base", "lora", "full"], ["aime24"], n_resamples=200)
     assert one["recovery"]["lora"]["aime24"]["ci_covers"] == "problems only (1 seed)"
     assert one["recovery_equal_budget"] is None and "equal-budget" not in markdown_tables(one, "t")
+
+
+def test_recovery_reads_n_a_where_the_full_finetunes_gain_is_within_noise(tmp_path):
+    # MATH500 on the embedded model: the full finetune solves 1 of 30, base and LoRA none. Accuracy CIs: base
+    # [0, 0], full [0, 10%]: they overlap, so the denominator (full - base) may be 0
+    _grades(tmp_path, {"base": [0] * 30, "lora": [0] * 30, "full": [1] + [0] * 29, "mlp_ablated": [1] + [0] * 29})
+    s = summarize(tmp_path, ["base", "lora", "full", "mlp_ablated"], ["aime24"], n_resamples=500)
+    assert s["accuracy"]["full"]["aime24"]["lo"] == 0.0 == s["accuracy"]["base"]["aime24"]["hi"]
+    assert s["recovery"]["lora"]["aime24"]["value"] == 0.0  # computed and kept in the JSON
+    md = markdown_tables(s, "t")
+    assert "| n/a (0.0 [0.0, 0.0]) | problems only (1 seed) |" in md  # Table 1, the number still shown
+    # Table 2: MLP-ablated solves the one problem full solves, a degenerate 100% [100, 100] that is not read
+    assert "| LoRA, MLP adapters ablated | 3.3 [0.0, 13.3] | n/a (100.0 [100.0, 100.0]) |" in md
+    assert md.count("n/a: the full finetune's accuracy CI overlaps the base's") == 1
+    # a measurable gain (full 20 of 30 against none) is read as before, and the note is not printed
+    _grades(tmp_path, {"full": [1] * 20 + [0] * 10, "lora": [1] * 10 + [0] * 20})
+    md = markdown_tables(summarize(tmp_path, ["base", "lora", "full"], ["aime24"], n_resamples=500), "t")
+    assert "| 50.0 [" in md and "n/a" not in md
 
 
 def _full_run(path, finished=True):
