@@ -138,6 +138,9 @@ def test_whole_pipeline_on_the_test_profile_then_the_report(isolated_root):
 
     pages = results_dir("test", "feature_pages", "test-r1-all")
     assert (pages / K.DASHBOARD_INDEX).is_file()
+    # the pages folder records the run it was built from, as every stage folder does
+    ident = next(f.identity for f in rep.folders if f.stage == "ablations")
+    assert next(f.identity for f in rep.folders if f.stage == "feature_pages") == ident is not None
     page = read_data_file(pages, "a_L001_down_proj")  # a page's numbers are the artifacts' numbers
     abl = read_json(results_dir("test", K.ABLATION_STAGE, "test-r1-all") / K.ABLATION_JSON)["adapter"]
     kl = abl["kl"]["mean"][abl["projections"].index("down_proj")][abl["layers"].index(1)]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rank1 import constants as K
-from rank1.artifacts import read_json, write_text
+from rank1.artifacts import read_json, write_run_metadata, write_text
 from rank1.config import results_dir
 from rank1.dashboard import token_bytes, write_dashboard
 from rank1.data import read_jsonl
@@ -163,6 +163,7 @@ def run_feature_pages(cfg: FeaturePagesConfig) -> Path:
                                   "description": "Rank-1 LoRA adapter directions (adapter x polarity) and SAE latents "
                                                  "on the adapter state", "creator": "rank1", "url": ""})
     _cards(cfg, run, out)
+    write_run_metadata(out, cfg, {"identity": run.identity(), "sources": art.sources})
     return out
 
 
