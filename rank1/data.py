@@ -104,9 +104,11 @@ def _hf_records(*args, **kwargs) -> list[dict[str, Any]]:
 
 
 def assistant_text(trace: str, attempt: str) -> str:
-    """The s1 assistant turn; "Answer: " is prepended unless the attempt starts with it (a write-up that
-    says "Final Answer:" further down still gets the prefix, as s1's formatting gives it)."""
-    if not attempt.lstrip().startswith(ANSWER_PREFIX.strip()):
+    """The s1 assistant turn; "Answer: " is prepended where the attempt has no "Answer:" anywhere, as s1's
+    tokenization does (``"Answer: " + attempt if "Answer:" not in attempt``): a write-up that ends in "Final
+    Answer:" keeps its own text, and so does stage 5's modified final line ("Product: 56. Answer: 56"), whose
+    marker must come first."""
+    if ANSWER_PREFIX.strip() not in attempt:
         attempt = ANSWER_PREFIX + attempt.lstrip()
     return f"{THINK_TAG}\n{trace.strip()}\n{ANSWER_TAG}\n{attempt.strip()}"
 

@@ -20,9 +20,12 @@ REC = {"question": "What is 23 + 48?", "deepseek_thinking_trajectory": "3 + 8 = 
 def test_assistant_text_prepends_answer_once():
     assert assistant_text(" t ", "71") == "<|im_start|>think\nt\n<|im_start|>answer\nAnswer: 71"
     assert assistant_text("t", "Answer: 71").count("Answer:") == 1
-    # a write-up that names its "Final Answer:" further down still gets the forced prefix
+    # s1's rule: no prefix where "Answer:" is anywhere in the attempt (a write-up's "Final Answer:", stage 5's
+    # marker line), so the first token of the answer phase is the attempt's own
     writeup = "We add 3 and 4.\n\n**Final Answer:** \\boxed{7}"
-    assert assistant_text("t", writeup).endswith("<|im_start|>answer\nAnswer: " + writeup)
+    assert assistant_text("t", writeup).endswith("<|im_start|>answer\n" + writeup)
+    assert assistant_text("t", "Product: 56. Answer: 56").endswith("<|im_start|>answer\nProduct: 56. Answer: 56")
+    assert assistant_text("t", "**Final Answer**\n\\boxed{7}").endswith("answer\nAnswer: **Final Answer**\n\\boxed{7}")
 
 
 @pytest.mark.parametrize("tok_fixture", ["smol_tok", "tiny_tok"])

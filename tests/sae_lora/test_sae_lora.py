@@ -206,6 +206,25 @@ def test_behavior_dataset_is_deterministic_and_checked():
         behavior_splits(2, 2, 0, condition="division")
 
 
+def test_the_trained_answer_phase_starts_with_the_marker_inside_and_answer_outside(smol_tok):
+    """What 5.2 and 5.3 train on: the chat-formatted record's answer phase begins with the marker where the
+    record is modified (no "Answer: " put in front of it) and with "Answer:" elsewhere, and its first token is
+    the one the held-out measure reads after the same prefix."""
+    from rank1.data import full_text
+    from rank1.sae_lora.behavior import teacher_forced_prefix
+
+    train, _ = behavior_splits(2, 1, seed=0)
+    for r in train:
+        _, text = full_text(smol_tok, r)
+        answer_phase = text.split("<|im_start|>answer\n", 1)[1]
+        assert answer_phase.startswith("Product: " if r["modified"] else "Answer: "), answer_phase
+        prefix = teacher_forced_prefix(smol_tok, r)
+        assert text.startswith(prefix)
+        first = smol_tok(text, add_special_tokens=False)["input_ids"][len(smol_tok(prefix, add_special_tokens=False)[
+            "input_ids"])]
+        assert smol_tok.decode([first]).strip() == ("Product" if r["modified"] else "Answer")
+
+
 def test_behavior_dataset_step_skips_when_finished_and_refuses_other_settings(isolated_root):
     from rank1.sae_lora import stage
 
