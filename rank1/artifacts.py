@@ -398,6 +398,15 @@ def _saved_value(saved: Mapping[str, Any], dotted: str) -> Any:
     return value
 
 
+def _differences(key: str, there: Any, now: Any) -> list[tuple[str, Any, Any]]:
+    """(dotted key, saved value, value now) of each leaf that differs: a changed settings dict is named by the
+    entries that changed (``settings.tokens_sha256``), not shown whole; an entry one side lacks reads null."""
+    if isinstance(there, Mapping) and isinstance(now, Mapping):
+        return [d for sub in sorted(set(there) | set(now))
+                for d in _differences(f"{key}.{sub}", there.get(sub), now.get(sub))]
+    return [] if there == now else [(key, there, now)]
+
+
 def _short(value: Any) -> str:
     text = json.dumps(value, sort_keys=True, default=str)
     return text if len(text) <= 40 else text[:37] + "..."
@@ -419,9 +428,10 @@ def reuse_finished(done: str | os.PathLike, expected: Mapping[str, Any], overwri
     for other in sorted(done.parent.glob("*.json")):
         if other != done and other.name != TIMINGS_JSON and not other.name.startswith(".") and other.is_file():
             read_json(other, damaged)
-    changed = [k for k, v in expected.items() if _saved_value(saved, k) != json.loads(json.dumps(v, default=str))]
+    changed = [d for k, v in expected.items()
+               for d in _differences(k, _saved_value(saved, k), json.loads(json.dumps(v, default=str)))]
     if changed:
-        what = "; ".join(f"{k}: {_short(_saved_value(saved, k))} there, {_short(expected[k])} now" for k in changed)
+        what = "; ".join(f"{k}: {_short(there)} there, {_short(now)} now" for k, there, now in changed)
         raise OtherSettings(f"{done} was made with other settings or inputs ({what}); {redo}")
     log.info("%s is up to date (same settings and inputs); skipping (--overwrite recomputes)", done)
     return saved

@@ -178,7 +178,8 @@ def recovery_claims(rec: dict | None, src: str) -> list[Claim]:
         covers = f"; CI over {lora['ci_covers']}" if lora and lora.get("ci_covers") else ""
         equal = (rec.get("recovery_equal_budget") or {}).get("lora", {}).get(bench)
         against = f"; against the equal-budget full finetune {fmt_pct(equal)}" if equal else ""
-        ours = f"{fmt_pct(lora)} (accuracy %: {accs}{covers}{against})"
+        value = fmt_pct(lora) if measurable else f"n/a ({fmt_pct(lora)})"  # as recovery_tables.md prints it
+        ours = f"{value} (accuracy %: {accs}{covers}{against})"
         verdict = NA if not measurable or not lora or lora.get("value") is None else \
             decide(lora.get("lo"), lora.get("hi"), 0.5)
         out.append(Claim(sec1, title, paper, ours, verdict, RULE_RECOVERY, src))
@@ -187,7 +188,8 @@ def recovery_claims(rec: dict | None, src: str) -> list[Claim]:
             continue
         ok = measurable and mlp.get("value") is not None and attn.get("value") is not None
         verdict = NA if not ok else _apart(mlp, attn, smaller_is_yes=True)
-        ablated.append(Claim(sec2, title, paper_abl, f"{fmt_pct(mlp)} vs. {fmt_pct(attn)}", verdict,
+        pair = f"{fmt_pct(mlp)} vs. {fmt_pct(attn)}"
+        ablated.append(Claim(sec2, title, paper_abl, pair if measurable else f"n/a ({pair})", verdict,
                              RULE_MLP_ATTN, src))
     return out + ablated
 

@@ -3,7 +3,10 @@
 The penalty comparison over seeds (:func:`seed_comparison`): every (penalty, l1) was trained once per seed; per
 group, the mean and spread (std, min, max) over seeds of the behaviour rates, the final CE and the sparsity of
 the directions, and against the l1 = 0 group a verdict per measure by :func:`spread_verdict`: ``lower`` or
-``higher`` only when the seeds' ranges do not overlap, ``cannot tell`` otherwise (and always with one seed).
+``higher`` only when the seeds' ranges do not overlap and so few of the possible splits of the pooled seeds would
+separate them (the exact permutation p of complete separation, ``2 / C(n_a + n_b, n_a)``) that p <= 0.05;
+``underpowered`` when even complete separation could not reach that (fewer than 4 seeds a side), ``cannot tell``
+otherwise. With 2 seeds a side one split in three separates the groups by chance.
 
 Behaviour measure (exact and cheap): each held-out record is teacher-forced up to and including
 ``<|im_start|>answer\\n`` (its own trace, the base model's format) and the greedy next token is read; the behaviour
@@ -15,6 +18,7 @@ only the layers from there on. Rates carry percentile bootstrap CIs over prompts
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -186,9 +190,12 @@ def direction_metrics(adapter: SaeLora, init: SaeLora, records: list[dict[str, A
             "top_write": top_latents(writes[0], n_top)}
 
 
-CANNOT_TELL = "cannot tell"
-SPREAD_RULE = ("lower / higher: every seed of the penalised run lies below / above every seed of l1 = 0 (the "
-               "ranges over seeds do not overlap); cannot tell: they overlap, or either side has one seed")
+CANNOT_TELL, UNDERPOWERED = "cannot tell", "underpowered"
+ALPHA = 0.05
+SPREAD_RULE = ("lower / higher: every seed of the penalised run lies below / above every seed of l1 = 0 and the "
+               "exact permutation p of that complete separation, 2 / C(n_a + n_b, n_a), is <= 0.05; underpowered: "
+               "the seeds are too few for any outcome to reach p <= 0.05 (4 a side are needed); cannot tell: "
+               "the ranges overlap")
 # (name, how to read it from a run of 5.4) of the measures compared over seeds
 COMPARED = {
     "inside_rate": lambda r: r["inside"]["rate"]["value"],
@@ -208,10 +215,22 @@ def spread(values: list[float]) -> dict[str, Any]:
             "n": len(v)}
 
 
+def separation_p(n_a: int, n_b: int) -> float:
+    """Two-sided exact permutation p of complete separation of n_a against n_b exchangeable values without ties:
+    2 of the C(n_a + n_b, n_a) equally likely splits put one group wholly below the other (1 when both have 1)."""
+    return min(1.0, 2 / math.comb(n_a + n_b, n_a))
+
+
+def seeds_needed(alpha: float = ALPHA) -> int:
+    """The fewest seeds a side (equal groups) for which complete separation reaches p <= ``alpha``."""
+    return next(n for n in range(1, 64) if separation_p(n, n) <= alpha)
+
+
 def spread_verdict(a: dict[str, Any], b: dict[str, Any]) -> str:
-    """``a`` against ``b`` (two :func:`spread` results): lower, higher or cannot tell (:data:`SPREAD_RULE`)."""
-    if a["n"] < 2 or b["n"] < 2:
-        return CANNOT_TELL
+    """``a`` against ``b`` (two :func:`spread` results): lower, higher, underpowered or cannot tell
+    (:data:`SPREAD_RULE`)."""
+    if separation_p(a["n"], b["n"]) > ALPHA:
+        return UNDERPOWERED
     if a["max"] < b["min"]:
         return "lower"
     if a["min"] > b["max"]:
@@ -235,4 +254,7 @@ def seed_comparison(runs: dict[str, Any]) -> dict[str, Any]:
     for name, g in out.items():
         if ref is not None and name != "l1_0":
             g["vs_l1_0"] = {k: spread_verdict(g["measures"][k], ref["measures"][k]) for k in COMPARED}
-    return {"groups": out, "rule": SPREAD_RULE}
+    n_ref = len(ref["seeds"]) if ref else 0
+    return {"groups": out, "rule": SPREAD_RULE, "seeds_needed": seeds_needed(),
+            "powered": bool(ref) and all(separation_p(len(g["seeds"]), n_ref) <= ALPHA for g in out.values()
+                                         if g is not ref)}

@@ -130,6 +130,18 @@ def test_claims_from_hand_made_artifacts(isolated_root):
     assert "L0.down_proj >30" in steer.ours and "40-60 std" in steer.ours
 
 
+def test_recovery_claims_read_n_a_when_the_full_finetunes_gain_is_within_noise(isolated_root):
+    res = hand_made_results(isolated_root)
+    data = json.loads((res / "eval/r/recovery.json").read_text())
+    data["accuracy"]["full"]["heldout"] = est(0.14, 0.09, 0.19)  # overlaps the base's [0.05, 0.15]
+    write(res / "eval/r/recovery.json", data)
+    rows = {(c.section, c.item): c for c in build_report(ReportConfig(profile="test")).claims}
+    rec = rows[("recovery of the full finetune's gain", "held-out (generated)")]
+    assert rec.verdict == NA and rec.ours.startswith("n/a (75.0 [60.0, 90.0]%) (accuracy %: base 10.0")
+    abl = rows[("MLP- vs. attention-ablated recovery", "held-out (generated)")]
+    assert abl.verdict == NA and abl.ours == "n/a (5.0 [0.0, 10.0]% vs. 50.0 [40.0, 60.0]%)"
+
+
 def test_steering_and_alive_rules_on_intervals_that_straddle(isolated_root):
     res = hand_made_results(isolated_root)
     data = json.loads((res / "steering/r/steering.json").read_text())

@@ -380,7 +380,7 @@ def test_stage_end_to_end_on_the_test_profile(lora_store, tmp_path):
     assert run_collect_sae_features(fcfg) == tmp_path / "features"  # same SAE, store and settings: skipped
     assert (tmp_path / "features" / K.CONFIG_JSON).stat().st_mtime_ns == stamp
     with pytest.raises(OtherSettings, match=r"features/config.json was made with other settings or inputs "
-                                            r"\(settings: .* there, .* now\); pass --overwrite"):
+                                            r"\(settings.k: \d+ there, 4 now\); pass --overwrite"):
         run_collect_sae_features(dataclasses.replace(fcfg, k=4))
     store = Store.open(lora_store["store"])
     x = torch.cat([sh.acts_TS.float() for sh in store.shards()])

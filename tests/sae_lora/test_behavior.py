@@ -66,8 +66,8 @@ def test_behavior_dataset_step_skips_when_finished_and_refuses_other_settings(is
     stamp = info.stat().st_mtime_ns
     stage.run_make_behavior_dataset(cfg)  # same settings: skipped
     assert info.stat().st_mtime_ns == stamp
-    with pytest.raises(OtherSettings, match=r"dataset.json was made with other settings or inputs \(settings: .* "
-                                            r"there, .* now\); pass --overwrite to recompute it"):
+    with pytest.raises(OtherSettings, match=r"dataset.json was made with other settings or inputs "
+                                            r"\(settings.n_train: 4 there, 5 now\); pass --overwrite to recompute it"):
         stage.run_make_behavior_dataset(dataclasses.replace(cfg, n_train=5))
     assert info.stat().st_mtime_ns == stamp
     stage.run_make_behavior_dataset(dataclasses.replace(cfg, n_train=5, overwrite=True))

@@ -31,7 +31,7 @@ from rank1.sae_lora.adapter import (
 )
 from rank1.sae_lora.behavior import behavior_splits
 from rank1.sae_lora.config import SaeLoraConfig, seeded_run_name
-from rank1.sae_lora.eval import seed_comparison, spread, spread_verdict
+from rank1.sae_lora.eval import seed_comparison, seeds_needed, separation_p, spread, spread_verdict
 from rank1.sae_lora.train import initial_adapter, load_adapter, step_batches, train_adapter
 
 
@@ -147,25 +147,35 @@ def _run(penalty, weight, seed, inside, hoyer):
             "alive_mass": {"A": 0.5}, "norm_A_raw": 10.0}
 
 
-def test_seed_comparison_gives_a_verdict_only_where_the_spread_allows():
+def test_seed_comparison_gives_a_verdict_only_where_the_spread_and_the_seeds_allow():
     assert spread([1.0, 2.0, 3.0]) == {"mean": 2.0, "std": pytest.approx(math.sqrt(2 / 3)), "min": 1.0, "max": 3.0,
                                        "n": 3}
-    a, b = spread([0.1, 0.2]), spread([0.5, 0.9])
+    # complete separation: 2 of the C(n_a + n_b, n_a) splits of the pooled seeds
+    assert separation_p(2, 2) == pytest.approx(1 / 3) and separation_p(3, 3) == pytest.approx(0.1)
+    assert separation_p(4, 4) == pytest.approx(2 / 70) and separation_p(1, 1) == 1.0 and seeds_needed() == 4
+    a, b = spread([0.1, 0.2, 0.25, 0.3]), spread([0.5, 0.9, 0.6, 0.7])
     assert spread_verdict(a, b) == "lower" and spread_verdict(b, a) == "higher"
-    assert spread_verdict(spread([0.1, 0.6]), b) == "cannot tell"  # the ranges overlap
-    assert spread_verdict(spread([0.0]), spread([1.0])) == "cannot tell"  # one seed: no spread to judge
-    runs = {f"r{i}": r for i, r in enumerate([
-        _run("raw", 0.0, 0, 1.0, 0.2), _run("raw", 0.0, 1, 0.9, 0.3), _run("raw", 0.0, 2, 0.95, 0.25),
-        _run("raw", 0.01, 0, 0.0, 0.4), _run("raw", 0.01, 1, 0.1, 0.3), _run("raw", 0.01, 2, 0.05, 0.5),
-        _run("normalized", 0.01, 0, 0.2, 0.6), _run("normalized", 0.01, 1, 1.0, 0.7),
-        _run("normalized", 0.01, 2, 0.6, 0.8)])}
-    c = seed_comparison(runs)["groups"]
-    assert list(c) == ["l1_0", "normalized_l1_0.01", "raw_l1_0.01"] and c["l1_0"]["seeds"] == [0, 1, 2]
-    assert c["raw_l1_0.01"]["measures"]["inside_rate"]["mean"] == pytest.approx(0.05)
+    assert spread_verdict(spread([0.1, 0.2, 0.3, 0.6]), b) == "cannot tell"  # the ranges overlap
+    # separated, but 2 (or 3) seeds a side separate by chance one time in 3 (in 10): never a verdict
+    assert spread_verdict(spread([0.1, 0.2]), spread([0.5, 0.9])) == "underpowered"
+    assert spread_verdict(spread([0.1, 0.2, 0.3]), spread([0.5, 0.9, 0.6])) == "underpowered"
+    assert spread_verdict(spread([0.0]), spread([1.0])) == "underpowered"  # one seed: no spread to judge
+    seeds = range(4)
+    l1_0 = [_run("raw", 0.0, s, i, h) for s, i, h in zip(seeds, (1.0, 0.9, 0.95, 0.92), (0.2, 0.3, 0.25, 0.22))]
+    raw = [_run("raw", 0.01, s, i, h) for s, i, h in zip(seeds, (0.0, 0.1, 0.05, 0.0), (0.4, 0.3, 0.5, 0.35))]
+    norm = [_run("normalized", 0.01, s, i, h) for s, i, h in zip(seeds, (0.2, 1.0, 0.6, 0.4), (0.6, 0.7, 0.8, 0.65))]
+    comp = seed_comparison({f"r{i}": r for i, r in enumerate(l1_0 + raw + norm)})
+    c = comp["groups"]
+    assert list(c) == ["l1_0", "normalized_l1_0.01", "raw_l1_0.01"] and c["l1_0"]["seeds"] == [0, 1, 2, 3]
+    assert comp["powered"] and comp["seeds_needed"] == 4
+    assert c["raw_l1_0.01"]["measures"]["inside_rate"]["mean"] == pytest.approx(0.0375)
     assert c["raw_l1_0.01"]["vs_l1_0"]["inside_rate"] == "lower"  # 0.1 at most vs 0.9 at least
     assert c["normalized_l1_0.01"]["vs_l1_0"]["inside_rate"] == "cannot tell"  # 0.2 .. 1.0 overlaps 0.9 .. 1.0
     assert c["normalized_l1_0.01"]["vs_l1_0"]["hoyer_A"] == "higher" and "vs_l1_0" not in c["l1_0"]
+    assert c["raw_l1_0.01"]["vs_l1_0"]["hoyer_A"] == "cannot tell"  # 0.3 .. 0.5 overlaps 0.2 .. 0.3
     assert c["raw_l1_0.01"]["vs_l1_0"]["final_ce"] == "cannot tell"  # equal everywhere
+    two = seed_comparison({f"r{i}": r for i, r in enumerate(l1_0[:2] + raw[:2])})  # the same runs, 2 seeds
+    assert not two["powered"] and two["groups"]["raw_l1_0.01"]["vs_l1_0"]["inside_rate"] == "underpowered"
 
 
 def test_seeds_multiply_the_runs_and_are_checked():
@@ -225,8 +235,9 @@ def test_resume_after_interrupt_gives_the_same_adapter(tiny_tok, isolated_root):
     assert meta["settings"]["penalty"] == "normalized" and meta["steps"] == 4
     log_a = json.loads((whole / K.SAE_LORA_LOG).read_text())
     assert log_a == json.loads((resumed / K.SAE_LORA_LOG).read_text()) and len(log_a) == 4
-    with pytest.raises(OtherSettings, match=r"adapter_config.json was made with other settings or inputs \(settings: "
-                                            r".*\); pass --overwrite to retrain it, or another --name"):
+    with pytest.raises(OtherSettings, match=r"adapter_config.json was made with other settings or inputs "
+                                            r"\(settings.penalty: \"normalized\" there, \"raw\" now\); pass "
+                                            r"--overwrite to retrain it, or another --name"):
         train_adapter(cfg, "raw", 0.01, runner, sae, items, h, pad, whole, ident)
 
 
@@ -286,6 +297,18 @@ def test_stage_end_to_end_on_the_test_profile(isolated_root):
         for run in (stage.run_train_sae_lora, stage.run_analyze):
             run(cfg)
     assert (cfg.folder() / K.SAE_LORA_RESULTS).stat().st_mtime_ns == mtime
+    # the same data file formatted another way (the old rule: "Answer: " unless the attempt starts with it) gives
+    # other training tokens: the finished adapters are refused, not reused
+    import rank1.data
+
+    def old_rule(trace, attempt):
+        attempt = attempt if attempt.startswith("Answer:") else "Answer: " + attempt
+        return f"{rank1.data.THINK_TAG}\n{trace.strip()}\n{rank1.data.ANSWER_TAG}\n{attempt.strip()}"
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(rank1.data, "assistant_text", old_rule)
+        with pytest.raises(OtherSettings, match=r"other settings or inputs \(settings.tokens_sha256: \""):
+            stage.run_train_sae_lora(cfg)
 
 
 @pytest.mark.parametrize("script", ["5.0_make_behavior_dataset.py", "5.4_analyze.py"])
