@@ -398,16 +398,22 @@ def _saved_value(saved: Mapping[str, Any], dotted: str) -> Any:
     return value
 
 
+_ABSENT = object()  # an entry one side of a comparison lacks
+
+
 def _differences(key: str, there: Any, now: Any) -> list[tuple[str, Any, Any]]:
     """(dotted key, saved value, value now) of each leaf that differs: a changed settings dict is named by the
-    entries that changed (``settings.tokens_sha256``), not shown whole; an entry one side lacks reads null."""
+    entries that changed (``settings.tokens_sha256``), not shown whole. An entry one side lacks differs from
+    every value, null included, and reads "(absent)"."""
     if isinstance(there, Mapping) and isinstance(now, Mapping):
-        return [d for sub in sorted(set(there) | set(now))
-                for d in _differences(f"{key}.{sub}", there.get(sub), now.get(sub))]
+        return [d for sub in sorted(set(there) | set(now), key=str)
+                for d in _differences(f"{key}.{sub}", there.get(sub, _ABSENT), now.get(sub, _ABSENT))]
     return [] if there == now else [(key, there, now)]
 
 
 def _short(value: Any) -> str:
+    if value is _ABSENT:
+        return "(absent)"
     text = json.dumps(value, sort_keys=True, default=str)
     return text if len(text) <= 40 else text[:37] + "..."
 

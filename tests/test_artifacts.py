@@ -77,10 +77,11 @@ def test_reuse_finished_reuses_same_settings_refuses_others_and_recomputes_on_ov
         reuse_finished(done, {**expected, "config.k": [1, 3]}, overwrite=False)
     with pytest.raises(OtherSettings, match=r"identity.weights_sha256: \"abc\" there, \"def\" now"):
         reuse_finished(done, {"identity.weights_sha256": "def"}, overwrite=False)
-    # a changed dict is named by the entries that changed, one the saved file lacks reading null
-    with pytest.raises(OtherSettings, match=r"\(identity.extra: null there, 1 now; identity.weights_sha256: \"abc\" "
-                                            r"there, \"def\" now\); pass"):
-        reuse_finished(done, {"identity": {"weights_sha256": "def", "extra": 1}}, overwrite=False)
+    # a changed dict is named by the entries that changed; an entry one side lacks differs even from null
+    with pytest.raises(OtherSettings, match=r"\(identity.extra: \(absent\) there, null now; identity.weights_sha256: "
+                                            r"\"abc\" there, \"def\" now\); pass"):
+        reuse_finished(done, {"identity": {"weights_sha256": "def", "extra": None}}, overwrite=False)
+    assert reuse_finished(done, {"identity": {"weights_sha256": "abc"}}, overwrite=False)["value"] == 7
 
 
 def test_resume_partial_keeps_same_stamp_refuses_or_restarts_other_and_clears_unstamped(tmp_path):

@@ -160,10 +160,12 @@ def test_seed_comparison_gives_a_verdict_only_where_the_spread_and_the_seeds_all
     assert spread_verdict(spread([0.1, 0.2]), spread([0.5, 0.9])) == "underpowered"
     assert spread_verdict(spread([0.1, 0.2, 0.3]), spread([0.5, 0.9, 0.6])) == "underpowered"
     assert spread_verdict(spread([0.0]), spread([1.0])) == "underpowered"  # one seed: no spread to judge
-    seeds = range(4)
-    l1_0 = [_run("raw", 0.0, s, i, h) for s, i, h in zip(seeds, (1.0, 0.9, 0.95, 0.92), (0.2, 0.3, 0.25, 0.22))]
-    raw = [_run("raw", 0.01, s, i, h) for s, i, h in zip(seeds, (0.0, 0.1, 0.05, 0.0), (0.4, 0.3, 0.5, 0.35))]
-    norm = [_run("normalized", 0.01, s, i, h) for s, i, h in zip(seeds, (0.2, 1.0, 0.6, 0.4), (0.6, 0.7, 0.8, 0.65))]
+    def group(penalty, weight, inside, hoyer):  # one run per seed 0..3
+        return [_run(penalty, weight, s, i, h) for s, (i, h) in enumerate(zip(inside, hoyer, strict=True))]
+
+    l1_0 = group("raw", 0.0, (1.0, 0.9, 0.95, 0.92), (0.2, 0.3, 0.25, 0.22))
+    raw = group("raw", 0.01, (0.0, 0.1, 0.05, 0.0), (0.4, 0.3, 0.5, 0.35))
+    norm = group("normalized", 0.01, (0.2, 1.0, 0.6, 0.4), (0.6, 0.7, 0.8, 0.65))
     comp = seed_comparison({f"r{i}": r for i, r in enumerate(l1_0 + raw + norm)})
     c = comp["groups"]
     assert list(c) == ["l1_0", "normalized_l1_0.01", "raw_l1_0.01"] and c["l1_0"]["seeds"] == [0, 1, 2, 3]
