@@ -4,9 +4,9 @@ Behaviour rate on the held-out prompts inside and outside the condition (greedy 
 teacher-forced trace and the answer tag is the marker; bootstrap CIs) for the base model, the standard LoRA
 and every SAE-LoRA run; sparsity of the unit-norm directions (Hoyer, Gini, top-10 share) against their
 initialisation and against l1 = 0; the top read and write latents with their top-activating store tokens;
-the penalty comparison over --seeds (mean, spread, and against l1 = 0 a verdict only where the seeds' ranges do
-not overlap and the exact permutation p of that separation is <= 0.05; "underpowered" with fewer than 4 seeds a
-side, "cannot tell" otherwise).
+the penalty comparison over --seeds (mean and spread; against l1 = 0, paired by seed, a verdict only where the
+bootstrap CI of the mean difference excludes 0 and the sign-flip p is <= 0.05; "underpowered" with fewer than 6
+seeds, "cannot tell" otherwise).
 Writes results/<profile>/sae_lora/<name>/: sae_lora_results.json, sae_lora_sweep.{pdf,png},
 sae_lora_directions.{pdf,png}, config.json, argv.json.
 
@@ -36,9 +36,9 @@ def main(cfg: SaeLoraConfig) -> None:
                          for k in ("inside_rate", "outside_rate", "final_ce", "hoyer_A"))
         verdicts = ", ".join(f"{k} {v}" for k, v in g.get("vs_l1_0", {}).items())
         print(f"{name} over seeds {g['seeds']}: {line}" + (f"; vs l1 = 0: {verdicts}" if verdicts else ""))
-    if not res["comparison"].get("powered", True):
-        print(f"the penalty comparison is underpowered: {res['comparison']['seeds_needed']} seeds a side are needed "
-              "for any verdict (--seeds)")
+    if res["comparison"]["powered"] is False:
+        print(f"the penalty comparison is underpowered: {res['comparison']['seeds_needed']} seeds are needed for any "
+              "verdict (--seeds)")
 
 
 if __name__ == "__main__":

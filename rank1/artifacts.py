@@ -403,8 +403,9 @@ _ABSENT = object()  # an entry one side of a comparison lacks
 
 def _differences(key: str, there: Any, now: Any) -> list[tuple[str, Any, Any]]:
     """(dotted key, saved value, value now) of each leaf that differs: a changed settings dict is named by the
-    entries that changed (``settings.tokens_sha256``), not shown whole. An entry one side lacks differs from
-    every value, null included, and reads "(absent)"."""
+    entries that changed (``settings.tokens_sha256``), not shown whole. Inside two compared dicts an entry one
+    side lacks differs from every value, null included, and reads "(absent)" (as dict equality has it); a
+    dotted key of ``expected`` the saved file lacks reads null there (:func:`_saved_value`)."""
     if isinstance(there, Mapping) and isinstance(now, Mapping):
         return [d for sub in sorted(set(there) | set(now), key=str)
                 for d in _differences(f"{key}.{sub}", there.get(sub, _ABSENT), now.get(sub, _ABSENT))]

@@ -178,7 +178,8 @@ def recovery_claims(rec: dict | None, src: str) -> list[Claim]:
         covers = f"; CI over {lora['ci_covers']}" if lora and lora.get("ci_covers") else ""
         equal = (rec.get("recovery_equal_budget") or {}).get("lora", {}).get(bench)
         against = f"; against the equal-budget full finetune {fmt_pct(equal)}" if equal else ""
-        value = fmt_pct(lora) if measurable else f"n/a ({fmt_pct(lora)})"  # as recovery_tables.md prints it
+        shown = fmt_pct(lora)
+        value = shown if measurable or shown == "undefined" else f"n/a ({shown})"  # as recovery_tables.md has it
         ours = f"{value} (accuracy %: {accs}{covers}{against})"
         verdict = NA if not measurable or not lora or lora.get("value") is None else \
             decide(lora.get("lo"), lora.get("hi"), 0.5)

@@ -1,12 +1,14 @@
 """Stage 5.4's measures: behaviour rates, sparsity of the read and write directions, their top latents.
 
-The penalty comparison over seeds (:func:`seed_comparison`): every (penalty, l1) was trained once per seed; per
-group, the mean and spread (std, min, max) over seeds of the behaviour rates, the final CE and the sparsity of
-the directions, and against the l1 = 0 group a verdict per measure by :func:`spread_verdict`: ``lower`` or
-``higher`` only when the seeds' ranges do not overlap and so few of the possible splits of the pooled seeds would
-separate them (the exact permutation p of complete separation, ``2 / C(n_a + n_b, n_a)``) that p <= 0.05;
-``underpowered`` when even complete separation could not reach that (fewer than 4 seeds a side), ``cannot tell``
-otherwise. With 2 seeds a side one split in three separates the groups by chance.
+The penalty comparison over seeds (:func:`seed_comparison`): every (penalty, l1) was trained once per seed, and a
+seed fixes the initialisation of A and B and the data order in every group, so the seed is the unit and the
+groups are paired by it. Per group, the mean and spread (std, min, max) over seeds of the behaviour rates, the
+final CE and the sparsity of the directions; against the l1 = 0 group, per measure, the paired difference over the
+common seeds (:func:`rank1.stats.paired_difference`: bootstrap CI and two-sided sign-flip p) and a verdict by
+:func:`paired_verdict`: ``lower`` or ``higher`` only when the CI excludes 0 and p <= 0.05; ``underpowered`` when no
+outcome could reach that (the smallest sign-flip p is 2 / 2^n: 6 seeds are needed), ``cannot tell`` otherwise.
+Pooling the seeds as independent runs (complete separation of the two groups, 2 / C(2n, n)) would be wrong here:
+a seed effect shared by both groups makes separation likelier than that.
 
 Behaviour measure (exact and cheap): each held-out record is teacher-forced up to and including
 ``<|im_start|>answer\\n`` (its own trace, the base model's format) and the greedy next token is read; the behaviour
@@ -18,7 +20,6 @@ only the layers from there on. Rates carry percentile bootstrap CIs over prompts
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,7 @@ from rank1.sae_lora.adapter import SaeLora, placement, residual_cache, sparsity_
 from rank1.sae_lora.behavior import INSIDE, OUTSIDE, teacher_forced_prefix
 from rank1.sae_lora.config import run_name
 from rank1.sae_lora.resid_sae import encoded_chunks
-from rank1.stats import bootstrap_mean
+from rank1.stats import bootstrap_mean, paired_difference, sign_flip_min_p
 from rank1.store import Store
 
 MEASURE = ("greedy next token after the teacher-forced held-out trace and '<|im_start|>answer\\n' is the marker's "
@@ -191,11 +192,11 @@ def direction_metrics(adapter: SaeLora, init: SaeLora, records: list[dict[str, A
 
 
 CANNOT_TELL, UNDERPOWERED = "cannot tell", "underpowered"
-ALPHA = 0.05
-SPREAD_RULE = ("lower / higher: every seed of the penalised run lies below / above every seed of l1 = 0 and the "
-               "exact permutation p of that complete separation, 2 / C(n_a + n_b, n_a), is <= 0.05; underpowered: "
-               "the seeds are too few for any outcome to reach p <= 0.05 (4 a side are needed); cannot tell: "
-               "the ranges overlap")
+LEVEL = 0.95
+SPREAD_RULE = ("paired by seed (a seed fixes the initialisation and data order in every group): lower / higher: the "
+               "95% bootstrap CI of the mean difference from l1 = 0 over the common seeds excludes 0 and its two-sided "
+               "sign-flip p is <= 0.05; underpowered: too few common seeds for any outcome to reach p <= 0.05 (the "
+               "smallest p is 2 / 2^n: 6 seeds are needed); cannot tell: otherwise")
 # (name, how to read it from a run of 5.4) of the measures compared over seeds
 COMPARED = {
     "inside_rate": lambda r: r["inside"]["rate"]["value"],
@@ -215,46 +216,49 @@ def spread(values: list[float]) -> dict[str, Any]:
             "n": len(v)}
 
 
-def separation_p(n_a: int, n_b: int) -> float:
-    """Two-sided exact permutation p of complete separation of n_a against n_b exchangeable values without ties:
-    2 of the C(n_a + n_b, n_a) equally likely splits put one group wholly below the other (1 when both have 1)."""
-    return min(1.0, 2 / math.comb(n_a + n_b, n_a))
+def seeds_needed(level: float = LEVEL) -> int:
+    """The fewest seeds for which the sign-flip test over seeds can reach p <= 1 - ``level``."""
+    return next(n for n in range(2, 64) if sign_flip_min_p(n) <= 1 - level + 1e-12)
 
 
-def seeds_needed(alpha: float = ALPHA) -> int:
-    """The fewest seeds a side (equal groups) for which complete separation reaches p <= ``alpha``."""
-    return next(n for n in range(1, 64) if separation_p(n, n) <= alpha)
-
-
-def spread_verdict(a: dict[str, Any], b: dict[str, Any]) -> str:
-    """``a`` against ``b`` (two :func:`spread` results): lower, higher, underpowered or cannot tell
-    (:data:`SPREAD_RULE`)."""
-    if separation_p(a["n"], b["n"]) > ALPHA:
-        return UNDERPOWERED
-    if a["max"] < b["min"]:
-        return "lower"
-    if a["min"] > b["max"]:
-        return "higher"
-    return CANNOT_TELL
+def paired_verdict(values: list[float], reference: list[float]) -> tuple[str, dict[str, Any] | None]:
+    """(verdict, paired test) of one measure of a group against the l1 = 0 group, the two lists aligned by seed
+    (:data:`SPREAD_RULE`); no test below 2 seeds."""
+    if len(values) < 2:
+        return UNDERPOWERED, None
+    test = paired_difference(np.asarray(values), np.asarray(reference), level=LEVEL)
+    if not test["powered"]:
+        return UNDERPOWERED, test
+    if not test["separated"]:
+        return CANNOT_TELL, test
+    return ("higher" if test["mean_diff"] > 0 else "lower"), test
 
 
 def seed_comparison(runs: dict[str, Any]) -> dict[str, Any]:
     """Per (penalty, l1) group of ``runs`` (5.4's per-run results, each with ``penalty``, ``l1_weight``, ``seed``):
-    the :func:`spread` of every measure of :data:`COMPARED` over its seeds, and its verdict against the l1 = 0 group
-    where there is one."""
+    the :func:`spread` of every measure of :data:`COMPARED` over its seeds and, against the l1 = 0 group where there
+    is one, the paired test and verdict per measure over the seeds both have. ``powered``: every comparison could
+    reach a verdict (None without an l1 = 0 group)."""
     groups: dict[tuple[str, float], list[dict]] = {}
     for r in runs.values():
         groups.setdefault(("raw" if r["l1_weight"] == 0 else r["penalty"], r["l1_weight"]), []).append(r)
-    out = {}
+    out, by_seed = {}, {}
     for (pen, w), rows in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        out[run_name(pen, w)] = {
-            "penalty": pen, "l1_weight": w, "seeds": sorted(r["seed"] for r in rows),
-            "measures": {k: spread([get(r) for r in rows]) for k, get in COMPARED.items()}}
-    ref = out.get("l1_0")
-    for name, g in out.items():
-        if ref is not None and name != "l1_0":
-            g["vs_l1_0"] = {k: spread_verdict(g["measures"][k], ref["measures"][k]) for k in COMPARED}
-    n_ref = len(ref["seeds"]) if ref else 0
-    return {"groups": out, "rule": SPREAD_RULE, "seeds_needed": seeds_needed(),
-            "powered": bool(ref) and all(separation_p(len(g["seeds"]), n_ref) <= ALPHA for g in out.values()
-                                         if g is not ref)}
+        name = run_name(pen, w)
+        by_seed[name] = {r["seed"]: r for r in rows}
+        out[name] = {"penalty": pen, "l1_weight": w, "seeds": sorted(by_seed[name]),
+                     "measures": {k: spread([get(r) for r in rows]) for k, get in COMPARED.items()}}
+    powered = None
+    if "l1_0" in out:
+        powered = True
+        ref = by_seed["l1_0"]
+        for name, g in out.items():
+            if name == "l1_0":
+                continue
+            common = sorted(set(by_seed[name]) & set(ref))
+            g["paired_seeds"], g["vs_l1_0"], g["paired"] = common, {}, {}
+            for k, get in COMPARED.items():
+                verdict, test = paired_verdict([get(by_seed[name][s]) for s in common], [get(ref[s]) for s in common])
+                g["vs_l1_0"][k], g["paired"][k] = verdict, test
+                powered &= verdict != UNDERPOWERED
+    return {"groups": out, "rule": SPREAD_RULE, "seeds_needed": seeds_needed(), "powered": powered}

@@ -48,6 +48,7 @@ from rank1.sae_lora.behavior import behavior_splits, llm_rewrite
 from rank1.sae_lora.config import SaeLoraConfig, seeded_run_name
 from rank1.sae_lora.eval import (
     MEASURE,
+    SPREAD_RULE,
     HeldOut,
     direction_metrics,
     held_out_prompts,
@@ -391,8 +392,8 @@ def run_analyze(cfg: SaeLoraConfig) -> Path:
     inputs = analysis_inputs(cfg)
     folder = cfg.folder()
     done = folder / K.SAE_LORA_RESULTS
-    if reuse_finished(done, {"inputs_sha256": inputs}, cfg.overwrite) is not None:
-        return folder
+    if reuse_finished(done, {"inputs_sha256": inputs, "comparison.rule": SPREAD_RULE}, cfg.overwrite) is not None:
+        return folder  # (results of another verdict rule are refused, not shown with stale verdicts)
     _, heldout, info = load_dataset(cfg)
     base = load_base(cfg)
     tokenizer, runner = base.tokenizer, base.runner

@@ -31,7 +31,7 @@ from rank1.sae_lora.adapter import (
 )
 from rank1.sae_lora.behavior import behavior_splits
 from rank1.sae_lora.config import SaeLoraConfig, seeded_run_name
-from rank1.sae_lora.eval import seed_comparison, seeds_needed, separation_p, spread, spread_verdict
+from rank1.sae_lora.eval import paired_verdict, seed_comparison, seeds_needed, spread
 from rank1.sae_lora.train import initial_adapter, load_adapter, step_batches, train_adapter
 
 
@@ -147,37 +147,45 @@ def _run(penalty, weight, seed, inside, hoyer):
             "alive_mass": {"A": 0.5}, "norm_A_raw": 10.0}
 
 
-def test_seed_comparison_gives_a_verdict_only_where_the_spread_and_the_seeds_allow():
+def test_seed_comparison_pairs_the_seeds_and_gives_a_verdict_only_where_the_test_can():
     assert spread([1.0, 2.0, 3.0]) == {"mean": 2.0, "std": pytest.approx(math.sqrt(2 / 3)), "min": 1.0, "max": 3.0,
                                        "n": 3}
-    # complete separation: 2 of the C(n_a + n_b, n_a) splits of the pooled seeds
-    assert separation_p(2, 2) == pytest.approx(1 / 3) and separation_p(3, 3) == pytest.approx(0.1)
-    assert separation_p(4, 4) == pytest.approx(2 / 70) and separation_p(1, 1) == 1.0 and seeds_needed() == 4
-    a, b = spread([0.1, 0.2, 0.25, 0.3]), spread([0.5, 0.9, 0.6, 0.7])
-    assert spread_verdict(a, b) == "lower" and spread_verdict(b, a) == "higher"
-    assert spread_verdict(spread([0.1, 0.2, 0.3, 0.6]), b) == "cannot tell"  # the ranges overlap
-    # separated, but 2 (or 3) seeds a side separate by chance one time in 3 (in 10): never a verdict
-    assert spread_verdict(spread([0.1, 0.2]), spread([0.5, 0.9])) == "underpowered"
-    assert spread_verdict(spread([0.1, 0.2, 0.3]), spread([0.5, 0.9, 0.6])) == "underpowered"
-    assert spread_verdict(spread([0.0]), spread([1.0])) == "underpowered"  # one seed: no spread to judge
-    def group(penalty, weight, inside, hoyer):  # one run per seed 0..3
+    assert seeds_needed() == 6  # the smallest two-sided sign-flip p is 2 / 2^n: 0.0625 at 5 seeds, 0.031 at 6
+    up, down = [0.5, 0.6, 0.7, 0.8, 0.9, 1.0], [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    assert paired_verdict(up, down)[0] == "higher" and paired_verdict(down, up)[0] == "lower"
+    verdict, test = paired_verdict(up, down)
+    assert test["p_sign_flip"] == pytest.approx(2 / 64) and test["units_positive"] == 6
+    assert paired_verdict([0.5, 0.1, 0.7, 0.8, 0.9, 1.0], down)[0] == "cannot tell"  # seed 1 goes the other way
+    assert paired_verdict(up[:4], down[:4])[0] == "underpowered"  # 4 of 4 seeds agree: p 0.125 at best
+    assert paired_verdict([1.0], [0.0]) == ("underpowered", None)
+    # a seed effect shared by both groups: pooled, the groups overlap; paired, every seed shows the same +0.01
+    base = [0.1, 0.5, 0.9, 0.3, 0.7, 0.2]
+    assert paired_verdict([b + 0.01 for b in base], base)[0] == "higher"
+
+    def group(penalty, weight, inside, hoyer):  # one run per seed 0..n-1
         return [_run(penalty, weight, s, i, h) for s, (i, h) in enumerate(zip(inside, hoyer, strict=True))]
 
-    l1_0 = group("raw", 0.0, (1.0, 0.9, 0.95, 0.92), (0.2, 0.3, 0.25, 0.22))
-    raw = group("raw", 0.01, (0.0, 0.1, 0.05, 0.0), (0.4, 0.3, 0.5, 0.35))
-    norm = group("normalized", 0.01, (0.2, 1.0, 0.6, 0.4), (0.6, 0.7, 0.8, 0.65))
+    l1_0 = group("raw", 0.0, (1.0, 0.9, 0.95, 0.92, 1.0, 0.9), (0.2, 0.3, 0.25, 0.22, 0.21, 0.26))
+    raw = group("raw", 0.01, (0.0, 0.1, 0.05, 0.0, 0.0, 0.1), (0.4, 0.2, 0.5, 0.35, 0.3, 0.3))
+    norm = group("normalized", 0.01, (0.2, 1.0, 0.6, 0.4, 0.9, 0.95), (0.6, 0.7, 0.8, 0.65, 0.6, 0.7))
     comp = seed_comparison({f"r{i}": r for i, r in enumerate(l1_0 + raw + norm)})
     c = comp["groups"]
-    assert list(c) == ["l1_0", "normalized_l1_0.01", "raw_l1_0.01"] and c["l1_0"]["seeds"] == [0, 1, 2, 3]
-    assert comp["powered"] and comp["seeds_needed"] == 4
-    assert c["raw_l1_0.01"]["measures"]["inside_rate"]["mean"] == pytest.approx(0.0375)
-    assert c["raw_l1_0.01"]["vs_l1_0"]["inside_rate"] == "lower"  # 0.1 at most vs 0.9 at least
-    assert c["normalized_l1_0.01"]["vs_l1_0"]["inside_rate"] == "cannot tell"  # 0.2 .. 1.0 overlaps 0.9 .. 1.0
+    assert list(c) == ["l1_0", "normalized_l1_0.01", "raw_l1_0.01"] and c["l1_0"]["seeds"] == list(range(6))
+    assert comp["powered"] and comp["seeds_needed"] == 6 and c["raw_l1_0.01"]["paired_seeds"] == list(range(6))
+    assert c["raw_l1_0.01"]["measures"]["inside_rate"]["mean"] == pytest.approx(0.25 / 6)
+    assert c["raw_l1_0.01"]["vs_l1_0"]["inside_rate"] == "lower"  # lower on every seed
+    assert c["normalized_l1_0.01"]["vs_l1_0"]["inside_rate"] == "cannot tell"  # 2 seeds of 6 go up
     assert c["normalized_l1_0.01"]["vs_l1_0"]["hoyer_A"] == "higher" and "vs_l1_0" not in c["l1_0"]
-    assert c["raw_l1_0.01"]["vs_l1_0"]["hoyer_A"] == "cannot tell"  # 0.3 .. 0.5 overlaps 0.2 .. 0.3
+    assert c["raw_l1_0.01"]["vs_l1_0"]["hoyer_A"] == "cannot tell"  # seed 1: 0.2 against 0.3
     assert c["raw_l1_0.01"]["vs_l1_0"]["final_ce"] == "cannot tell"  # equal everywhere
-    two = seed_comparison({f"r{i}": r for i, r in enumerate(l1_0[:2] + raw[:2])})  # the same runs, 2 seeds
-    assert not two["powered"] and two["groups"]["raw_l1_0.01"]["vs_l1_0"]["inside_rate"] == "underpowered"
+    assert c["raw_l1_0.01"]["paired"]["hoyer_A"]["units_positive"] == 5
+    four = seed_comparison({f"r{i}": r for i, r in enumerate(l1_0[:4] + raw[:4])})  # the same runs, 4 seeds
+    assert four["powered"] is False and four["groups"]["raw_l1_0.01"]["vs_l1_0"]["inside_rate"] == "underpowered"
+    # only the seeds both groups have are paired; without an l1 = 0 group there is nothing to compare
+    odd = seed_comparison({f"r{i}": r for i, r in enumerate(l1_0 + raw[:3])})
+    assert odd["groups"]["raw_l1_0.01"]["paired_seeds"] == [0, 1, 2] and odd["powered"] is False
+    alone = seed_comparison({f"r{i}": r for i, r in enumerate(raw)})
+    assert alone["powered"] is None and "vs_l1_0" not in alone["groups"]["raw_l1_0.01"]
 
 
 def test_seeds_multiply_the_runs_and_are_checked():
