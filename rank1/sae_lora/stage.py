@@ -27,7 +27,15 @@ import torch
 from tqdm import tqdm
 
 from rank1 import constants as K
-from rank1.artifacts import file_sha256, read_json, reuse_finished, write_json, write_run_metadata, write_text
+from rank1.artifacts import (
+    file_sha256,
+    read_json,
+    reuse_finished,
+    settings_digest,
+    write_json,
+    write_run_metadata,
+    write_text,
+)
 from rank1.autointerp.client import ChatClient, LLMSettings
 from rank1.config import cache_dir, config_from_profile, dataset_file
 from rank1.data import load_reasoning_records, read_jsonl
@@ -235,12 +243,6 @@ def load_stage_sae(cfg: SaeLoraConfig, d_model: int, device: torch.device):
 # ---------------------------------------------------------------- 5.2 the SAE-LoRA sweep
 
 
-def items_sha256(items: list[dict[str, list[int]]]) -> str:
-    """The hash of the tokenized training sequences (ids and labels): a finished adapter is reused only for the
-    same tokens, so a change in how the records become text (not only in the data file) refuses stale runs."""
-    return hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()
-
-
 def run_train_sae_lora(cfg: SaeLoraConfig, after_step=None) -> Path:
     """5.2: train every adapter of ``cfg.seeded_runs()`` (each resumable, skipped when finished) from one residual
     cache; returns ``adapters/``, whose ``config.json`` lists the runs."""
@@ -250,7 +252,8 @@ def run_train_sae_lora(cfg: SaeLoraConfig, after_step=None) -> Path:
     sae, sae_id = load_stage_sae(cfg, runner.config.hidden_size, base.device)
     items = tokenize_items(tokenizer, train)
     pad = tokenizer.pad_token_id or 0
-    identity = {"data_sha256": info["train_sha256"], "tokens_sha256": items_sha256(items), **sae_id}
+    # the tokenized sequences too: a change in how records become text (not only in the file) refuses stale runs
+    identity = {"data_sha256": info["train_sha256"], "tokens_sha256": settings_digest(items), **sae_id}
     h_cache: list[torch.Tensor] | None = None
     support: torch.Tensor | None = None
     folders = []
